@@ -1,0 +1,82 @@
+// Package broker is the RabbitMQ adapter: the topology derived from a
+// namespace in one place, connections, and the confirming publisher.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// DeliveryLimit is how many times ticket_orders hands out a message before
+// dead-lettering it: enough to outlive crashes and restarts, few enough that
+// a message that kills its consumer does not circulate for ever.
+const DeliveryLimit = 20
+
+// Topology names every queue and exchange of one deployment.
+type Topology struct {
+	Namespace string
+}
+
+// Orders is the quorum queue of order requests.
+func (t Topology) Orders() string { return t.Namespace + "ticket_orders" }
+
+// DeadLetters is where undecidable order requests end.
+func (t Topology) DeadLetters() string { return t.Namespace + "ticket_orders.dlq" }
+
+// Outcomes is the topic exchange of decided orders.
+func (t Topology) Outcomes() string { return t.Namespace + "order_events" }
+
+// Declare declares everything idempotently; declaring twice is harmless.
+func (t Topology) Declare(ch *amqp.Channel) error {
+	if _, err := ch.QueueDeclare(t.DeadLetters(), true, false, false, false, amqp.Table{
+		amqp.QueueTypeArg: amqp.QueueTypeQuorum,
+	}); err != nil {
+		return fmt.Errorf("declaring queue %s: %w", t.DeadLetters(), err)
+	}
+	if _, err := ch.QueueDeclare(t.Orders(), true, false, false, false, amqp.Table{
+		amqp.QueueTypeArg:           amqp.QueueTypeQuorum,
+		"x-delivery-limit":          int32(DeliveryLimit),
+		"x-dead-letter-exchange":    "",
+		"x-dead-letter-routing-key": t.DeadLetters(),
+	}); err != nil {
+		return fmt.Errorf("declaring queue %s: %w", t.Orders(), err)
+	}
+	if err := ch.ExchangeDeclare(t.Outcomes(), amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declaring exchange %s: %w", t.Outcomes(), err)
+	}
+	return nil
+}
+
+// Delete removes everything Declare made; tests use it to clean up.
+func (t Topology) Delete(ch *amqp.Channel) error {
+	_, err1 := ch.QueueDelete(t.Orders(), false, false, false)
+	_, err2 := ch.QueueDelete(t.DeadLetters(), false, false, false)
+	err3 := ch.ExchangeDelete(t.Outcomes(), false, false)
+	return errors.Join(err1, err2, err3)
+}
+
+// Dial connects to the broker, naming the connection so operators can tell
+// the roles apart in the management UI. It gives up when ctx is done.
+func Dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
+	deadline, ok := ctx.Deadline()
+	timeout := 10 * time.Second
+	if ok {
+		timeout = time.Until(deadline)
+	}
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(name)
+	conn, err := amqp.DialConfig(url, amqp.Config{
+		Heartbeat:  10 * time.Second,
+		Locale:     "en_US",
+		Properties: props,
+		Dial:       amqp.DefaultDial(timeout),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connecting to broker: %w", err)
+	}
+	return conn, nil
+}

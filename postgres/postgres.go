@@ -1,0 +1,122 @@
+// Package postgres is the PostgreSQL adapter: it opens pools, runs the goose
+// migrations and turns the sqlc rows of package db into domain types.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/sql/migrations"
+)
+
+// Open connects a pool and checks it answers within the context's deadline.
+func Open(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parsing database url: %w", err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening database pool: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("reaching database: %w", err)
+	}
+	return pool, nil
+}
+
+// Migrate runs a goose command ("up", "down" or "status") with the embedded
+// migrations. Concurrent callers are serialized by a PostgreSQL advisory lock.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, command string, out io.Writer) error {
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	return migrate(ctx, db, command, out)
+}
+
+func migrate(ctx context.Context, db *sql.DB, command string, out io.Writer) error {
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		return fmt.Errorf("creating migration lock: %w", err)
+	}
+	provider, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS, goose.WithSessionLocker(locker))
+	if err != nil {
+		return fmt.Errorf("loading migrations: %w", err)
+	}
+	switch command {
+	case "up":
+		results, err := provider.Up(ctx)
+		for _, r := range results {
+			fmt.Fprintf(out, "migrated up %s (%s)\n", r.Source.Path, r.Duration.Round(time.Millisecond))
+		}
+		if err != nil {
+			return fmt.Errorf("migrating up: %w", err)
+		}
+		if len(results) == 0 {
+			fmt.Fprintln(out, "schema is up to date")
+		}
+	case "down":
+		r, err := provider.Down(ctx)
+		if err != nil {
+			return fmt.Errorf("migrating down: %w", err)
+		}
+		fmt.Fprintf(out, "migrated down %s\n", r.Source.Path)
+	case "status":
+		statuses, err := provider.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("reading migration status: %w", err)
+		}
+		for _, s := range statuses {
+			applied := "pending"
+			if s.State == goose.StateApplied {
+				applied = "applied " + s.AppliedAt.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(out, "%-40s %s\n", s.Source.Path, applied)
+		}
+	default:
+		return fmt.Errorf("unknown migrate command %q (want up, down or status)", command)
+	}
+	return nil
+}
+
+// translate turns driver errors into domain errors; it is the one place that
+// knows pgx's error types. Errors it does not recognize are returned as they
+// are and count as transient: the caller may retry them.
+func translate(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return crowdpass.ErrNotFound
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.SQLState()[:2] {
+		case "22", "23": // data exception, integrity constraint violation
+			return &crowdpass.Error{Code: crowdpass.EConflict, Message: pgErr.Message}
+		}
+	}
+	return err
+}
+
+// Transient reports whether err may go away if the same work is tried again:
+// a lost connection, a deadlock, a serialization failure, a server restart.
+func Transient(err error) bool {
+	return err != nil && crowdpass.Code(err) == crowdpass.EInternal
+}

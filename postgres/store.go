@@ -1,0 +1,198 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/db"
+)
+
+// Store reads and writes the source of truth.
+type Store struct {
+	pool *pgxpool.Pool
+	now  func() time.Time
+}
+
+// NewStore returns a store on pool; now is its clock (time.Now if nil).
+func NewStore(pool *pgxpool.Pool, now func() time.Time) *Store {
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{pool: pool, now: now}
+}
+
+// Ping checks the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
+// CreateEvent validates spec and creates the event with its categories.
+func (s *Store) CreateEvent(ctx context.Context, spec crowdpass.EventSpec) (crowdpass.Event, error) {
+	if err := spec.Validate(); err != nil {
+		return crowdpass.Event{}, err
+	}
+	opens := crowdpass.NewTime(s.now())
+	if spec.OpensAt != nil {
+		opens = crowdpass.NewTime(spec.OpensAt.Time)
+	}
+	var closes *time.Time
+	if spec.ClosesAt != nil {
+		t := crowdpass.NewTime(spec.ClosesAt.Time).Time
+		closes = &t
+	}
+	limit := crowdpass.DefaultMaxPerCustomer
+	if spec.MaxPerCustomer != nil {
+		limit = *spec.MaxPerCustomer
+	}
+	var event crowdpass.Event
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := db.New(tx)
+		row, err := q.EventInsert(ctx, db.EventInsertParams{
+			ID:             uuid.Must(uuid.NewV7()),
+			Name:           spec.Name,
+			OpensAt:        opens.Time,
+			ClosesAt:       closes,
+			MaxPerCustomer: int32(limit),
+		})
+		if err != nil {
+			return fmt.Errorf("inserting event: %w", err)
+		}
+		cats := make([]db.TicketCategory, 0, len(spec.Categories))
+		for i, c := range spec.Categories {
+			cat, err := q.TicketCategoryInsert(ctx, db.TicketCategoryInsertParams{
+				ID:         uuid.Must(uuid.NewV7()),
+				EventID:    row.ID,
+				Position:   int32(i),
+				Name:       c.Name,
+				Capacity:   int32(c.Capacity),
+				PriceCents: c.PriceCents,
+			})
+			if err != nil {
+				return fmt.Errorf("inserting category %q: %w", c.Name, err)
+			}
+			cats = append(cats, cat)
+		}
+		event = eventFromRows(row, cats)
+		return nil
+	})
+	return event, translate(err)
+}
+
+// Event returns an event with its categories' current stock.
+func (s *Store) Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error) {
+	q := db.New(s.pool)
+	row, err := q.EventGet(ctx, id)
+	if err != nil {
+		return crowdpass.Event{}, translate(err)
+	}
+	cats, err := q.TicketCategoryListByEvent(ctx, id)
+	if err != nil {
+		return crowdpass.Event{}, translate(err)
+	}
+	return eventFromRows(row, cats), nil
+}
+
+// Events returns every event with its categories, as the API's catalog cache
+// holds them.
+func (s *Store) Events(ctx context.Context) ([]crowdpass.Event, error) {
+	q := db.New(s.pool)
+	rows, err := q.EventList(ctx)
+	if err != nil {
+		return nil, translate(err)
+	}
+	cats, err := q.TicketCategoryList(ctx)
+	if err != nil {
+		return nil, translate(err)
+	}
+	byEvent := make(map[uuid.UUID][]db.TicketCategory, len(rows))
+	for _, c := range cats {
+		byEvent[c.EventID] = append(byEvent[c.EventID], c)
+	}
+	events := make([]crowdpass.Event, 0, len(rows))
+	for _, r := range rows {
+		events = append(events, eventFromRows(r, byEvent[r.ID]))
+	}
+	return events, nil
+}
+
+// Order returns an order with its tickets.
+func (s *Store) Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error) {
+	q := db.New(s.pool)
+	row, err := q.OrderGet(ctx, id)
+	if err != nil {
+		return crowdpass.Order{}, translate(err)
+	}
+	tickets, err := q.TicketListByOrder(ctx, id)
+	if err != nil {
+		return crowdpass.Order{}, translate(err)
+	}
+	return orderFromRows(row, tickets), nil
+}
+
+func eventFromRows(e db.Event, cats []db.TicketCategory) crowdpass.Event {
+	event := crowdpass.Event{
+		ID:             e.ID,
+		Name:           e.Name,
+		OpensAt:        crowdpass.NewTime(e.OpensAt),
+		MaxPerCustomer: int(e.MaxPerCustomer),
+		Categories:     make([]crowdpass.Category, 0, len(cats)),
+	}
+	if e.ClosesAt != nil {
+		t := crowdpass.NewTime(*e.ClosesAt)
+		event.ClosesAt = &t
+	}
+	for _, c := range cats {
+		event.Categories = append(event.Categories, crowdpass.Category{
+			ID:         c.ID,
+			Name:       c.Name,
+			Capacity:   int(c.Capacity),
+			Remaining:  int(c.Remaining),
+			PriceCents: c.PriceCents,
+		})
+	}
+	return event
+}
+
+func orderFromRows(o db.Order, tickets []db.Ticket) crowdpass.Order {
+	order := crowdpass.Order{
+		ID:         o.ID,
+		Status:     crowdpass.OrderStatus(o.Status),
+		EventID:    o.EventID,
+		CategoryID: o.CategoryID,
+		Quantity:   int(o.Quantity),
+		Tickets:    make([]crowdpass.Ticket, 0, len(tickets)),
+		AcceptedAt: crowdpass.NewTime(o.CreatedAt),
+		CustomerID: o.CustomerID,
+	}
+	if o.Reason != nil {
+		order.Reason = crowdpass.Reason(*o.Reason)
+	}
+	if o.ProcessedAt != nil {
+		t := crowdpass.NewTime(*o.ProcessedAt)
+		order.ProcessedAt = &t
+	}
+	for _, t := range tickets {
+		order.Tickets = append(order.Tickets, crowdpass.Ticket{ID: t.ID, Seat: int(t.Seat)})
+	}
+	return order
+}
+
+// outcomePayloads encodes each decided order as its outbox payload.
+func outcomePayloads(orders []crowdpass.Order) (types []string, payloads [][]byte, err error) {
+	types = make([]string, len(orders))
+	payloads = make([][]byte, len(orders))
+	for i, o := range orders {
+		out := crowdpass.NewOutcome(o)
+		types[i] = out.Type
+		if payloads[i], err = json.Marshal(out); err != nil {
+			return nil, nil, fmt.Errorf("encoding outcome of order %s: %w", o.ID, err)
+		}
+	}
+	return types, payloads, nil
+}
+

@@ -1,0 +1,39 @@
+-- name: TicketCategoryInsert :one
+INSERT INTO ticket_categories (id, event_id, position, name, capacity, remaining, price_cents)
+VALUES (@id, @event_id, @position, @name, @capacity, @capacity, @price_cents)
+RETURNING *;
+
+-- name: TicketCategoryListByEvent :many
+SELECT * FROM ticket_categories WHERE event_id = @event_id ORDER BY position;
+
+-- name: TicketCategoryList :many
+SELECT * FROM ticket_categories ORDER BY event_id, position;
+
+-- TicketCategoryRulesMany tells the worker, without taking any lock, which
+-- categories exist, which event they belong to and that event's limit.
+-- name: TicketCategoryRulesMany :many
+SELECT c.id, c.event_id, e.max_per_customer
+FROM ticket_categories c
+JOIN events e ON e.id = c.event_id
+WHERE c.id = ANY(@ids::uuid[]);
+
+-- TicketCategoryLockMany takes the hot rows' locks in id order, so two
+-- workers deciding overlapping categories can never deadlock on them. It is
+-- NO KEY UPDATE, not UPDATE: the orders and tickets inserted in the same
+-- transactions hold KEY SHARE locks on these rows through their foreign
+-- keys, and FOR UPDATE would wait on those, deadlocking two workers.
+-- name: TicketCategoryLockMany :many
+SELECT id, capacity, remaining
+FROM ticket_categories
+WHERE id = ANY(@ids::uuid[])
+ORDER BY id
+FOR NO KEY UPDATE;
+
+-- TicketCategoryTakeMany is the conditional decrement: a row whose
+-- remaining cannot cover its take is left alone, so stock never goes
+-- below zero whatever the caller computed.
+-- name: TicketCategoryTakeMany :execrows
+UPDATE ticket_categories c
+SET remaining = c.remaining - d.take
+FROM (SELECT unnest(@ids::uuid[]) AS id, unnest(@takes::integer[]) AS take) d
+WHERE c.id = d.id AND d.take > 0 AND c.remaining >= d.take;

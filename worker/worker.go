@@ -1,0 +1,295 @@
+// Package worker drains ticket_orders at a controlled rate and decides the
+// orders in batches, one PostgreSQL transaction per batch.
+package worker
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"golang.org/x/time/rate"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/broker"
+)
+
+// Decider decides batches of order requests against the source of truth.
+type Decider interface {
+	DecideOrders(ctx context.Context, reqs []crowdpass.OrderRequest) ([]crowdpass.Decision, error)
+}
+
+// Config configures a Worker. Zero values take the defaults.
+type Config struct {
+	AMQPURL  string
+	Topology broker.Topology
+	// Name names the broker connection (default "crowdpass-worker").
+	Name string
+	// Rate caps the orders decided per second; 0 means as fast as possible.
+	Rate float64
+	// Prefetch is how many unacknowledged orders the broker hands out (default 2×Batch).
+	Prefetch int
+	// Batch is the most orders decided in one transaction (default 100).
+	Batch int
+	// RetryMin and RetryMax bound the backoff between attempts after the
+	// database or the broker failed (defaults 100ms and 5s).
+	RetryMin, RetryMax time.Duration
+	// DecideTimeout bounds one decision transaction (default 30s).
+	DecideTimeout time.Duration
+	Logger        *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	c.Name = cmp.Or(c.Name, "crowdpass-worker")
+	c.Batch = max(c.Batch, 0)
+	c.Batch = cmp.Or(c.Batch, 100)
+	c.Prefetch = cmp.Or(max(c.Prefetch, 0), 2*c.Batch)
+	c.Prefetch = max(c.Prefetch, c.Batch)
+	c.RetryMin = cmp.Or(c.RetryMin, 100*time.Millisecond)
+	c.RetryMax = cmp.Or(c.RetryMax, 5*time.Second)
+	c.DecideTimeout = cmp.Or(c.DecideTimeout, 30*time.Second)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Worker consumes order requests and decides them. Any number of workers may
+// run against one queue and one database.
+type Worker struct {
+	cfg     Config
+	decider Decider
+	log     *slog.Logger
+	limiter *rate.Limiter
+
+	connected   atomic.Bool
+	dbFailing   atomic.Bool
+	afterDecide func() // test hook: runs after a batch committed, before its ack
+}
+
+// New returns a worker; Run starts it.
+func New(cfg Config, decider Decider) *Worker {
+	cfg = cfg.withDefaults()
+	w := &Worker{cfg: cfg, decider: decider, log: cfg.Logger.With("role", "worker")}
+	if cfg.Rate > 0 {
+		w.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), cfg.Batch)
+	}
+	return w
+}
+
+// Ready reports whether the worker is consuming and its database answers.
+func (w *Worker) Ready() bool { return w.connected.Load() && !w.dbFailing.Load() }
+
+// Run consumes until ctx is done, reconnecting to the broker whenever the
+// connection is lost. It returns nil after a graceful stop: the batch in hand
+// is decided and acknowledged first.
+func (w *Worker) Run(ctx context.Context) error {
+	backoff := w.cfg.RetryMin
+	lost := false
+	for {
+		err := w.session(ctx, func() {
+			if lost {
+				w.log.Info("broker connection restored")
+				lost = false
+			}
+			backoff = w.cfg.RetryMin
+		})
+		w.connected.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !lost {
+			w.log.Warn("broker connection lost; reconnecting", "err", err)
+			lost = true
+		}
+		if !sleep(ctx, backoff) {
+			return nil
+		}
+		backoff = min(2*backoff, w.cfg.RetryMax)
+	}
+}
+
+var errDeliveriesClosed = errors.New("delivery channel closed")
+
+// session is one broker connection's life: it declares the topology, consumes
+// and returns when the connection fails or ctx is done.
+func (w *Worker) session(ctx context.Context, onConnected func()) error {
+	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := broker.Dial(dialCtx, w.cfg.AMQPURL, w.cfg.Name)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("opening channel: %w", err)
+	}
+	if err := w.cfg.Topology.Declare(ch); err != nil {
+		return err
+	}
+	if err := ch.Qos(w.cfg.Prefetch, 0, false); err != nil {
+		return fmt.Errorf("setting prefetch: %w", err)
+	}
+	deliveries, err := ch.ConsumeWithContext(ctx, w.cfg.Topology.Orders(), "", false, false, false, false, nil)
+	if err != nil {
+		return fmt.Errorf("consuming %s: %w", w.cfg.Topology.Orders(), err)
+	}
+	w.connected.Store(true)
+	onConnected()
+	for {
+		batch, err := w.collect(ctx, deliveries)
+		if len(batch) > 0 {
+			w.process(ctx, batch)
+		}
+		if err != nil || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// collect waits for one delivery, then takes whatever else is already
+// waiting, up to a batch. Under load the prefetch buffer fills while the
+// previous batch is decided, so batches grow exactly when they pay off.
+func (w *Worker) collect(ctx context.Context, deliveries <-chan amqp.Delivery) ([]amqp.Delivery, error) {
+	var batch []amqp.Delivery
+	select {
+	case <-ctx.Done():
+		return nil, nil
+	case d, ok := <-deliveries:
+		if !ok {
+			return nil, errDeliveriesClosed
+		}
+		batch = append(batch, d)
+	}
+	for len(batch) < w.cfg.Batch {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				return batch, errDeliveriesClosed
+			}
+			batch = append(batch, d)
+		default:
+			return batch, nil
+		}
+	}
+	return batch, nil
+}
+
+// process decides a batch and settles every delivery in it: undecidable
+// ones are rejected to the dead-letter queue, the rest acknowledged with one
+// multiple ack after the transaction committed. If ctx ends before the batch
+// could be decided, nothing is settled and the broker redelivers it.
+func (w *Worker) process(ctx context.Context, batch []amqp.Delivery) {
+	if w.limiter != nil {
+		if err := w.limiter.WaitN(ctx, len(batch)); err != nil {
+			return
+		}
+	}
+	reqs := make([]crowdpass.OrderRequest, 0, len(batch))
+	valid := make([]amqp.Delivery, 0, len(batch))
+	for _, d := range batch {
+		var r crowdpass.OrderRequest
+		if err := decode(d.Body, &r); err != nil {
+			w.deadLetter(d, err)
+			continue
+		}
+		reqs = append(reqs, r)
+		valid = append(valid, d)
+	}
+	if len(reqs) == 0 {
+		return
+	}
+	decisions, ok := w.decide(ctx, reqs)
+	if !ok {
+		return
+	}
+	if w.afterDecide != nil {
+		w.afterDecide()
+	}
+	var last uint64
+	for i, d := range decisions {
+		if d.Invalid != nil {
+			w.deadLetter(valid[i], d.Invalid)
+			continue
+		}
+		last = max(last, valid[i].DeliveryTag)
+	}
+	if last > 0 {
+		// Every delivery of this batch up to last is settled by this one ack;
+		// rejected ones were settled just before and are no longer pending.
+		if err := valid[0].Acknowledger.Ack(last, true); err != nil {
+			w.log.Debug("ack failed; the batch will be redelivered and found decided", "err", err)
+		}
+	}
+}
+
+// decide decides reqs, retrying with backoff while the database fails
+// transiently. A batch failing for good is split, so that one bad request
+// cannot hold up the others: alone, it is marked invalid.
+func (w *Worker) decide(ctx context.Context, reqs []crowdpass.OrderRequest) ([]crowdpass.Decision, bool) {
+	backoff := w.cfg.RetryMin
+	for {
+		attemptCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.DecideTimeout)
+		decisions, err := w.decider.DecideOrders(attemptCtx, reqs)
+		cancel()
+		switch {
+		case err == nil:
+			if w.dbFailing.CompareAndSwap(true, false) {
+				w.log.Info("database recovered")
+			}
+			return decisions, true
+		case crowdpass.Code(err) != crowdpass.EInternal && len(reqs) > 1:
+			out := make([]crowdpass.Decision, 0, len(reqs))
+			for _, r := range reqs {
+				d, ok := w.decide(ctx, []crowdpass.OrderRequest{r})
+				if !ok {
+					return nil, false
+				}
+				out = append(out, d...)
+			}
+			return out, true
+		case crowdpass.Code(err) != crowdpass.EInternal:
+			return []crowdpass.Decision{{Request: reqs[0], Invalid: err}}, true
+		}
+		if w.dbFailing.CompareAndSwap(false, true) {
+			w.log.Warn("database unavailable; retrying", "err", err)
+		}
+		if !sleep(ctx, backoff) {
+			return nil, false
+		}
+		backoff = min(2*backoff, w.cfg.RetryMax)
+	}
+}
+
+func (w *Worker) deadLetter(d amqp.Delivery, reason error) {
+	w.log.Warn("order request dead-lettered", "message_id", d.MessageId, "err", reason)
+	if err := d.Nack(false, false); err != nil {
+		w.log.Debug("nack failed; the message will be redelivered", "err", err)
+	}
+}
+
+// decode reads one order request strictly: one JSON object, nothing after it.
+func decode(body []byte, r *crowdpass.OrderRequest) error {
+	if err := json.Unmarshal(body, r); err != nil {
+		return fmt.Errorf("decoding order request: %w", err)
+	}
+	return nil
+}
+
+// sleep waits d or until ctx is done; it reports whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
