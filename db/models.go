@@ -10,12 +10,6 @@ import (
 	"github.com/google/uuid"
 )
 
-type CustomerAllowance struct {
-	EventID    uuid.UUID
-	CustomerID string
-	Confirmed  int32
-}
-
 type Event struct {
 	ID             uuid.UUID
 	Name           string

@@ -12,90 +12,45 @@ import (
 	"github.com/google/uuid"
 )
 
-const orderClaimMany = `-- name: OrderClaimMany :many
-INSERT INTO orders (id, customer_id, idempotency_key, event_id, category_id, quantity, status, created_at)
-SELECT
-    unnest($1::uuid[]),
-    unnest($2::text[]),
-    unnest($3::text[]),
-    unnest($4::uuid[]),
-    unnest($5::uuid[]),
-    unnest($6::integer[]),
-    'pending',
-    unnest($7::timestamptz[])
-ON CONFLICT DO NOTHING
-RETURNING id
+const orderConfirmedTickets = `-- name: OrderConfirmedTickets :many
+SELECT c.event_id::uuid AS event_id, c.customer_id::text AS customer_id,
+    (SELECT coalesce(sum(o.quantity), 0) FROM orders o
+     WHERE o.event_id = c.event_id AND o.customer_id = c.customer_id AND o.status = 'confirmed')::integer AS tickets
+FROM (SELECT unnest($1::uuid[]) AS event_id, unnest($2::text[]) AS customer_id) c
 `
 
-type OrderClaimManyParams struct {
-	Ids             []uuid.UUID
-	CustomerIds     []string
-	IdempotencyKeys []string
-	EventIds        []uuid.UUID
-	CategoryIds     []uuid.UUID
-	Quantities      []int32
-	CreatedAts      []time.Time
+type OrderConfirmedTicketsParams struct {
+	EventIds    []uuid.UUID
+	CustomerIds []string
 }
 
-// OrderClaimMany records orders as pending and returns the ids it inserted.
-// An order that already exists (a redelivery, a duplicate, or another worker
-// deciding it right now: the unique index makes us wait for its commit) is
-// left out of the answer, so the caller decides each order exactly once.
-func (q *Queries) OrderClaimMany(ctx context.Context, arg OrderClaimManyParams) ([]uuid.UUID, error) {
-	rows, err := q.db.Query(ctx, orderClaimMany,
-		arg.Ids,
-		arg.CustomerIds,
-		arg.IdempotencyKeys,
-		arg.EventIds,
-		arg.CategoryIds,
-		arg.Quantities,
-		arg.CreatedAts,
-	)
+type OrderConfirmedTicketsRow struct {
+	EventID    uuid.UUID
+	CustomerID string
+	Tickets    int32
+}
+
+// OrderConfirmedTickets sums each customer's confirmed tickets for an event.
+// The correlated subquery keeps it an index lookup per customer whatever the
+// planner believes about the table's size.
+func (q *Queries) OrderConfirmedTickets(ctx context.Context, arg OrderConfirmedTicketsParams) ([]OrderConfirmedTicketsRow, error) {
+	rows, err := q.db.Query(ctx, orderConfirmedTickets, arg.EventIds, arg.CustomerIds)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []uuid.UUID
+	var items []OrderConfirmedTicketsRow
 	for rows.Next() {
-		var id uuid.UUID
-		if err := rows.Scan(&id); err != nil {
+		var i OrderConfirmedTicketsRow
+		if err := rows.Scan(&i.EventID, &i.CustomerID, &i.Tickets); err != nil {
 			return nil, err
 		}
-		items = append(items, id)
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
 	return items, nil
-}
-
-const orderDecideMany = `-- name: OrderDecideMany :execrows
-UPDATE orders o
-SET status = d.status, reason = NULLIF(d.reason, ''), processed_at = $1
-FROM (
-    SELECT unnest($2::uuid[]) AS id, unnest($3::text[]) AS status, unnest($4::text[]) AS reason
-) d
-WHERE o.id = d.id AND o.status = 'pending'
-`
-
-type OrderDecideManyParams struct {
-	ProcessedAt *time.Time
-	Ids         []uuid.UUID
-	Statuses    []string
-	Reasons     []string
-}
-
-func (q *Queries) OrderDecideMany(ctx context.Context, arg OrderDecideManyParams) (int64, error) {
-	result, err := q.db.Exec(ctx, orderDecideMany,
-		arg.ProcessedAt,
-		arg.Ids,
-		arg.Statuses,
-		arg.Reasons,
-	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
 }
 
 const orderGet = `-- name: OrderGet :one
@@ -118,4 +73,104 @@ func (q *Queries) OrderGet(ctx context.Context, id uuid.UUID) (Order, error) {
 		&i.ProcessedAt,
 	)
 	return i, err
+}
+
+const orderInsertMany = `-- name: OrderInsertMany :many
+INSERT INTO orders (id, customer_id, idempotency_key, event_id, category_id, quantity, status, reason, created_at, processed_at)
+SELECT
+    unnest($1::uuid[]),
+    unnest($2::text[]),
+    unnest($3::text[]),
+    unnest($4::uuid[]),
+    unnest($5::uuid[]),
+    unnest($6::integer[]),
+    unnest($7::text[]),
+    NULLIF(unnest($8::text[]), ''),
+    unnest($9::timestamptz[]),
+    $10::timestamptz
+ON CONFLICT DO NOTHING
+RETURNING id
+`
+
+type OrderInsertManyParams struct {
+	Ids             []uuid.UUID
+	CustomerIds     []string
+	IdempotencyKeys []string
+	EventIds        []uuid.UUID
+	CategoryIds     []uuid.UUID
+	Quantities      []int32
+	Statuses        []string
+	Reasons         []string
+	CreatedAts      []time.Time
+	ProcessedAt     time.Time
+}
+
+// OrderInsertMany records decided orders and returns the ids it inserted;
+// an order that exists already (a redelivery) is left out of the answer.
+func (q *Queries) OrderInsertMany(ctx context.Context, arg OrderInsertManyParams) ([]uuid.UUID, error) {
+	rows, err := q.db.Query(ctx, orderInsertMany,
+		arg.Ids,
+		arg.CustomerIds,
+		arg.IdempotencyKeys,
+		arg.EventIds,
+		arg.CategoryIds,
+		arg.Quantities,
+		arg.Statuses,
+		arg.Reasons,
+		arg.CreatedAts,
+		arg.ProcessedAt,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []uuid.UUID
+	for rows.Next() {
+		var id uuid.UUID
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const orderLockCustomers = `-- name: OrderLockCustomers :exec
+SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k
+`
+
+// OrderLockCustomers takes a transaction-scoped advisory lock per (event,
+// customer) key, in the order given; callers pass them sorted so that two
+// workers never deadlock. Whoever decides an order of a customer holds it.
+func (q *Queries) OrderLockCustomers(ctx context.Context, keys []int64) error {
+	_, err := q.db.Exec(ctx, orderLockCustomers, keys)
+	return err
+}
+
+const orderRedecideMany = `-- name: OrderRedecideMany :execrows
+UPDATE orders o
+SET status = d.status, reason = NULLIF(d.reason, '')
+FROM (
+    SELECT unnest($1::uuid[]) AS id, unnest($2::text[]) AS status, unnest($3::text[]) AS reason
+) d
+WHERE o.id = d.id
+`
+
+type OrderRedecideManyParams struct {
+	Ids      []uuid.UUID
+	Statuses []string
+	Reasons  []string
+}
+
+// OrderRedecideMany corrects the status of orders decided optimistically in
+// the same transaction, when their category turned out not to cover them.
+func (q *Queries) OrderRedecideMany(ctx context.Context, arg OrderRedecideManyParams) (int64, error) {
+	result, err := q.db.Exec(ctx, orderRedecideMany, arg.Ids, arg.Statuses, arg.Reasons)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }

@@ -3,7 +3,11 @@ package postgres
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -27,52 +31,106 @@ import (
 // On error nothing was written and the whole batch may be tried again.
 func (s *Store) DecideOrders(ctx context.Context, reqs []crowdpass.OrderRequest) ([]crowdpass.Decision, error) {
 	decisions := make([]crowdpass.Decision, len(reqs))
-	for i, r := range reqs {
-		decisions[i].Request = r
+	// Orders found decided before are learned from the insert's conflicts,
+	// which is cheaper than looking every id up first: redeliveries are rare.
+	// The transaction that met them is rolled back and the batch decided
+	// again without them, as the other orders' verdicts may depend on them.
+	before := map[uuid.UUID]bool{}
+	for attempt := 0; ; attempt++ {
+		for i, r := range reqs {
+			decisions[i] = crowdpass.Decision{Request: r}
+		}
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			return s.decide(ctx, db.New(tx), decisions, before)
+		})
+		var dup *decidedBeforeError
+		if errors.As(err, &dup) && attempt < 3 {
+			for _, id := range dup.ids {
+				before[id] = true
+			}
+			continue
+		}
+		if err != nil {
+			return nil, translate(err)
+		}
+		return decisions, nil
 	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return s.decide(ctx, db.New(tx), decisions)
-	})
-	if err != nil {
-		return nil, translate(err)
-	}
-	return decisions, nil
 }
 
-type allowanceKey struct {
+// decidedBeforeError lists orders of a batch that turned out to exist.
+type decidedBeforeError struct{ ids []uuid.UUID }
+
+func (e *decidedBeforeError) Error() string {
+	return fmt.Sprintf("%d orders of the batch were decided before", len(e.ids))
+}
+
+// holder is a customer of an event: the unit max_per_customer counts.
+type holder struct {
 	event    uuid.UUID
 	customer string
 }
 
-func compareAllowanceKeys(a, b allowanceKey) int {
+func compareHolders(a, b holder) int {
 	if c := bytes.Compare(a.event[:], b.event[:]); c != 0 {
 		return c
 	}
 	return strings.Compare(a.customer, b.customer)
 }
 
+// lockKey is the holder's advisory lock key. Two holders sharing a key only
+// wait for each other; it is never a question of correctness.
+func (h holder) lockKey() int64 {
+	sum := sha256.Sum256(append(h.event[:], h.customer...))
+	return int64(binary.BigEndian.Uint64(sum[:8]))
+}
+
 func compareUUIDs(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) }
 
 type stock struct{ capacity, remaining int }
 
-func (s *Store) decide(ctx context.Context, q *db.Queries, decisions []crowdpass.Decision) error {
-	// Read the rules without locks: categories and limits never change.
-	catIDs := make([]uuid.UUID, 0, len(decisions))
-	for _, d := range decisions {
-		catIDs = append(catIDs, d.Request.CategoryID)
+type verdict struct {
+	status crowdpass.OrderStatus
+	reason crowdpass.Reason
+}
+
+// plan decides reqs in order against what each holder has confirmed and, if
+// stocks is not nil, against the categories' stock; with stocks nil every
+// category is taken to cover every order. It returns a verdict per request
+// and the tickets taken per category.
+func plan(reqs []crowdpass.OrderRequest, limits map[uuid.UUID]int, confirmed map[holder]int, stocks map[uuid.UUID]stock) ([]verdict, map[uuid.UUID]int) {
+	held := maps.Clone(confirmed)
+	if held == nil {
+		held = map[holder]int{}
 	}
-	slices.SortFunc(catIDs, compareUUIDs)
-	catIDs = slices.Compact(catIDs)
-	rules, err := q.TicketCategoryRulesMany(ctx, catIDs)
+	taken := make(map[uuid.UUID]int)
+	verdicts := make([]verdict, len(reqs))
+	for i, r := range reqs {
+		h := holder{r.EventID, r.CustomerID}
+		switch {
+		case held[h]+r.Quantity > limits[r.CategoryID]:
+			verdicts[i] = verdict{crowdpass.StatusRejected, crowdpass.ReasonLimitExceeded}
+		case stocks != nil && stocks[r.CategoryID].remaining-taken[r.CategoryID] < r.Quantity:
+			verdicts[i] = verdict{crowdpass.StatusRejected, crowdpass.ReasonSoldOut}
+		default:
+			verdicts[i] = verdict{status: crowdpass.StatusConfirmed}
+			held[h] += r.Quantity
+			taken[r.CategoryID] += r.Quantity
+		}
+	}
+	return verdicts, taken
+}
+
+// decide runs in the batch's transaction. The hot category rows are locked
+// as late as possible: orders are recorded first, decided on the assumption
+// that stock suffices, which is true for all but the last batches of a sale;
+// only when the locked stock says otherwise are the verdicts redone.
+func (s *Store) decide(ctx context.Context, q *db.Queries, decisions []crowdpass.Decision, before map[uuid.UUID]bool) error {
+	rules, err := s.categoryRules(ctx, q, decisions)
 	if err != nil {
-		return fmt.Errorf("reading category rules: %w", err)
-	}
-	limits := make(map[uuid.UUID]db.TicketCategoryRulesManyRow, len(rules))
-	for _, r := range rules {
-		limits[r.ID] = r
+		return err
 	}
 
-	// Sort out the requests that can never be decided and duplicates within the batch.
+	// Set aside the requests that can never be decided and the duplicates.
 	candidates := make([]int, 0, len(decisions))
 	seen := make(map[uuid.UUID]bool, len(decisions))
 	for i := range decisions {
@@ -82,97 +140,132 @@ func (s *Store) decide(ctx context.Context, q *db.Queries, decisions []crowdpass
 			d.Invalid = err
 			continue
 		}
-		if rule, ok := limits[r.CategoryID]; !ok || rule.EventID != r.EventID {
+		if rule, ok := rules[r.CategoryID]; !ok || rule.event != r.EventID {
 			d.Invalid = crowdpass.Errorf(crowdpass.EValidation, "category %s is not a category of event %s", r.CategoryID, r.EventID)
 			continue
 		}
-		if seen[r.OrderID] {
-			continue
+		if !seen[r.OrderID] && !before[r.OrderID] {
+			seen[r.OrderID] = true
+			candidates = append(candidates, i)
 		}
-		seen[r.OrderID] = true
-		candidates = append(candidates, i)
 	}
 	if len(candidates) == 0 {
 		return nil
 	}
 
-	// Claim the orders: those that exist already were decided before.
-	claim := db.OrderClaimManyParams{}
+	// Lock the customers: from now on nobody else can decide their orders.
+	holders := make([]holder, 0, len(candidates))
+	limits := make(map[uuid.UUID]int, len(rules))
 	for _, i := range candidates {
 		r := decisions[i].Request
-		claim.Ids = append(claim.Ids, r.OrderID)
-		claim.CustomerIds = append(claim.CustomerIds, r.CustomerID)
-		claim.IdempotencyKeys = append(claim.IdempotencyKeys, r.IdempotencyKey)
-		claim.EventIds = append(claim.EventIds, r.EventID)
-		claim.CategoryIds = append(claim.CategoryIds, r.CategoryID)
-		claim.Quantities = append(claim.Quantities, int32(r.Quantity))
-		claim.CreatedAts = append(claim.CreatedAts, r.AcceptedAt.Time)
+		holders = append(holders, holder{r.EventID, r.CustomerID})
+		limits[r.CategoryID] = rules[r.CategoryID].maxPerCustomer
 	}
-	claimedIDs, err := q.OrderClaimMany(ctx, claim)
+	slices.SortFunc(holders, compareHolders)
+	holders = slices.Compact(holders)
+	keys := make([]int64, len(holders))
+	for i, h := range holders {
+		keys[i] = h.lockKey()
+	}
+	slices.Sort(keys)
+	if err := q.OrderLockCustomers(ctx, slices.Compact(keys)); err != nil {
+		return fmt.Errorf("locking customers: %w", err)
+	}
+	held := db.OrderConfirmedTicketsParams{}
+	for _, h := range holders {
+		held.EventIds = append(held.EventIds, h.event)
+		held.CustomerIds = append(held.CustomerIds, h.customer)
+	}
+	heldRows, err := q.OrderConfirmedTickets(ctx, held)
 	if err != nil {
-		return fmt.Errorf("claiming orders: %w", err)
+		return fmt.Errorf("counting customers' tickets: %w", err)
 	}
-	claimed := make(map[uuid.UUID]bool, len(claimedIDs))
-	for _, id := range claimedIDs {
-		claimed[id] = true
-	}
-	candidates = slices.DeleteFunc(candidates, func(i int) bool { return !claimed[decisions[i].Request.OrderID] })
-	if len(candidates) == 0 {
-		return nil
+	confirmed := make(map[holder]int, len(heldRows))
+	for _, row := range heldRows {
+		confirmed[holder{row.EventID, row.CustomerID}] = int(row.Tickets)
 	}
 
-	// Lock what the customers hold, then the stock, each in a fixed order so
-	// that concurrent workers never deadlock. The hot category rows come last
-	// to hold their locks for as short a time as possible.
-	keys := make([]allowanceKey, 0, len(candidates))
-	cats := make([]uuid.UUID, 0, len(candidates))
-	for _, i := range candidates {
-		r := decisions[i].Request
-		keys = append(keys, allowanceKey{r.EventID, r.CustomerID})
+	reqs := make([]crowdpass.OrderRequest, len(candidates))
+	for k, i := range candidates {
+		reqs[k] = decisions[i].Request
+	}
+	verdicts, taken := plan(reqs, limits, confirmed, nil)
+
+	processedAt := crowdpass.NewTime(s.now())
+	insert := db.OrderInsertManyParams{ProcessedAt: processedAt.Time}
+	for k, r := range reqs {
+		insert.Ids = append(insert.Ids, r.OrderID)
+		insert.CustomerIds = append(insert.CustomerIds, r.CustomerID)
+		insert.IdempotencyKeys = append(insert.IdempotencyKeys, r.IdempotencyKey)
+		insert.EventIds = append(insert.EventIds, r.EventID)
+		insert.CategoryIds = append(insert.CategoryIds, r.CategoryID)
+		insert.Quantities = append(insert.Quantities, int32(r.Quantity))
+		insert.Statuses = append(insert.Statuses, string(verdicts[k].status))
+		insert.Reasons = append(insert.Reasons, string(verdicts[k].reason))
+		insert.CreatedAts = append(insert.CreatedAts, r.AcceptedAt.Time)
+	}
+	inserted, err := q.OrderInsertMany(ctx, insert)
+	if err != nil {
+		return fmt.Errorf("recording orders: %w", err)
+	}
+	if len(inserted) != len(reqs) {
+		fresh := make(map[uuid.UUID]bool, len(inserted))
+		for _, id := range inserted {
+			fresh[id] = true
+		}
+		dup := &decidedBeforeError{}
+		for _, r := range reqs {
+			if !fresh[r.OrderID] {
+				dup.ids = append(dup.ids, r.OrderID)
+			}
+		}
+		return dup
+	}
+
+	// Now the hot rows, in id order so that workers never deadlock.
+	var cats []uuid.UUID
+	for _, r := range reqs {
 		cats = append(cats, r.CategoryID)
 	}
-	slices.SortFunc(keys, compareAllowanceKeys)
-	keys = slices.Compact(keys)
 	slices.SortFunc(cats, compareUUIDs)
 	cats = slices.Compact(cats)
-
-	lockAllowances := db.CustomerAllowanceLockManyParams{}
-	for _, k := range keys {
-		lockAllowances.EventIds = append(lockAllowances.EventIds, k.event)
-		lockAllowances.CustomerIds = append(lockAllowances.CustomerIds, k.customer)
-	}
-	allowanceRows, err := q.CustomerAllowanceLockMany(ctx, lockAllowances)
-	if err != nil {
-		return fmt.Errorf("locking customer allowances: %w", err)
-	}
-	held := make(map[allowanceKey]int, len(allowanceRows))
-	for _, a := range allowanceRows {
-		held[allowanceKey{a.EventID, a.CustomerID}] = int(a.Confirmed)
-	}
-
 	stockRows, err := q.TicketCategoryLockMany(ctx, cats)
 	if err != nil {
 		return fmt.Errorf("locking ticket categories: %w", err)
 	}
-	stocks := make(map[uuid.UUID]*stock, len(stockRows))
+	stocks := make(map[uuid.UUID]stock, len(stockRows))
 	for _, c := range stockRows {
-		stocks[c.ID] = &stock{capacity: int(c.Capacity), remaining: int(c.Remaining)}
+		stocks[c.ID] = stock{capacity: int(c.Capacity), remaining: int(c.Remaining)}
+	}
+	if !covers(stocks, taken) {
+		var exact []verdict
+		exact, taken = plan(reqs, limits, confirmed, stocks)
+		redo := db.OrderRedecideManyParams{}
+		for k, v := range exact {
+			if v != verdicts[k] {
+				redo.Ids = append(redo.Ids, reqs[k].OrderID)
+				redo.Statuses = append(redo.Statuses, string(v.status))
+				redo.Reasons = append(redo.Reasons, string(v.reason))
+			}
+		}
+		if _, err := q.OrderRedecideMany(ctx, redo); err != nil {
+			return fmt.Errorf("correcting sold-out orders: %w", err)
+		}
+		verdicts = exact
 	}
 
-	// Decide, earliest first.
-	processedAt := crowdpass.NewTime(s.now())
-	taken := make(map[uuid.UUID]int, len(cats))
-	added := make(map[allowanceKey]int, len(keys))
+	// Seats follow on from those sold: capacity - remaining of them.
+	next := make(map[uuid.UUID]int, len(stocks))
+	for id, st := range stocks {
+		next[id] = st.capacity - st.remaining + 1
+	}
 	var tickets db.TicketInsertManyParams
-	var decide db.OrderDecideManyParams
-	decided := make([]crowdpass.Order, 0, len(candidates))
-	for _, i := range candidates {
-		r := decisions[i].Request
-		key := allowanceKey{r.EventID, r.CustomerID}
-		st := stocks[r.CategoryID]
+	orders := make([]crowdpass.Order, len(reqs))
+	for k, r := range reqs {
 		order := crowdpass.Order{
 			ID:          r.OrderID,
-			Status:      crowdpass.StatusConfirmed,
+			Status:      verdicts[k].status,
+			Reason:      verdicts[k].reason,
 			EventID:     r.EventID,
 			CategoryID:  r.CategoryID,
 			Quantity:    r.Quantity,
@@ -181,34 +274,23 @@ func (s *Store) decide(ctx context.Context, q *db.Queries, decisions []crowdpass
 			ProcessedAt: &processedAt,
 			CustomerID:  r.CustomerID,
 		}
-		switch {
-		case held[key]+r.Quantity > int(limits[r.CategoryID].MaxPerCustomer):
-			order.Status, order.Reason = crowdpass.StatusRejected, crowdpass.ReasonLimitExceeded
-		case st == nil || st.remaining < r.Quantity:
-			order.Status, order.Reason = crowdpass.StatusRejected, crowdpass.ReasonSoldOut
-		default:
-			first := st.capacity - st.remaining + 1
-			for seat := first; seat < first+r.Quantity; seat++ {
+		if order.Status == crowdpass.StatusConfirmed {
+			for range r.Quantity {
 				id := uuid.Must(uuid.NewV7())
+				seat := next[r.CategoryID]
+				next[r.CategoryID]++
 				order.Tickets = append(order.Tickets, crowdpass.Ticket{ID: id, Seat: seat})
 				tickets.Ids = append(tickets.Ids, id)
 				tickets.OrderIds = append(tickets.OrderIds, r.OrderID)
 				tickets.CategoryIds = append(tickets.CategoryIds, r.CategoryID)
 				tickets.Seats = append(tickets.Seats, int32(seat))
 			}
-			st.remaining -= r.Quantity
-			taken[r.CategoryID] += r.Quantity
-			held[key] += r.Quantity
-			added[key] += r.Quantity
 		}
-		decide.Ids = append(decide.Ids, order.ID)
-		decide.Statuses = append(decide.Statuses, string(order.Status))
-		decide.Reasons = append(decide.Reasons, string(order.Reason))
-		decided = append(decided, order)
-		decisions[i].Order = &decided[len(decided)-1]
+		orders[k] = order
+		decisions[candidates[k]].Order = &orders[k]
 	}
 
-	if len(taken) > 0 {
+	if len(tickets.Ids) > 0 {
 		take := db.TicketCategoryTakeManyParams{}
 		for _, id := range cats {
 			if n := taken[id]; n > 0 {
@@ -223,41 +305,70 @@ func (s *Store) decide(ctx context.Context, q *db.Queries, decisions []crowdpass
 		if int(n) != len(take.Ids) {
 			return fmt.Errorf("taking tickets: %d of %d categories could not cover their take", len(take.Ids)-int(n), len(take.Ids))
 		}
-		add := db.CustomerAllowanceAddManyParams{}
-		for _, k := range keys {
-			if n := added[k]; n > 0 {
-				add.EventIds = append(add.EventIds, k.event)
-				add.CustomerIds = append(add.CustomerIds, k.customer)
-				add.Tickets = append(add.Tickets, int32(n))
-			}
-		}
-		if _, err := q.CustomerAllowanceAddMany(ctx, add); err != nil {
-			return fmt.Errorf("counting customers' tickets: %w", err)
-		}
 		if _, err := q.TicketInsertMany(ctx, tickets); err != nil {
 			return fmt.Errorf("issuing tickets: %w", err)
 		}
 	}
 
-	decide.ProcessedAt = &processedAt.Time
-	n, err := q.OrderDecideMany(ctx, decide)
-	if err != nil {
-		return fmt.Errorf("recording decisions: %w", err)
-	}
-	if int(n) != len(decide.Ids) {
-		return fmt.Errorf("recording decisions: %d of %d orders were no longer pending", len(decide.Ids)-int(n), len(decide.Ids))
-	}
-
-	types, payloads, err := outcomePayloads(decided)
+	types, payloads, err := outcomePayloads(orders)
 	if err != nil {
 		return err
 	}
 	if _, err := q.OutboxInsertMany(ctx, db.OutboxInsertManyParams{
-		AggregateIds: decide.Ids,
+		AggregateIds: insert.Ids,
 		EventTypes:   types,
 		Payloads:     payloads,
 	}); err != nil {
 		return fmt.Errorf("writing outcomes to the outbox: %w", err)
 	}
 	return nil
+}
+
+// covers reports whether every category has the stock to cover its take.
+func covers(stocks map[uuid.UUID]stock, taken map[uuid.UUID]int) bool {
+	for id, n := range taken {
+		if stocks[id].remaining < n {
+			return false
+		}
+	}
+	return true
+}
+
+type categoryRule struct {
+	event          uuid.UUID
+	maxPerCustomer int
+}
+
+// categoryRules returns which event each category of the batch belongs to
+// and that event's limit. Neither ever changes, so they are cached for good;
+// an unknown category is looked up each time, as it may yet be created.
+func (s *Store) categoryRules(ctx context.Context, q *db.Queries, decisions []crowdpass.Decision) (map[uuid.UUID]categoryRule, error) {
+	rules := make(map[uuid.UUID]categoryRule)
+	var missing []uuid.UUID
+	s.rulesMu.RLock()
+	for _, d := range decisions {
+		id := d.Request.CategoryID
+		if rule, ok := s.rules[id]; ok {
+			rules[id] = rule
+		} else {
+			missing = append(missing, id)
+		}
+	}
+	s.rulesMu.RUnlock()
+	if len(missing) == 0 {
+		return rules, nil
+	}
+	slices.SortFunc(missing, compareUUIDs)
+	rows, err := q.TicketCategoryRulesMany(ctx, slices.Compact(missing))
+	if err != nil {
+		return nil, fmt.Errorf("reading category rules: %w", err)
+	}
+	s.rulesMu.Lock()
+	defer s.rulesMu.Unlock()
+	for _, r := range rows {
+		rule := categoryRule{event: r.EventID, maxPerCustomer: int(r.MaxPerCustomer)}
+		s.rules[r.ID] = rule
+		rules[r.ID] = rule
+	}
+	return rules, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -18,6 +19,9 @@ import (
 type Store struct {
 	pool *pgxpool.Pool
 	now  func() time.Time
+
+	rulesMu sync.RWMutex
+	rules   map[uuid.UUID]categoryRule
 }
 
 // NewStore returns a store on pool; now is its clock (time.Now if nil).
@@ -25,7 +29,7 @@ func NewStore(pool *pgxpool.Pool, now func() time.Time) *Store {
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{pool: pool, now: now}
+	return &Store{pool: pool, now: now, rules: map[uuid.UUID]categoryRule{}}
 }
 
 // Ping checks the database answers.
@@ -195,4 +199,3 @@ func outcomePayloads(orders []crowdpass.Order) (types []string, payloads [][]byt
 	}
 	return types, payloads, nil
 }
-

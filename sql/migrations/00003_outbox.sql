@@ -12,7 +12,6 @@ CREATE TABLE outbox (
 -- The relay only ever looks for unpublished rows; published ones are the
 -- audit trail and stay out of this index.
 CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
-CREATE INDEX outbox_aggregate ON outbox (aggregate_type, aggregate_id);
 
 -- +goose Down
 DROP TABLE outbox;

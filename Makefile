@@ -1,0 +1,44 @@
+# CrowdPass: `make run` starts the whole system on local services with a demo
+# event; `make test` runs every test against the real services.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/crowdpass
+
+export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/crowdpass?sslmode=disable
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
+
+.PHONY: all build generate check-generated lint services migrate run test bench
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/crowdpass
+
+generate:
+	rm -f db/*.go
+	$(GO) tool sqlc generate
+
+# check-generated fails when db/ is not what the queries and migrations generate.
+check-generated: generate
+	@git diff --exit-code -- db/ || { echo "db/ is out of date: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- db/)" || { git status --porcelain -- db/; echo "db/ has untracked generated files"; exit 1; }
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
+	$(GO) vet ./...
+
+services:
+	@./scripts/services.sh
+
+migrate: services build
+	$(BIN) migrate up
+
+run: migrate
+	$(BIN) serve
+
+test: services lint check-generated
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+bench: services
+	$(GO) test -run '^$$' -bench . -benchtime 3s ./...

@@ -1,0 +1,105 @@
+// Package auth issues and verifies the bearer tokens of the contract: JWT
+// HS256 signed with JWT_SECRET, the customer in sub, admin: true for operators.
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/crowdpass/crowdpass"
+)
+
+// Principal is who a verified token speaks for.
+type Principal struct {
+	Customer string
+	Admin    bool
+}
+
+// Authority signs and verifies tokens with one secret.
+type Authority struct {
+	secret []byte
+	now    func() time.Time
+}
+
+// New returns an authority for secret; now is its clock (time.Now if nil).
+func New(secret []byte, now func() time.Time) (*Authority, error) {
+	if len(secret) == 0 {
+		return nil, errors.New("the JWT secret must not be empty")
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Authority{secret: secret, now: now}, nil
+}
+
+type claims struct {
+	Admin bool `json:"admin,omitempty"`
+	jwt.RegisteredClaims
+}
+
+// Issue signs a token for customer, valid for ttl from now.
+func (a *Authority) Issue(customer string, admin bool, ttl time.Duration) (string, error) {
+	if err := validCustomer(customer); err != nil {
+		return "", err
+	}
+	if ttl <= 0 {
+		return "", errors.New("the token lifetime must be positive")
+	}
+	now := a.now()
+	c := claims{Admin: admin, RegisteredClaims: jwt.RegisteredClaims{
+		Subject:   customer,
+		IssuedAt:  jwt.NewNumericDate(now),
+		NotBefore: jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	}}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(a.secret)
+	if err != nil {
+		return "", fmt.Errorf("signing token: %w", err)
+	}
+	return s, nil
+}
+
+// Verify checks a token's signature, exp (required) and nbf, and returns its
+// principal. Every failure is an EUnauthorized error that never quotes the token.
+func (a *Authority) Verify(token string) (Principal, error) {
+	var c claims
+	_, err := jwt.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return a.secret, nil },
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithTimeFunc(a.now),
+		jwt.WithLeeway(5*time.Second),
+	)
+	if err != nil {
+		return Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "%s", reason(err))
+	}
+	if err := validCustomer(c.Subject); err != nil {
+		return Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "the token's subject %s", err)
+	}
+	return Principal{Customer: c.Subject, Admin: c.Admin}, nil
+}
+
+func validCustomer(customer string) error {
+	if customer == "" || len(customer) > crowdpass.MaxCustomerIDLen {
+		return fmt.Errorf("must be 1 to %d bytes", crowdpass.MaxCustomerIDLen)
+	}
+	return nil
+}
+
+// reason says why a token failed, in words safe to show its bearer.
+func reason(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "the token has expired"
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return "the token is not valid yet"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "the token lacks a required claim"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "the token's signature is invalid"
+	default:
+		return "the token is malformed"
+	}
+}

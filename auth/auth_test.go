@@ -1,0 +1,54 @@
+package auth_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/auth"
+)
+
+func TestIssuedTokenVerifies(t *testing.T) {
+	t.Parallel()
+	a, _ := auth.New([]byte("secret"), nil)
+	tok, err := a.Issue("alice", true, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.Verify(tok)
+	if err != nil || p.Customer != "alice" || !p.Admin {
+		t.Fatalf("Verify = %+v, %v", p, err)
+	}
+}
+
+func TestBadTokensAreUnauthorized(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	a, _ := auth.New([]byte("secret"), func() time.Time { return now })
+	other, _ := auth.New([]byte("other"), nil)
+	good, _ := a.Issue("alice", false, time.Hour)
+	foreign, _ := other.Issue("alice", false, time.Hour)
+	past, _ := auth.New([]byte("secret"), func() time.Time { return now.Add(-2 * time.Hour) })
+	expired, _ := past.Issue("alice", false, time.Hour)
+	future, _ := auth.New([]byte("secret"), func() time.Time { return now.Add(time.Hour) })
+	notYet, _ := future.Issue("alice", false, time.Hour)
+	noExp, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "alice"}).SignedString([]byte("secret"))
+	noSub, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"exp": now.Add(time.Hour).Unix()}).SignedString([]byte("secret"))
+	longSub, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": strings.Repeat("x", 256), "exp": now.Add(time.Hour).Unix()}).SignedString([]byte("secret"))
+	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims{"sub": "alice", "exp": now.Add(time.Hour).Unix()}).SignedString(jwt.UnsafeAllowNoneSignatureType)
+
+	for name, tok := range map[string]string{
+		"empty": "", "garbage": "not.a.token", "foreign signature": foreign, "expired": expired,
+		"not yet valid": notYet, "no exp": noExp, "no sub": noSub, "long sub": longSub, "alg none": none,
+		"tampered": good[:len(good)-2] + "xx",
+	} {
+		if _, err := a.Verify(tok); crowdpass.Code(err) != crowdpass.EUnauthorized {
+			t.Errorf("%s: Verify error = %v, want unauthorized", name, err)
+		} else if tok != "" && strings.Contains(err.Error(), tok) {
+			t.Errorf("%s: error quotes the token", name)
+		}
+	}
+}
