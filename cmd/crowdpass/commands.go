@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -202,3 +203,26 @@ func describe(err error) string {
 }
 
 var _ flag.Value = (*categoriesFlag)(nil)
+
+// runProbe GETs a URL and fails unless it answers 200: the container health
+// check, for images that have no curl.
+func runProbe(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return usagef("usage: crowdpass probe URL")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, args[0], nil)
+	if err != nil {
+		return usagef("probe: %v", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("probe: %s answered %s", args[0], resp.Status)
+	}
+	return nil
+}

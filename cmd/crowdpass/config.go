@@ -27,6 +27,10 @@ type config struct {
 	WorkerBatch    int
 	LogLevel       slog.Level
 	LogFormat      string
+	// HTTPAddrSet tells whether HTTP_ADDR or --http-addr was given: roles
+	// without a public API serve their health endpoints only then, so that
+	// several of them can run on one host.
+	HTTPAddrSet bool
 }
 
 // loadConfig reads the environment; errors name the variable at fault.
@@ -39,6 +43,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		JWTSecret:   getenv("JWT_SECRET"),
 		Namespace:   getenv("CROWDPASS_NAMESPACE"),
 		LogFormat:   cmp.Or(getenv("LOG_FORMAT"), "text"),
+		HTTPAddrSet: getenv("HTTP_ADDR") != "",
 	}
 	var errs []string
 	parse := func(name string, f func(string) error) {

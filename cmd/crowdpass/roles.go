@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -37,6 +38,7 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
+	fs.Visit(func(f *flag.Flag) { cfg.HTTPAddrSet = cfg.HTTPAddrSet || f.Name == "http-addr" })
 	if err := cfg.validateRole(); err != nil {
 		return err
 	}
@@ -44,7 +46,9 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	topo := broker.Topology{Namespace: cfg.Namespace}
 	roles := map[string]bool{role: true}
 	if role == "serve" {
+		// serve always answers on HTTP_ADDR, as the api in it will.
 		roles = map[string]bool{"worker": true}
+		cfg.HTTPAddrSet = true
 	}
 	for r := range roles {
 		if r != "worker" {
@@ -75,6 +79,12 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	}
 	checks = append(checks, check{"postgres", true, func(ctx context.Context) bool { return store.Ping(ctx) == nil }})
 
+	if !roles["api"] && !roles["notifier"] && !cfg.HTTPAddrSet {
+		log.Info("crowdpass started without an HTTP server; set HTTP_ADDR for /healthz and /readyz", "role", role)
+		err := g.Wait()
+		log.Info("crowdpass stopped", "role", role)
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
