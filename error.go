@@ -28,6 +28,7 @@ const (
 	EUnavailable          ErrorCode = "unavailable"
 	EInternal             ErrorCode = "internal"
 	EConflict             ErrorCode = "conflict"
+	EMethodNotAllowed     ErrorCode = "method_not_allowed"
 )
 
 // FieldError names one invalid field.

@@ -152,3 +152,17 @@ func EnsureDatabase(ctx context.Context, url string) error {
 	}
 	return nil
 }
+
+// NewPool returns a pool without connecting: connections are made as they
+// are needed, so a role starts even while the database is down.
+func NewPool(url string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parsing database url: %w", err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	return pgxpool.NewWithConfig(context.Background(), cfg)
+}

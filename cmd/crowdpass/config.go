@@ -25,6 +25,8 @@ type config struct {
 	WorkerRate     float64
 	WorkerPrefetch int
 	WorkerBatch    int
+	IdempotencyTTL time.Duration
+	PublishTimeout time.Duration
 	LogLevel       slog.Level
 	LogFormat      string
 	// HTTPAddrSet tells whether HTTP_ADDR or --http-addr was given: roles
@@ -36,14 +38,16 @@ type config struct {
 // loadConfig reads the environment; errors name the variable at fault.
 func loadConfig(getenv func(string) string) (config, error) {
 	c := config{
-		DatabaseURL: cmp.Or(getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/crowdpass?sslmode=disable"),
-		RedisURL:    cmp.Or(getenv("REDIS_URL"), "redis://127.0.0.1:6379/0"),
-		AMQPURL:     cmp.Or(getenv("AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/"),
-		HTTPAddr:    cmp.Or(getenv("HTTP_ADDR"), ":8080"),
-		JWTSecret:   getenv("JWT_SECRET"),
-		Namespace:   getenv("CROWDPASS_NAMESPACE"),
-		LogFormat:   cmp.Or(getenv("LOG_FORMAT"), "text"),
-		HTTPAddrSet: getenv("HTTP_ADDR") != "",
+		DatabaseURL:    cmp.Or(getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/crowdpass?sslmode=disable"),
+		RedisURL:       cmp.Or(getenv("REDIS_URL"), "redis://127.0.0.1:6379/0"),
+		AMQPURL:        cmp.Or(getenv("AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/"),
+		HTTPAddr:       cmp.Or(getenv("HTTP_ADDR"), ":8080"),
+		JWTSecret:      getenv("JWT_SECRET"),
+		Namespace:      getenv("CROWDPASS_NAMESPACE"),
+		LogFormat:      cmp.Or(getenv("LOG_FORMAT"), "text"),
+		HTTPAddrSet:    getenv("HTTP_ADDR") != "",
+		IdempotencyTTL: 24 * time.Hour,
+		PublishTimeout: 5 * time.Second,
 	}
 	var errs []string
 	parse := func(name string, f func(string) error) {
@@ -56,6 +60,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 	parse("WORKER_RATE", func(v string) (err error) { c.WorkerRate, err = parseNonNegFloat(v); return })
 	parse("WORKER_PREFETCH", func(v string) (err error) { c.WorkerPrefetch, err = parseNonNegInt(v); return })
 	parse("WORKER_BATCH", func(v string) (err error) { c.WorkerBatch, err = parseNonNegInt(v); return })
+	parse("IDEMPOTENCY_TTL", func(v string) (err error) { c.IdempotencyTTL, err = parsePositiveDuration(v); return })
+	parse("PUBLISH_TIMEOUT", func(v string) (err error) { c.PublishTimeout, err = parsePositiveDuration(v); return })
 	parse("LOG_LEVEL", func(v string) error { return c.LogLevel.UnmarshalText([]byte(v)) })
 	if len(errs) > 0 {
 		return c, usagef("bad environment: %s", strings.Join(errs, "; "))
@@ -69,6 +75,14 @@ func parseNonNegInt(v string) (int, error) {
 		return 0, fmt.Errorf("want a whole number >= 0")
 	}
 	return n, nil
+}
+
+func parsePositiveDuration(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("want a positive duration such as 24h")
+	}
+	return d, nil
 }
 
 func parseNonNegFloat(v string) (float64, error) {

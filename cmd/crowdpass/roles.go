@@ -12,20 +12,21 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/crowdpass/crowdpass/api"
+	"github.com/crowdpass/crowdpass/auth"
 	"github.com/crowdpass/crowdpass/broker"
+	"github.com/crowdpass/crowdpass/gate"
 	"github.com/crowdpass/crowdpass/postgres"
 	"github.com/crowdpass/crowdpass/worker"
 )
 
-// check is one readiness check of /readyz; critical ones make the process
-// unready (503) when they fail, the others only degraded.
-type check struct {
-	name     string
-	critical bool
-	ok       func(ctx context.Context) bool
-}
+// built lists the roles that exist so far; serve runs all of them.
+var built = []string{"api", "worker"}
 
 // runRoles runs one role, or every role for "serve", until ctx is done.
 func runRoles(ctx context.Context, role string, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -42,29 +43,35 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	if err := cfg.validateRole(); err != nil {
 		return err
 	}
-	log := cfg.logger(stderr)
-	topo := broker.Topology{Namespace: cfg.Namespace}
-	roles := map[string]bool{role: true}
+	roles := map[string]bool{}
 	if role == "serve" {
-		// serve always answers on HTTP_ADDR, as the api in it will.
-		roles = map[string]bool{"worker": true}
-		cfg.HTTPAddrSet = true
+		for _, r := range built {
+			roles[r] = true
+		}
+	} else {
+		roles[role] = true
 	}
 	for r := range roles {
-		if r != "worker" {
+		if r == "relay" || r == "notifier" {
 			return usagef("role %q is not built yet", r)
 		}
 	}
+	log := cfg.logger(stderr)
+	topo := broker.Topology{Namespace: cfg.Namespace}
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	pool, err := postgres.Open(ctx, cfg.DatabaseURL, 20)
+	// Pools are created without waiting for PostgreSQL: every role rides out
+	// a database that is down at start as it rides out one that goes down later.
+	pool, err := postgres.NewPool(cfg.DatabaseURL, 16)
 	if err != nil {
-		return err
+		return usagef("DATABASE_URL: %v", err)
 	}
 	defer pool.Close()
 	store := postgres.NewStore(pool, nil)
 
 	g, ctx := errgroup.WithContext(ctx)
-	var checks []check
+	var checks []api.Check
 	if roles["worker"] {
 		w := worker.New(worker.Config{
 			AMQPURL:  cfg.AMQPURL,
@@ -74,44 +81,90 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 			Batch:    cfg.WorkerBatch,
 			Logger:   log,
 		}, store)
-		checks = append(checks, check{"worker", true, func(context.Context) bool { return w.Ready() }})
+		checks = append(checks, api.Check{Name: "worker", Critical: true, OK: func(context.Context) bool { return w.Ready() }})
 		g.Go(func() error { return w.Run(ctx) })
 	}
-	checks = append(checks, check{"postgres", true, func(ctx context.Context) bool { return store.Ping(ctx) == nil }})
 
-	if !roles["api"] && !roles["notifier"] && !cfg.HTTPAddrSet {
-		log.Info("crowdpass started without an HTTP server; set HTTP_ADDR for /healthz and /readyz", "role", role)
-		err := g.Wait()
-		log.Info("crowdpass stopped", "role", role)
-		return err
+	var handler http.Handler
+	// The publisher outlives the HTTP server, so in-flight orders get their
+	// confirms during a graceful shutdown; it stops once the server has.
+	pubCtx, stopPublisher := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPublisher()
+	if roles["api"] {
+		secret := jwtSecret(cfg.JWTSecret, stderr)
+		authority, err := auth.New([]byte(secret), nil)
+		if err != nil {
+			return err
+		}
+		redisOpts, err := redis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			return usagef("REDIS_URL: %v", err)
+		}
+		// Fail fast: a slow Redis sends orders down the slow path instead of
+		// holding them up.
+		redisOpts.DialTimeout, redisOpts.ReadTimeout, redisOpts.WriteTimeout = time.Second, 500*time.Millisecond, 500*time.Millisecond
+		redisOpts.MaxRetries = 0
+		redisOpts.PoolSize = 256
+		rdb := redis.NewClient(redisOpts)
+		defer rdb.Close()
+		publisher := broker.NewPublisher(broker.PublisherConfig{
+			URL: cfg.AMQPURL, Name: "crowdpass-api", Declare: topo.Declare, Logger: log,
+		})
+		g.Go(func() error { return publisher.Run(pubCtx) })
+		readPool, err := postgres.NewPool(cfg.DatabaseURL, 8)
+		if err != nil {
+			return usagef("DATABASE_URL: %v", err)
+		}
+		defer readPool.Close()
+		server := api.New(api.Config{
+			PublishTimeout: cfg.PublishTimeout,
+			Logger:         log,
+			Registry:       registry,
+			Checks:         checks,
+		}, gate.New(rdb, gate.Config{Namespace: cfg.Namespace, AnswerTTL: cfg.IdempotencyTTL}),
+			broker.OrderQueue{Publisher: publisher, Topology: topo},
+			postgres.NewStore(readPool, nil), authority)
+		g.Go(func() error { return server.Run(ctx) })
+		handler = server.Handler()
+		cfg.HTTPAddrSet = true
+	} else {
+		checks = append(checks, api.Check{Name: "postgres", OK: func(ctx context.Context) bool { return store.Ping(ctx) == nil }})
+		handler = opsHandler(checks)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		io.WriteString(w, `{"status":"ok"}`+"\n")
-	})
-	mux.Handle("GET /readyz", readyz(checks))
-	g.Go(func() error { return serveHTTP(ctx, cfg.HTTPAddr, mux, log) })
 
+	if cfg.HTTPAddrSet {
+		g.Go(func() error {
+			defer stopPublisher()
+			return serveHTTP(ctx, cfg.HTTPAddr, handler, log)
+		})
+	} else {
+		log.Info("no HTTP server; set HTTP_ADDR for /healthz and /readyz", "role", role)
+	}
 	log.Info("crowdpass started", "role", role, "namespace", cfg.Namespace, "http_addr", cfg.HTTPAddr)
 	err = g.Wait()
 	log.Info("crowdpass stopped", "role", role)
 	return err
 }
 
-func readyz(checks []check) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// opsHandler serves /healthz and /readyz for roles without the API.
+func opsHandler(checks []api.Check) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"status":"ok"}`+"\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		status, code := "ok", http.StatusOK
 		states := make(map[string]string, len(checks))
 		for _, c := range checks {
-			if c.ok(ctx) {
-				states[c.name] = "ok"
+			if c.OK(ctx) {
+				states[c.Name] = "ok"
 				continue
 			}
-			states[c.name] = "down"
-			if c.critical {
+			states[c.Name] = "down"
+			if c.Critical {
 				status, code = "down", http.StatusServiceUnavailable
 			} else if status == "ok" {
 				status = "degraded"
@@ -121,6 +174,7 @@ func readyz(checks []check) http.Handler {
 		w.WriteHeader(code)
 		json.NewEncoder(w).Encode(map[string]any{"status": status, "checks": states})
 	})
+	return mux
 }
 
 // serveHTTP serves until ctx is done, then shuts down gracefully: it stops
@@ -133,7 +187,8 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logge
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	errc := make(chan error, 1)

@@ -1,0 +1,109 @@
+package crowdpass
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/google/uuid"
+)
+
+// Answer is an HTTP answer as the idempotency store keeps it, so that a
+// replay is byte for byte the first answer.
+type Answer struct {
+	Status int
+	Body   []byte
+}
+
+// Admission asks the edge gate to admit one order request: in one atomic
+// step it looks the idempotency key up and, for a new key, checks the sale
+// window and takes the stock.
+type Admission struct {
+	OrderID     uuid.UUID
+	CustomerID  string
+	Fingerprint string
+	CategoryID  uuid.UUID
+	Quantity    int
+	// Window is ESaleNotOpen or ESaleClosed outside the sale window, else "".
+	Window ErrorCode
+	// SoldOut is the answer stored against the key if the stock cannot cover it.
+	SoldOut Answer
+}
+
+// Verdict is what the gate made of an admission.
+type Verdict int
+
+const (
+	// Admitted: the key is now in flight and Taken tickets were taken from
+	// the gate (0 when the gate does not know the category's stock).
+	Admitted Verdict = iota + 1
+	// Replay: the key was answered before; Answer is that answer.
+	Replay
+	// Mismatch: the key was used by this customer for another payload.
+	Mismatch
+	// InProgress: the key's first request is still in flight.
+	InProgress
+	// OutsideWindow: the sale is not open; nothing was stored.
+	OutsideWindow
+	// SoldOut: the stock cannot cover the order; the sold-out answer was stored.
+	SoldOut
+)
+
+// AdmissionResult is the gate's verdict.
+type AdmissionResult struct {
+	Verdict Verdict
+	Answer  Answer
+	Taken   int
+}
+
+// KeyRecord is what the gate remembers of an idempotency key.
+type KeyRecord struct {
+	CustomerID string
+	Answer     Answer
+	InFlight   bool
+}
+
+// OrderPayload is what POST /orders asks for.
+type OrderPayload struct {
+	EventID    uuid.UUID
+	CategoryID uuid.UUID
+	Quantity   int
+}
+
+// Fingerprint identifies a payload: the same key with another fingerprint
+// is a mismatch.
+func (p OrderPayload) Fingerprint() string {
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s|%s|%d", p.EventID, p.CategoryID, p.Quantity))
+	return hex.EncodeToString(sum[:16])
+}
+
+// ParseIdempotencyKey reads an Idempotency-Key header value: a bare key, or
+// the key as an RFC 8941 sf-string ("abc", with \" and \\ escapes). Both
+// forms name the same key. The key itself must be 1 to 255 visible ASCII bytes.
+func ParseIdempotencyKey(v string) (string, error) {
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		var b strings.Builder
+		inner := v[1 : len(v)-1]
+		for i := 0; i < len(inner); i++ {
+			c := inner[i]
+			switch {
+			case c == '\\':
+				if i+1 == len(inner) || (inner[i+1] != '"' && inner[i+1] != '\\') {
+					return "", fmt.Errorf("has a bad escape in its quoted form")
+				}
+				i++
+				b.WriteByte(inner[i])
+			case c == '"':
+				return "", fmt.Errorf("has an unescaped quote in its quoted form")
+			default:
+				b.WriteByte(c)
+			}
+		}
+		v = b.String()
+	}
+	if err := ValidateIdempotencyKey(v); err != nil {
+		return "", err
+	}
+	return v, nil
+}

@@ -1,0 +1,376 @@
+// Package api is the HTTP front door: POST /orders answers at once, after
+// the order is durably queued, touching only Redis and RabbitMQ on its way.
+package api
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/auth"
+)
+
+// Gate is the fast path in Redis: idempotency and the stock pre-check.
+type Gate interface {
+	Admit(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error)
+	Complete(ctx context.Context, a crowdpass.Admission, answer crowdpass.Answer) error
+	Abort(ctx context.Context, a crowdpass.Admission, owner string, taken int) error
+	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
+	Stock(ctx context.Context, category uuid.UUID) (n int, known bool, err error)
+	SetStock(ctx context.Context, category uuid.UUID, saw int, known bool, n int) (bool, error)
+	Ping(ctx context.Context) error
+}
+
+// OrderQueue queues order requests durably.
+type OrderQueue interface {
+	Enqueue(ctx context.Context, r crowdpass.OrderRequest) error
+	Ready() bool
+	Drained(ctx context.Context) (bool, error)
+}
+
+// Store is what the API reads and writes in PostgreSQL, never on the hot path.
+type Store interface {
+	Events(ctx context.Context) ([]crowdpass.Event, error)
+	CreateEvent(ctx context.Context, spec crowdpass.EventSpec) (crowdpass.Event, error)
+	Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error)
+	Ping(ctx context.Context) error
+}
+
+// Verifier checks bearer tokens.
+type Verifier interface {
+	Verify(token string) (auth.Principal, error)
+}
+
+// Check is one line of /readyz. A failing critical check makes the process
+// unready (503); any other makes it degraded.
+type Check struct {
+	Name     string
+	Critical bool
+	OK       func(ctx context.Context) bool
+}
+
+// Config configures the API. Zero values take the defaults.
+type Config struct {
+	// PublishTimeout bounds the wait for the broker's confirm (default 5s).
+	PublishTimeout time.Duration
+	// CatalogRefresh is how often events are reloaded (default 1s).
+	CatalogRefresh time.Duration
+	// ReconcileInterval is how often the gate stock is checked against
+	// PostgreSQL (default 1s).
+	ReconcileInterval time.Duration
+	// ReadTimeout bounds PostgreSQL reads of GET /orders/{id} (default 2s).
+	ReadTimeout time.Duration
+	Logger      *slog.Logger
+	Now         func() time.Time
+	Registry    *prometheus.Registry
+	// Checks are added to /readyz, for the other roles of the process.
+	Checks []Check
+}
+
+// Server is the API role.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	gate     Gate
+	queue    OrderQueue
+	store    Store
+	verifier Verifier
+	catalog  catalog
+	metrics  *metrics
+	router   chi.Router
+
+	redisDown  atomic.Bool
+	publishing atomic.Int64 // orders between gate and confirm in this process
+}
+
+// New returns the API; Handler serves it and Run keeps its caches fresh.
+func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier) *Server {
+	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, 5*time.Second)
+	cfg.CatalogRefresh = cmp.Or(cfg.CatalogRefresh, time.Second)
+	cfg.ReconcileInterval = cmp.Or(cfg.ReconcileInterval, time.Second)
+	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, 2*time.Second)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger.With("role", "api"),
+		gate: gate, queue: queue, store: store, verifier: verifier,
+		metrics: newMetrics(cfg.Registry),
+	}
+	s.router = s.routes()
+	return s
+}
+
+// Handler is the API's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// Router lets other roles of the process mount their routes (the notifier's /ws).
+func (s *Server) Router() chi.Router { return s.router }
+
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(s.recoverer, s.instrument)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such route"))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, crowdpass.Errorf(crowdpass.EMethodNotAllowed, "method %s is not allowed here", r.Method))
+	})
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", s.readyz)
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
+	r.Get("/events/{id}", s.getEvent)
+	r.Group(func(r chi.Router) {
+		r.Use(s.authenticate)
+		r.Post("/orders", s.postOrder)
+		r.Get("/orders/{id}", s.getOrder)
+		r.Post("/events", s.postEvent)
+	})
+	return r
+}
+
+type principalKey struct{}
+
+// Authenticate reads the bearer token of a request: the Authorization
+// header, or, where allowQuery, the access_token query parameter.
+func Authenticate(v Verifier, r *http.Request, allowQuery bool) (auth.Principal, error) {
+	h := r.Header.Values("Authorization")
+	var token string
+	switch {
+	case len(h) == 1:
+		scheme, tok, ok := strings.Cut(h[0], " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
+			return auth.Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header must be a Bearer token")
+		}
+		token = strings.TrimSpace(tok)
+	case len(h) > 1:
+		return auth.Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header was sent more than once")
+	case allowQuery && r.URL.Query().Get("access_token") != "":
+		token = r.URL.Query().Get("access_token")
+	default:
+		return auth.Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "a bearer token is required")
+	}
+	return v.Verify(token)
+}
+
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := Authenticate(s.verifier, r, false)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+	})
+}
+
+func principal(r *http.Request) auth.Principal {
+	p, _ := r.Context().Value(principalKey{}).(auth.Principal)
+	return p
+}
+
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("handler panicked", "route", routeOf(r), "panic", v)
+				writeError(w, crowdpass.Errorf(crowdpass.EInternal, "the server failed to handle the request"))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController and the WebSocket upgrade reach the
+// underlying writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (s *Server) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		s.metrics.inFlight.Inc()
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			s.metrics.inFlight.Dec()
+			route := routeOf(r)
+			s.metrics.requests.WithLabelValues(route, strconv.Itoa(cmp.Or(sw.status, http.StatusOK))).Inc()
+			s.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}()
+		next.ServeHTTP(sw, r)
+	})
+}
+
+// routeOf is the route pattern, so that metrics never get a label per id.
+func routeOf(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil {
+		if p := rc.RoutePattern(); p != "" {
+			return p
+		}
+	}
+	return "unmatched"
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	checks := append([]Check{
+		{"broker", true, func(context.Context) bool { return s.queue.Ready() }},
+		{"catalog", true, func(context.Context) bool { return s.catalog.isLoaded() }},
+		{"redis", false, func(ctx context.Context) bool { return s.gate.Ping(ctx) == nil }},
+		{"postgres", false, func(ctx context.Context) bool { return s.store.Ping(ctx) == nil }},
+	}, s.cfg.Checks...)
+	status, code := "ok", http.StatusOK
+	states := make(map[string]string, len(checks))
+	for _, c := range checks {
+		if c.OK(ctx) {
+			states[c.Name] = "ok"
+			continue
+		}
+		states[c.Name] = "down"
+		if c.Critical {
+			status, code = "down", http.StatusServiceUnavailable
+		} else if status == "ok" {
+			status = "degraded"
+		}
+	}
+	writeJSON(w, code, map[string]any{"status": status, "checks": states})
+}
+
+// Run keeps the catalog and the gate fresh until ctx is done.
+func (s *Server) Run(ctx context.Context) error {
+	s.refreshCatalog(ctx)
+	catalogTick := time.NewTicker(s.cfg.CatalogRefresh)
+	defer catalogTick.Stop()
+	reconcileTick := time.NewTicker(s.cfg.ReconcileInterval)
+	defer reconcileTick.Stop()
+	redisTick := time.NewTicker(250 * time.Millisecond)
+	defer redisTick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-catalogTick.C:
+			s.refreshCatalog(ctx)
+		case <-reconcileTick.C:
+			s.reconcile(ctx)
+		case <-redisTick.C:
+			if s.redisDown.Load() {
+				pingCtx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+				if s.gate.Ping(pingCtx) == nil && s.redisDown.CompareAndSwap(true, false) {
+					s.log.Info("redis reachable again; the gate is back on")
+				}
+				cancel()
+			}
+		}
+	}
+}
+
+func (s *Server) refreshCatalog(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	events, err := s.store.Events(ctx)
+	if err != nil {
+		if s.catalog.isLoaded() {
+			s.log.Debug("catalog refresh failed; serving the last copy", "err", err)
+		} else {
+			s.log.Warn("catalog not loaded yet", "err", err)
+		}
+		return
+	}
+	s.catalog.replace(events)
+}
+
+// reconcile rebuilds the gate from PostgreSQL's remaining. A missing stock
+// key is set at once: a copy of remaining that may be a second old can only
+// admit a few orders too many, which the workers reject as sold out. A known
+// one is corrected only when the queue is drained and nothing is being
+// published from here, as only then is remaining the whole truth; the
+// compare-and-set leaves it alone if an order took stock meanwhile.
+func (s *Server) reconcile(ctx context.Context) {
+	if s.redisDown.Load() || !s.catalog.isLoaded() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReconcileInterval)
+	defer cancel()
+	var drained, checked bool
+	for _, c := range s.catalog.categories() {
+		n, known, err := s.gate.Stock(ctx, c.ID)
+		if err != nil {
+			return
+		}
+		if known {
+			if n == c.Remaining {
+				continue
+			}
+			if !checked {
+				checked = true
+				d, err := s.queue.Drained(ctx)
+				drained = err == nil && d && s.publishing.Load() == 0
+			}
+			if !drained {
+				continue
+			}
+		}
+		set, err := s.gate.SetStock(ctx, c.ID, n, known, c.Remaining)
+		if err != nil {
+			return
+		}
+		if set {
+			why := "missing"
+			if known {
+				why = "drift"
+			}
+			s.metrics.reconcile.WithLabelValues(why).Inc()
+			s.log.Debug("gate stock reconciled", "category", c.ID, "was", n, "known", known, "now", c.Remaining)
+		}
+	}
+}
+
+func newOwner() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,75 @@
+package api
+
+import (
+	"sync"
+
+	"github.com/google/uuid"
+
+	"github.com/crowdpass/crowdpass"
+)
+
+// catalog is the in-memory copy of the events and their categories, so that
+// POST /orders never waits for PostgreSQL. It is refreshed in the background.
+type catalog struct {
+	mu       sync.RWMutex
+	loaded   bool
+	events   map[uuid.UUID]*crowdpass.Event
+	category map[uuid.UUID]*crowdpass.Event // category id → its event
+}
+
+func (c *catalog) replace(events []crowdpass.Event) {
+	byID := make(map[uuid.UUID]*crowdpass.Event, len(events))
+	byCat := make(map[uuid.UUID]*crowdpass.Event)
+	for i := range events {
+		e := &events[i]
+		byID[e.ID] = e
+		for _, cat := range e.Categories {
+			byCat[cat.ID] = e
+		}
+	}
+	c.mu.Lock()
+	c.events, c.category, c.loaded = byID, byCat, true
+	c.mu.Unlock()
+}
+
+// add puts one new event in, ahead of the next refresh.
+func (c *catalog) add(e crowdpass.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.events == nil {
+		c.events, c.category = map[uuid.UUID]*crowdpass.Event{}, map[uuid.UUID]*crowdpass.Event{}
+	}
+	c.events[e.ID] = &e
+	for _, cat := range e.Categories {
+		c.category[cat.ID] = &e
+	}
+}
+
+// event returns a copy of an event; ok is false if unknown. The returned
+// event must not be modified: its categories are shared.
+func (c *catalog) event(id uuid.UUID) (crowdpass.Event, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	e, ok := c.events[id]
+	if !ok {
+		return crowdpass.Event{}, false
+	}
+	return *e, true
+}
+
+func (c *catalog) isLoaded() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.loaded
+}
+
+// categories lists every category with its stock as last read.
+func (c *catalog) categories() []crowdpass.Category {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []crowdpass.Category
+	for _, e := range c.events {
+		out = append(out, e.Categories...)
+	}
+	return out
+}

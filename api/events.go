@@ -1,0 +1,108 @@
+package api
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+
+	"github.com/crowdpass/crowdpass"
+)
+
+func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
+	id, err := uuid.Parse(chi.URLParam(r, "id"))
+	if err != nil {
+		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such event"))
+		return
+	}
+	if !s.catalog.isLoaded() {
+		writeError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the event catalog is not loaded yet"))
+		return
+	}
+	event, ok := s.catalog.event(id)
+	if !ok {
+		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such event"))
+		return
+	}
+	writeJSON(w, http.StatusOK, event)
+}
+
+// eventBody is the wire shape of POST /events; times are strings so that a
+// bad one is a field error (422) rather than a malformed body.
+type eventBody struct {
+	Name           string  `json:"name"`
+	OpensAt        *string `json:"opens_at"`
+	ClosesAt       *string `json:"closes_at"`
+	MaxPerCustomer *int    `json:"max_per_customer"`
+	Categories     []struct {
+		Name       string `json:"name"`
+		Capacity   int    `json:"capacity"`
+		PriceCents int64  `json:"price_cents"`
+	} `json:"categories"`
+}
+
+func (b eventBody) spec() (crowdpass.EventSpec, error) {
+	spec := crowdpass.EventSpec{Name: b.Name, MaxPerCustomer: b.MaxPerCustomer}
+	var fields []crowdpass.FieldError
+	parse := func(name string, v *string) *crowdpass.Time {
+		if v == nil {
+			return nil
+		}
+		t, err := time.Parse(time.RFC3339Nano, *v)
+		if err != nil {
+			fields = append(fields, crowdpass.FieldError{Field: name, Message: "must be an RFC 3339 time"})
+			return nil
+		}
+		ct := crowdpass.NewTime(t)
+		return &ct
+	}
+	spec.OpensAt, spec.ClosesAt = parse("opens_at", b.OpensAt), parse("closes_at", b.ClosesAt)
+	for _, c := range b.Categories {
+		spec.Categories = append(spec.Categories, crowdpass.CategorySpec{Name: c.Name, Capacity: c.Capacity, PriceCents: c.PriceCents})
+	}
+	if err := spec.Validate(); err != nil {
+		if e, ok := err.(*crowdpass.Error); ok {
+			e.Fields = append(fields, e.Fields...)
+		}
+		return spec, err
+	}
+	if len(fields) > 0 {
+		return spec, &crowdpass.Error{Code: crowdpass.EValidation, Message: "the event has invalid fields", Fields: fields}
+	}
+	return spec, nil
+}
+
+func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
+	if !principal(r).Admin {
+		writeError(w, crowdpass.Errorf(crowdpass.EForbidden, "creating events takes an operator's token"))
+		return
+	}
+	raw, err := readJSONBody(w, r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var body eventBody
+	if err := decodeStrict(raw, &body); err != nil {
+		writeError(w, err)
+		return
+	}
+	spec, err := body.spec()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	event, err := s.store.CreateEvent(r.Context(), spec)
+	if err != nil {
+		s.log.Warn("event not created", "err", err)
+		if crowdpass.Code(err) == crowdpass.EInternal {
+			err = crowdpass.Errorf(crowdpass.EUnavailable, "the event could not be created right now")
+		}
+		writeError(w, err)
+		return
+	}
+	s.catalog.add(event)
+	w.Header().Set("Location", "/events/"+event.ID.String())
+	writeJSON(w, http.StatusCreated, event)
+}

@@ -1,0 +1,48 @@
+package api
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the API's Prometheus series.
+type metrics struct {
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	inFlight  prometheus.Gauge
+	gate      *prometheus.CounterVec
+	confirm   prometheus.Histogram
+	slowPath  prometheus.Counter
+	reconcile *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "crowdpass_http_requests_total", Help: "HTTP requests by route and status.",
+		}, []string{"route", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "crowdpass_http_request_duration_seconds",
+			Help:    "HTTP request latency by route.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"route"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "crowdpass_http_requests_in_flight", Help: "HTTP requests being served.",
+		}),
+		gate: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "crowdpass_gate_decisions_total", Help: "Edge gate decisions on POST /orders.",
+		}, []string{"decision"}),
+		confirm: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "crowdpass_publish_confirm_seconds",
+			Help:    "Time from publishing an order to the broker's confirm.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		slowPath: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "crowdpass_gate_bypassed_total", Help: "Orders admitted without the Redis gate because it was unreachable.",
+		}),
+		reconcile: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "crowdpass_gate_reconciled_total", Help: "Gate stock keys rebuilt or corrected from PostgreSQL.",
+		}, []string{"why"}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.reconcile)
+	return m
+}

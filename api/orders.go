@@ -1,0 +1,287 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+
+	"github.com/crowdpass/crowdpass"
+)
+
+// orderBody is the wire shape of POST /orders. Pointers tell a missing
+// field from a zero one.
+type orderBody struct {
+	EventID    *string `json:"event_id"`
+	CategoryID *string `json:"category_id"`
+	Quantity   *int64  `json:"quantity"`
+}
+
+func (b orderBody) validate() (crowdpass.OrderPayload, error) {
+	var p crowdpass.OrderPayload
+	var fields []crowdpass.FieldError
+	parseID := func(name string, v *string, dst *uuid.UUID) {
+		if v == nil {
+			fields = append(fields, crowdpass.FieldError{Field: name, Message: "is required"})
+			return
+		}
+		id, err := uuid.Parse(*v)
+		if err != nil || len(*v) != 36 {
+			fields = append(fields, crowdpass.FieldError{Field: name, Message: "must be a UUID"})
+			return
+		}
+		*dst = id
+	}
+	parseID("event_id", b.EventID, &p.EventID)
+	parseID("category_id", b.CategoryID, &p.CategoryID)
+	switch {
+	case b.Quantity == nil:
+		fields = append(fields, crowdpass.FieldError{Field: "quantity", Message: "is required"})
+	case *b.Quantity < 1 || *b.Quantity > crowdpass.MaxPerCustomerCap:
+		fields = append(fields, crowdpass.FieldError{Field: "quantity", Message: "must be between 1 and the event's max_per_customer"})
+	default:
+		p.Quantity = int(*b.Quantity)
+	}
+	if len(fields) > 0 {
+		return p, &crowdpass.Error{Code: crowdpass.EValidation, Message: "the order has invalid fields", Fields: fields}
+	}
+	return p, nil
+}
+
+// accepted is the 202 body of POST /orders.
+type accepted struct {
+	OrderID    uuid.UUID             `json:"order_id"`
+	Status     crowdpass.OrderStatus `json:"status"`
+	EventID    uuid.UUID             `json:"event_id"`
+	CategoryID uuid.UUID             `json:"category_id"`
+	Quantity   int                   `json:"quantity"`
+	AcceptedAt crowdpass.Time        `json:"accepted_at"`
+}
+
+// postOrder runs the contract's checks in its order: auth (middleware), the
+// key, media type, size, shape, fields, catalog, then the idempotency step,
+// window and stock in one atomic gate call, then the durable publish.
+func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
+	customer := principal(r).Customer
+	key, err := idempotencyKey(r.Header)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	raw, err := readJSONBody(w, r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var body orderBody
+	if err := decodeStrict(raw, &body); err != nil {
+		writeError(w, err)
+		return
+	}
+	payload, err := body.validate()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if !s.catalog.isLoaded() {
+		writeError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the event catalog is not loaded yet"))
+		return
+	}
+	event, ok := s.catalog.event(payload.EventID)
+	if !ok {
+		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "event %s does not exist", payload.EventID))
+		return
+	}
+	category, ok := event.Category(payload.CategoryID)
+	if !ok {
+		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "category %s is not a category of event %s", payload.CategoryID, event.ID))
+		return
+	}
+	if payload.Quantity > event.MaxPerCustomer {
+		writeError(w, &crowdpass.Error{Code: crowdpass.EValidation, Message: "the order has invalid fields", Fields: []crowdpass.FieldError{
+			{Field: "quantity", Message: "must be between 1 and the event's max_per_customer (" + strconv.Itoa(event.MaxPerCustomer) + ")"},
+		}})
+		return
+	}
+
+	now := s.cfg.Now()
+	adm := crowdpass.Admission{
+		OrderID:     crowdpass.OrderID(customer, key),
+		CustomerID:  customer,
+		Fingerprint: payload.Fingerprint(),
+		CategoryID:  category.ID,
+		Quantity:    payload.Quantity,
+		Window:      event.SaleState(now),
+		SoldOut:     problemAnswer(crowdpass.Errorf(crowdpass.ESoldOut, "not enough tickets left in category %q", category.Name)),
+	}
+	windowErr := func() error {
+		if adm.Window == crowdpass.ESaleNotOpen {
+			return crowdpass.Errorf(crowdpass.ESaleNotOpen, "the sale opens at %s", event.OpensAt)
+		}
+		return crowdpass.Errorf(crowdpass.ESaleClosed, "the sale closed at %s", event.ClosesAt)
+	}
+
+	owner, taken, gated := "", 0, !s.redisDown.Load()
+	if gated {
+		owner = newOwner()
+		res, err := s.gate.Admit(r.Context(), adm, owner)
+		if err != nil {
+			// Redis is a cache: without it, orders go the slow path and the
+			// database's unique key keeps them exactly-once.
+			if s.redisDown.CompareAndSwap(false, true) {
+				s.log.Warn("redis unreachable; admitting orders without the gate", "err", err)
+			}
+			gated = false
+		} else {
+			s.metrics.gate.WithLabelValues(verdictName(res.Verdict)).Inc()
+			switch res.Verdict {
+			case crowdpass.Replay:
+				if res.Answer.Status == http.StatusAccepted {
+					w.Header().Set("Location", "/orders/"+adm.OrderID.String())
+				}
+				w.Header().Set("Idempotent-Replayed", "true")
+				writeAnswer(w, res.Answer)
+				return
+			case crowdpass.Mismatch:
+				writeError(w, crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload"))
+				return
+			case crowdpass.InProgress:
+				writeError(w, crowdpass.Errorf(crowdpass.ERequestInProgress, "the first request with this Idempotency-Key is still being handled"))
+				return
+			case crowdpass.OutsideWindow:
+				writeError(w, windowErr())
+				return
+			case crowdpass.SoldOut:
+				writeAnswer(w, res.Answer)
+				return
+			}
+			taken = res.Taken
+		}
+	}
+	if !gated {
+		s.metrics.slowPath.Inc()
+		if adm.Window != "" {
+			writeError(w, windowErr())
+			return
+		}
+	}
+
+	req := crowdpass.OrderRequest{
+		OrderID:        adm.OrderID,
+		CustomerID:     customer,
+		IdempotencyKey: key,
+		EventID:        event.ID,
+		CategoryID:     category.ID,
+		Quantity:       payload.Quantity,
+		AcceptedAt:     crowdpass.NewTime(now),
+	}
+	if err := s.enqueue(r.Context(), req); err != nil {
+		s.log.Warn("order not queued", "order_id", req.OrderID, "err", err)
+		if gated {
+			s.abort(adm, owner, taken)
+		}
+		writeError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the order could not be queued; nothing was created, retry with the same Idempotency-Key"))
+		return
+	}
+	answerBody, _ := json.Marshal(accepted{
+		OrderID: req.OrderID, Status: crowdpass.StatusPending, EventID: req.EventID,
+		CategoryID: req.CategoryID, Quantity: req.Quantity, AcceptedAt: req.AcceptedAt,
+	})
+	answer := crowdpass.Answer{Status: http.StatusAccepted, Body: append(answerBody, '\n')}
+	if gated {
+		// The order is queued whatever happens now; if the answer cannot be
+		// stored, the in-flight mark expires and a retry is queued again,
+		// which the workers recognise by its id.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Second)
+		if err := s.gate.Complete(ctx, adm, answer); err != nil {
+			s.log.Warn("answer not stored", "order_id", req.OrderID, "err", err)
+		}
+		cancel()
+	}
+	w.Header().Set("Location", "/orders/"+req.OrderID.String())
+	writeAnswer(w, answer)
+}
+
+// enqueue publishes and waits for the confirm, bounded by PublishTimeout
+// even if the client goes away: an order is either confirmed or given back.
+func (s *Server) enqueue(ctx context.Context, req crowdpass.OrderRequest) error {
+	s.publishing.Add(1)
+	defer s.publishing.Add(-1)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PublishTimeout)
+	defer cancel()
+	start := time.Now()
+	err := s.queue.Enqueue(ctx, req)
+	if err == nil {
+		s.metrics.confirm.Observe(time.Since(start).Seconds())
+	}
+	return err
+}
+
+func (s *Server) abort(adm crowdpass.Admission, owner string, taken int) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.gate.Abort(ctx, adm, owner, taken); err != nil {
+		s.log.Warn("admission not undone; the in-flight mark expires and the gate is reconciled later", "order_id", adm.OrderID, "err", err)
+	}
+}
+
+func verdictName(v crowdpass.Verdict) string {
+	switch v {
+	case crowdpass.Admitted:
+		return "admitted"
+	case crowdpass.Replay:
+		return "replay"
+	case crowdpass.Mismatch:
+		return "mismatch"
+	case crowdpass.InProgress:
+		return "in_progress"
+	case crowdpass.OutsideWindow:
+		return "outside_window"
+	case crowdpass.SoldOut:
+		return "sold_out"
+	}
+	return "unknown"
+}
+
+// getOrder answers from PostgreSQL, or, for an order accepted but not yet
+// decided, from the answer the gate stored.
+func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
+	customer := principal(r).Customer
+	id, err := uuid.Parse(chi.URLParam(r, "id"))
+	if err != nil {
+		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReadTimeout)
+	defer cancel()
+	order, dbErr := s.store.Order(ctx, id)
+	if dbErr == nil {
+		if order.CustomerID != customer {
+			writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
+			return
+		}
+		writeJSON(w, http.StatusOK, order)
+		return
+	}
+	rec, err := s.gate.Lookup(ctx, id)
+	if err == nil && rec.CustomerID == customer && rec.Answer.Status == http.StatusAccepted {
+		var a accepted
+		if json.Unmarshal(rec.Answer.Body, &a) == nil {
+			writeJSON(w, http.StatusOK, crowdpass.Order{
+				ID: a.OrderID, Status: crowdpass.StatusPending, EventID: a.EventID, CategoryID: a.CategoryID,
+				Quantity: a.Quantity, Tickets: []crowdpass.Ticket{}, AcceptedAt: a.AcceptedAt,
+			})
+			return
+		}
+	}
+	if crowdpass.Code(dbErr) == crowdpass.ENotFound {
+		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
+		return
+	}
+	s.log.Warn("order lookup failed", "order_id", id, "err", dbErr)
+	writeError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the order cannot be read right now"))
+}

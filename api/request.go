@@ -1,0 +1,89 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+
+	"github.com/crowdpass/crowdpass"
+)
+
+// MaxBody is the largest request body accepted.
+const MaxBody = 16 << 10
+
+// idempotencyKey reads the Idempotency-Key header.
+func idempotencyKey(h http.Header) (string, error) {
+	values := h.Values("Idempotency-Key")
+	switch len(values) {
+	case 0:
+		return "", crowdpass.Errorf(crowdpass.EKeyMissing, "the Idempotency-Key header is required")
+	case 1:
+	default:
+		return "", crowdpass.Errorf(crowdpass.EKeyInvalid, "the Idempotency-Key header was sent more than once")
+	}
+	key, err := crowdpass.ParseIdempotencyKey(values[0])
+	if err != nil {
+		return "", crowdpass.Errorf(crowdpass.EKeyInvalid, "the Idempotency-Key %s", err)
+	}
+	return key, nil
+}
+
+// readJSONBody checks the media type and size and returns the body.
+func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return nil, crowdpass.Errorf(crowdpass.EUnsupportedMediaType, "the body must be application/json")
+	}
+	if r.ContentLength > MaxBody {
+		return nil, crowdpass.Errorf(crowdpass.EPayloadTooLarge, "the body must be at most %d bytes", MaxBody)
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return nil, crowdpass.Errorf(crowdpass.EPayloadTooLarge, "the body must be at most %d bytes", MaxBody)
+	case err != nil:
+		return nil, crowdpass.Errorf(crowdpass.EMalformedBody, "the body could not be read")
+	}
+	return body, nil
+}
+
+// decodeStrict decodes exactly one JSON object into v, rejecting unknown
+// fields, wrong types and anything after the object.
+func decodeStrict(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 || bytes.TrimSpace(body)[0] != '{' {
+		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body must be one JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body is not of the documented shape: %s", jsonProblem(err))
+	}
+	if dec.More() {
+		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body must be one JSON object and nothing after it")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body must be one JSON object and nothing after it")
+	}
+	return nil
+}
+
+// jsonProblem describes a decoding error without echoing the input.
+func jsonProblem(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		return fmt.Sprintf("field %q must be a %s", typeErr.Field, typeErr.Type)
+	case errors.As(err, &syntaxErr):
+		return fmt.Sprintf("invalid JSON at byte %d", syntaxErr.Offset)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "the JSON ends early"
+	default:
+		return err.Error()
+	}
+}

@@ -1,0 +1,333 @@
+package broker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Publishing failures. Each means the message may not be queued: the caller
+// treats the publish as failed.
+var (
+	ErrNotConnected = errors.New("not connected to the broker")
+	ErrNacked       = errors.New("the broker refused the message")
+	ErrUnroutable   = errors.New("the message was unroutable")
+	ErrChannelLost  = errors.New("the channel closed before the broker confirmed")
+)
+
+// PublisherConfig configures a Publisher.
+type PublisherConfig struct {
+	URL  string
+	Name string
+	// Channels is the number of confirming channels publishes are spread over (default 8).
+	Channels int
+	// Declare runs on every new connection, before publishing resumes.
+	Declare            func(*amqp.Channel) error
+	RetryMin, RetryMax time.Duration
+	Logger             *slog.Logger
+}
+
+// Publisher publishes with publisher confirms over a pool of channels on
+// its own connection. Publishes are pipelined: many are in flight on each
+// channel at once, and each caller waits only for its own confirm.
+type Publisher struct {
+	cfg   PublisherConfig
+	log   *slog.Logger
+	mu    sync.RWMutex
+	pool  []*confirmChannel
+	next  atomic.Uint64
+	ready atomic.Bool
+}
+
+// NewPublisher returns a publisher; Run connects it.
+func NewPublisher(cfg PublisherConfig) *Publisher {
+	cfg.Name = cmp.Or(cfg.Name, "crowdpass-publisher")
+	cfg.Channels = cmp.Or(max(cfg.Channels, 0), 8)
+	cfg.RetryMin = cmp.Or(cfg.RetryMin, 100*time.Millisecond)
+	cfg.RetryMax = cmp.Or(cfg.RetryMax, 5*time.Second)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Publisher{cfg: cfg, log: cfg.Logger}
+}
+
+// Ready reports whether the publisher is connected.
+func (p *Publisher) Ready() bool { return p.ready.Load() }
+
+// Run keeps the publisher connected until ctx is done, reconnecting after
+// any loss. Cancel ctx only once no more publishes are wanted: in-flight
+// ones fail with ErrChannelLost when the connection closes.
+func (p *Publisher) Run(ctx context.Context) error {
+	backoff := p.cfg.RetryMin
+	lost := false
+	for {
+		err := p.session(ctx, func() {
+			if lost {
+				p.log.Info("broker connection restored", "connection", p.cfg.Name)
+				lost = false
+			}
+			backoff = p.cfg.RetryMin
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !lost {
+			p.log.Warn("broker connection lost; reconnecting", "connection", p.cfg.Name, "err", err)
+			lost = true
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(2*backoff, p.cfg.RetryMax)
+	}
+}
+
+func (p *Publisher) session(ctx context.Context, onConnected func()) error {
+	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := Dial(dialCtx, p.cfg.URL, p.cfg.Name)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	if p.cfg.Declare != nil {
+		ch, err := conn.Channel()
+		if err != nil {
+			return fmt.Errorf("opening channel: %w", err)
+		}
+		if err := p.cfg.Declare(ch); err != nil {
+			return err
+		}
+		ch.Close()
+	}
+	pool := make([]*confirmChannel, 0, p.cfg.Channels)
+	var wg sync.WaitGroup
+	defer func() {
+		conn.Close() // ends the dispatchers
+		wg.Wait()
+	}()
+	for range p.cfg.Channels {
+		cc, err := openConfirmChannel(conn)
+		if err != nil {
+			return err
+		}
+		pool = append(pool, cc)
+		wg.Go(func() {
+			cc.dispatch()
+			// A channel the broker closed takes the connection with it, so
+			// that the pool is rebuilt whole rather than left a channel short.
+			conn.Close()
+		})
+	}
+	p.mu.Lock()
+	p.pool = pool
+	p.mu.Unlock()
+	p.ready.Store(true)
+	onConnected()
+	defer func() {
+		p.ready.Store(false)
+		p.mu.Lock()
+		p.pool = nil
+		p.mu.Unlock()
+	}()
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-closed:
+		if err == nil {
+			return errors.New("connection closed")
+		}
+		return err
+	}
+}
+
+// Publish publishes msg as mandatory and persistent-as-given, and waits for
+// the broker's confirm or ctx's end. It returns nil only if the broker
+// confirmed the message and did not return it as unroutable.
+func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+	p.mu.RLock()
+	pool := p.pool
+	p.mu.RUnlock()
+	if len(pool) == 0 {
+		return ErrNotConnected
+	}
+	cc := pool[p.next.Add(1)%uint64(len(pool))]
+	return cc.publish(ctx, exchange, key, msg)
+}
+
+// confirmChannel is one channel in confirm mode with its own dispatcher.
+type confirmChannel struct {
+	conn     *amqp.Connection
+	ch       *amqp.Channel
+	returns  chan amqp.Return
+	confirms chan amqp.Confirmation
+
+	publishMu sync.Mutex // makes taking a sequence number and publishing one step
+
+	mu      sync.Mutex
+	pending map[uint64]*waiter
+	byID    map[string][]*waiter
+	dead    bool
+}
+
+type waiter struct {
+	id       string
+	returned bool
+	done     chan error
+}
+
+func openConfirmChannel(conn *amqp.Connection) (*confirmChannel, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("opening channel: %w", err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		return nil, fmt.Errorf("enabling confirms: %w", err)
+	}
+	cc := &confirmChannel{
+		conn: conn,
+		ch:   ch,
+		// Returns are unbuffered and confirms handled by the same goroutine:
+		// the broker sends a message's return before its ack, the client
+		// cannot hand over the ack before the return was taken, so a
+		// returned message is always known as such when its ack arrives.
+		returns:  ch.NotifyReturn(make(chan amqp.Return)),
+		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 1024)),
+		pending:  map[uint64]*waiter{},
+		byID:     map[string][]*waiter{},
+	}
+	return cc, nil
+}
+
+func (cc *confirmChannel) publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+	w := &waiter{id: msg.MessageId, done: make(chan error, 1)}
+	cc.publishMu.Lock()
+	cc.mu.Lock()
+	if cc.dead {
+		cc.mu.Unlock()
+		cc.publishMu.Unlock()
+		return ErrChannelLost
+	}
+	seq := cc.ch.GetNextPublishSeqNo()
+	cc.pending[seq] = w
+	cc.byID[w.id] = append(cc.byID[w.id], w)
+	cc.mu.Unlock()
+	err := cc.ch.PublishWithContext(ctx, exchange, key, true, false, msg)
+	cc.publishMu.Unlock()
+	if err != nil {
+		cc.settle(seq, nil)
+		return fmt.Errorf("publishing: %w", err)
+	}
+	select {
+	case err := <-w.done:
+		return err
+	case <-ctx.Done():
+		// The confirm may still come; the dispatcher settles it then.
+		return fmt.Errorf("waiting for the broker's confirm: %w", ctx.Err())
+	}
+}
+
+// settle removes a pending publish and, if ack is not nil, tells its waiter.
+func (cc *confirmChannel) settle(seq uint64, result func(*waiter) error) {
+	cc.mu.Lock()
+	w, ok := cc.pending[seq]
+	if ok {
+		delete(cc.pending, seq)
+		ws := cc.byID[w.id]
+		for i, x := range ws {
+			if x == w {
+				ws = append(ws[:i], ws[i+1:]...)
+				break
+			}
+		}
+		if len(ws) == 0 {
+			delete(cc.byID, w.id)
+		} else {
+			cc.byID[w.id] = ws
+		}
+	}
+	cc.mu.Unlock()
+	if ok && result != nil {
+		w.done <- result(w)
+	}
+}
+
+// dispatch hands confirms and returns to the waiting publishers until the
+// channel closes, then fails whatever is still pending.
+func (cc *confirmChannel) dispatch() {
+	for {
+		select {
+		case r, ok := <-cc.returns:
+			if !ok {
+				cc.returns = nil
+				continue
+			}
+			cc.mu.Lock()
+			for _, w := range cc.byID[r.MessageId] {
+				if !w.returned {
+					w.returned = true
+					break
+				}
+			}
+			cc.mu.Unlock()
+		case c, ok := <-cc.confirms:
+			if !ok {
+				cc.fail()
+				return
+			}
+			cc.settle(c.DeliveryTag, func(w *waiter) error {
+				switch {
+				case !c.Ack:
+					return ErrNacked
+				case w.returned:
+					return ErrUnroutable
+				}
+				return nil
+			})
+		}
+	}
+}
+
+func (cc *confirmChannel) fail() {
+	cc.mu.Lock()
+	cc.dead = true
+	pending := cc.pending
+	cc.pending, cc.byID = map[uint64]*waiter{}, map[string][]*waiter{}
+	cc.mu.Unlock()
+	for _, w := range pending {
+		w.done <- ErrChannelLost
+	}
+}
+
+// QueueDepth returns the messages ready in a queue (not those delivered and
+// unacknowledged), on a channel of its own.
+func (p *Publisher) QueueDepth(ctx context.Context, queue string) (int, error) {
+	p.mu.RLock()
+	pool := p.pool
+	p.mu.RUnlock()
+	if len(pool) == 0 {
+		return 0, ErrNotConnected
+	}
+	ch, err := pool[0].conn.Channel()
+	if err != nil {
+		return 0, fmt.Errorf("opening channel: %w", err)
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		return 0, fmt.Errorf("inspecting %s: %w", queue, err)
+	}
+	return q.Messages, ctx.Err()
+}
