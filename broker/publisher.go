@@ -38,8 +38,11 @@ type PublisherConfig struct {
 // its own connection. Publishes are pipelined: many are in flight on each
 // channel at once, and each caller waits only for its own confirm.
 type Publisher struct {
-	cfg   PublisherConfig
-	log   *slog.Logger
+	cfg PublisherConfig
+	log *slog.Logger
+	// redeclare asks the session to declare the topology again: a returned
+	// message means a queue was deleted under us.
+	redeclare chan struct{}
 	mu    sync.RWMutex
 	pool  []*confirmChannel
 	next  atomic.Uint64
@@ -55,7 +58,7 @@ func NewPublisher(cfg PublisherConfig) *Publisher {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Publisher{cfg: cfg, log: cfg.Logger}
+	return &Publisher{cfg: cfg, log: cfg.Logger, redeclare: make(chan struct{}, 1)}
 }
 
 // Ready reports whether the publisher is connected.
@@ -142,14 +145,30 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 		p.pool = nil
 		p.mu.Unlock()
 	}()
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-closed:
-		if err == nil {
-			return errors.New("connection closed")
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-closed:
+			if err == nil {
+				return errors.New("connection closed")
+			}
+			return err
+		case <-p.redeclare:
+			if p.cfg.Declare == nil {
+				continue
+			}
+			ch, err := conn.Channel()
+			if err != nil {
+				return fmt.Errorf("opening channel: %w", err)
+			}
+			err = p.cfg.Declare(ch)
+			ch.Close()
+			if err != nil {
+				return err
+			}
+			p.log.Warn("a message was unroutable; topology declared again", "connection", p.cfg.Name)
 		}
-		return err
 	}
 }
 
@@ -164,7 +183,14 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 		return ErrNotConnected
 	}
 	cc := pool[p.next.Add(1)%uint64(len(pool))]
-	return cc.publish(ctx, exchange, key, msg)
+	err := cc.publish(ctx, exchange, key, msg)
+	if errors.Is(err, ErrUnroutable) {
+		select {
+		case p.redeclare <- struct{}{}:
+		default:
+		}
+	}
+	return err
 }
 
 // confirmChannel is one channel in confirm mode with its own dispatcher.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/crowdpass/crowdpass/broker"
 	"github.com/crowdpass/crowdpass/postgres"
@@ -85,8 +86,34 @@ func Namespace(t testing.TB) string {
 			return
 		}
 		_ = broker.Topology{Namespace: ns}.Delete(ch)
+		if err := DeleteRedisKeys(ctx, ns); err != nil {
+			t.Logf("cleaning namespace %s: %v", ns, err)
+		}
 	})
 	return ns
+}
+
+// DeleteRedisKeys deletes every Redis key of a namespace, as a Redis restart
+// or flush would for that deployment.
+func DeleteRedisKeys(ctx context.Context, ns string) error {
+	opts, err := redis.ParseURL(RedisURL())
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	iter := rdb.Scan(ctx, 0, ns+"*", 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		return err
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	return rdb.Del(ctx, keys...).Err()
 }
 
 // DB is one test's own database, migrated to the latest schema.

@@ -1,0 +1,264 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/api"
+	"github.com/crowdpass/crowdpass/auth"
+	"github.com/crowdpass/crowdpass/broker"
+	"github.com/crowdpass/crowdpass/gate"
+	"github.com/crowdpass/crowdpass/postgres"
+	"github.com/crowdpass/crowdpass/testkit"
+	"github.com/crowdpass/crowdpass/worker"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const secret = "api-test-secret"
+
+type options struct {
+	workers    int
+	proxyAMQP  bool
+	proxyRedis bool
+}
+
+type harness struct {
+	t          *testing.T
+	db         *testkit.DB
+	store      *postgres.Store
+	topo       broker.Topology
+	gate       *gate.Redis
+	publisher  *broker.Publisher
+	server     *api.Server
+	url        string
+	client     *http.Client
+	authority  *auth.Authority
+	amqpProxy  *testkit.Proxy
+	redisProxy *testkit.Proxy
+	workers    []*worker.Worker
+}
+
+func setup(t *testing.T, opts options) *harness {
+	t.Helper()
+	h := &harness{t: t, db: testkit.NewDB(t)}
+	h.store = postgres.NewStore(h.db.Pool, nil)
+	ns := testkit.Namespace(t)
+	h.topo = broker.Topology{Namespace: ns}
+	h.authority, _ = auth.New([]byte(secret), nil)
+	log := testkit.Logger(t)
+
+	amqpURL := testkit.AMQPURL()
+	if opts.proxyAMQP {
+		h.amqpProxy = testkit.NewProxy(t, hostOf(t, amqpURL))
+		amqpURL = withHost(t, amqpURL, h.amqpProxy.Addr())
+	}
+	redisURL := testkit.RedisURL()
+	if opts.proxyRedis {
+		h.redisProxy = testkit.NewProxy(t, hostOf(t, redisURL))
+		redisURL = withHost(t, redisURL, h.redisProxy.Addr())
+	}
+	redisOpts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	redisOpts.MaxRetries = 0
+	redisOpts.ReadTimeout, redisOpts.WriteTimeout = 500*time.Millisecond, 500*time.Millisecond
+	rdb := redis.NewClient(redisOpts)
+	t.Cleanup(func() { rdb.Close() })
+	h.gate = gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: 3 * time.Second})
+
+	h.publisher = broker.NewPublisher(broker.PublisherConfig{
+		URL: amqpURL, Name: "api-test", Declare: h.topo.Declare, Logger: log,
+		Channels: 4, RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
+	})
+	h.server = api.New(api.Config{
+		PublishTimeout:    2 * time.Second,
+		CatalogRefresh:    50 * time.Millisecond,
+		ReconcileInterval: 50 * time.Millisecond,
+		Logger:            log,
+	}, h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, h.store, h.authority)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	running := 2
+	go func() { h.publisher.Run(ctx); done <- struct{}{} }()
+	go func() { h.server.Run(ctx); done <- struct{}{} }()
+	for i := range opts.workers {
+		w := worker.New(worker.Config{
+			AMQPURL: testkit.AMQPURL(), Topology: h.topo, Batch: 50, Logger: log,
+			Name: fmt.Sprintf("api-test-worker-%d", i), RetryMin: 10 * time.Millisecond, RetryMax: 200 * time.Millisecond,
+		}, h.store)
+		h.workers = append(h.workers, w)
+		running++
+		go func() { w.Run(ctx); done <- struct{}{} }()
+	}
+	srv := httptest.NewServer(h.server.Handler())
+	h.url = srv.URL
+	h.client = &http.Client{
+		Timeout:   15 * time.Second,
+		Transport: &http.Transport{MaxIdleConnsPerHost: 128, MaxConnsPerHost: 128},
+	}
+	t.Cleanup(func() {
+		srv.Close()
+		h.client.CloseIdleConnections()
+		cancel()
+		for range running {
+			<-done
+		}
+	})
+	testkit.Eventually(t, 20*time.Second, h.publisher.Ready, "publisher connected")
+	for _, w := range h.workers {
+		testkit.Eventually(t, 20*time.Second, w.Ready, "worker consuming")
+	}
+	return h
+}
+
+func hostOf(t *testing.T, raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Host
+}
+
+func withHost(t *testing.T, raw, host string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = host
+	return u.String()
+}
+
+// event creates an event and waits until the API's catalog has it.
+func (h *harness) event(maxPerCustomer int, capacities ...int) crowdpass.Event {
+	h.t.Helper()
+	e := testkit.CreateEvent(h.t, h.store, maxPerCustomer, capacities...)
+	h.waitCatalog(e.ID)
+	for _, c := range e.Categories {
+		h.waitGate(c.ID, c.Capacity)
+	}
+	return e
+}
+
+func (h *harness) waitCatalog(id fmt.Stringer) {
+	h.t.Helper()
+	testkit.Eventually(h.t, 10*time.Second, func() bool {
+		r := h.do(http.MethodGet, "/events/"+id.String(), nil, nil)
+		return r.status == http.StatusOK
+	}, "event in the catalog")
+}
+
+func (h *harness) token(customer string) string {
+	tok, err := h.authority.Issue(customer, false, time.Hour)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return tok
+}
+
+type reply struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r reply) problem(t *testing.T) map[string]any {
+	t.Helper()
+	var p map[string]any
+	if err := json.Unmarshal(r.body, &p); err != nil {
+		t.Fatalf("body is not JSON: %q", r.body)
+	}
+	return p
+}
+
+func (h *harness) do(method, path string, header http.Header, body []byte) reply {
+	h.t.Helper()
+	req, err := http.NewRequest(method, h.url+path, bytes.NewReader(body))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for k, vs := range header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		h.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return reply{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+func orderJSON(e crowdpass.Event, category, quantity int) []byte {
+	return fmt.Appendf(nil, `{"event_id":%q,"category_id":%q,"quantity":%d}`, e.ID, e.Categories[category].ID, quantity)
+}
+
+// order posts an order as customer under key.
+func (h *harness) order(customer, key string, body []byte) reply {
+	h.t.Helper()
+	return h.do(http.MethodPost, "/orders", http.Header{
+		"Authorization":   {"Bearer " + h.token(customer)},
+		"Idempotency-Key": {key},
+		"Content-Type":    {"application/json"},
+	}, body)
+}
+
+func (h *harness) countOrders(where string, args ...any) int {
+	h.t.Helper()
+	var n int
+	if err := h.db.Pool.QueryRow(testkit.Context(h.t), "SELECT count(*) FROM orders WHERE "+where, args...).Scan(&n); err != nil {
+		h.t.Fatal(err)
+	}
+	return n
+}
+
+// eventWindow creates a one-category event with a sale window.
+func (h *harness) eventWindow(opens, closes *time.Time) crowdpass.Event {
+	h.t.Helper()
+	spec := crowdpass.EventSpec{Name: "Window", Categories: []crowdpass.CategorySpec{{Name: "A", Capacity: 10}}}
+	if opens != nil {
+		o := crowdpass.NewTime(*opens)
+		spec.OpensAt = &o
+	}
+	if closes != nil {
+		o := crowdpass.NewTime(closes.Add(-time.Hour))
+		c := crowdpass.NewTime(*closes)
+		spec.OpensAt, spec.ClosesAt = &o, &c
+	}
+	e, err := h.store.CreateEvent(testkit.Context(h.t), spec)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.waitCatalog(e.ID)
+	return e
+}
+
+// waitGate waits until the gate holds n tickets of a category.
+func (h *harness) waitGate(category uuid.UUID, n int) {
+	h.t.Helper()
+	t := h.t
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		got, known, err := h.gate.Stock(testkit.Context(t), category)
+		return err == nil && known && got == n
+	}, "gate stock %d", n)
+}

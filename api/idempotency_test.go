@@ -1,0 +1,165 @@
+package api_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/testkit"
+)
+
+func orderID(t *testing.T, r reply) string {
+	t.Helper()
+	var a struct {
+		OrderID string `json:"order_id"`
+	}
+	if err := json.Unmarshal(r.body, &a); err != nil || a.OrderID == "" {
+		t.Fatalf("no order id in %d %s", r.status, r.body)
+	}
+	return a.OrderID
+}
+
+func TestReplayIsTheFirstAnswerByteForByte(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(4, 10)
+	first := h.order("alice", "buy-1", orderJSON(event, 0, 2))
+	if first.status != http.StatusAccepted || first.header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("first answer %d %v %s", first.status, first.header, first.body)
+	}
+	if loc := first.header.Get("Location"); loc != "/orders/"+orderID(t, first) {
+		t.Errorf("Location %q", loc)
+	}
+	for range 3 {
+		again := h.order("alice", "buy-1", orderJSON(event, 0, 2))
+		if again.status != first.status || !bytes.Equal(again.body, first.body) {
+			t.Errorf("replay %d %s differs from %d %s", again.status, again.body, first.status, first.body)
+		}
+		if again.header.Get("Idempotent-Replayed") != "true" || again.header.Get("Location") != first.header.Get("Location") {
+			t.Errorf("replay headers %v", again.header)
+		}
+	}
+	// The quoted form names the same key.
+	if quoted := h.order("alice", `"buy-1"`, orderJSON(event, 0, 2)); !bytes.Equal(quoted.body, first.body) {
+		t.Errorf("quoted key answered %d %s", quoted.status, quoted.body)
+	}
+}
+
+func TestKeyReusedWithAnotherPayloadIsAMismatch(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(4, 10, 10)
+	if r := h.order("alice", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("first: %d %s", r.status, r.body)
+	}
+	for _, body := range [][]byte{orderJSON(event, 0, 2), orderJSON(event, 1, 1)} {
+		r := h.order("alice", "k", body)
+		if r.status != http.StatusUnprocessableEntity || r.problem(t)["code"] != string(crowdpass.EKeyMismatch) {
+			t.Errorf("mismatch answered %d %s", r.status, r.body)
+		}
+	}
+}
+
+func TestKeyInFlightAnswersInProgressOrMismatch(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(4, 10)
+	// Put the key in flight as a first request that has not been confirmed yet would.
+	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: event.Categories[0].ID, Quantity: 1}
+	res, err := h.gate.Admit(testkit.Context(t), crowdpass.Admission{
+		OrderID: crowdpass.OrderID("alice", "slow"), CustomerID: "alice", Fingerprint: payload.Fingerprint(),
+		CategoryID: payload.CategoryID, Quantity: 1,
+	}, "first-request")
+	if err != nil || res.Verdict != crowdpass.Admitted {
+		t.Fatalf("admit: %+v %v", res, err)
+	}
+	same := h.order("alice", "slow", orderJSON(event, 0, 1))
+	if same.status != http.StatusConflict || same.problem(t)["code"] != string(crowdpass.ERequestInProgress) || same.header.Get("Retry-After") == "" {
+		t.Errorf("same payload in flight: %d %v %s", same.status, same.header, same.body)
+	}
+	other := h.order("alice", "slow", orderJSON(event, 0, 2))
+	if other.status != http.StatusUnprocessableEntity || other.problem(t)["code"] != string(crowdpass.EKeyMismatch) {
+		t.Errorf("other payload in flight: %d %s", other.status, other.body)
+	}
+}
+
+func TestConcurrentSendsOfOneKeyMakeOneOrder(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 1})
+	event := h.event(4, 10)
+	replies := make([]reply, 64)
+	var wg sync.WaitGroup
+	for i := range replies {
+		wg.Go(func() { replies[i] = h.order("alice", "double-click", orderJSON(event, 0, 1)) })
+	}
+	wg.Wait()
+	var accepted []reply
+	for _, r := range replies {
+		switch {
+		case r.status == http.StatusAccepted:
+			accepted = append(accepted, r)
+		case r.status == http.StatusConflict && r.problem(t)["code"] == string(crowdpass.ERequestInProgress):
+		default:
+			t.Errorf("answer %d %s", r.status, r.body)
+		}
+	}
+	if len(accepted) == 0 {
+		t.Fatal("no request was accepted")
+	}
+	for _, r := range accepted[1:] {
+		if !bytes.Equal(r.body, accepted[0].body) {
+			t.Errorf("accepted answers differ: %s vs %s", r.body, accepted[0].body)
+		}
+	}
+	after := h.order("alice", "double-click", orderJSON(event, 0, 1))
+	if !bytes.Equal(after.body, accepted[0].body) || after.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("later answer %d %s", after.status, after.body)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "the order decided")
+	if n := h.countOrders("customer_id = 'alice'"); n != 1 {
+		t.Errorf("%d orders for one key", n)
+	}
+	testkit.CheckInvariants(t, h.db.Pool)
+}
+
+func TestSameKeyFromTwoCustomersMakesTwoOrders(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 1})
+	event := h.event(4, 10)
+	a := h.order("alice", "shared", orderJSON(event, 0, 1))
+	b := h.order("bob", "shared", orderJSON(event, 0, 1))
+	if a.status != http.StatusAccepted || b.status != http.StatusAccepted || orderID(t, a) == orderID(t, b) {
+		t.Fatalf("answers %d %s / %d %s", a.status, a.body, b.status, b.body)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 2 }, "both decided")
+	// Each sees its own order and not the other's.
+	get := func(customer, id string) reply {
+		return h.do(http.MethodGet, "/orders/"+id, http.Header{"Authorization": {"Bearer " + h.token(customer)}}, nil)
+	}
+	if r := get("alice", orderID(t, a)); r.status != http.StatusOK || !bytes.Contains(r.body, []byte(`"status":"confirmed"`)) {
+		t.Errorf("alice's order: %d %s", r.status, r.body)
+	}
+	if r := get("alice", orderID(t, b)); r.status != http.StatusNotFound {
+		t.Errorf("alice reads bob's order: %d %s", r.status, r.body)
+	}
+}
+
+func TestPendingOrderIsReadableBeforeItIsDecided(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{}) // no worker: the order stays in the queue
+	event := h.event(4, 10)
+	a := h.order("alice", "k", orderJSON(event, 0, 3))
+	r := h.do(http.MethodGet, "/orders/"+orderID(t, a), http.Header{"Authorization": {"Bearer " + h.token("alice")}}, nil)
+	var o crowdpass.Order
+	if err := json.Unmarshal(r.body, &o); err != nil || r.status != http.StatusOK || o.Status != crowdpass.StatusPending || o.Quantity != 3 {
+		t.Errorf("pending order: %d %s", r.status, r.body)
+	}
+	if !bytes.Contains(a.body, []byte(fmt.Sprintf(`"accepted_at":"%s"`, o.AcceptedAt))) {
+		t.Errorf("accepted_at differs: %s vs %s", a.body, r.body)
+	}
+}
