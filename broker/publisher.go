@@ -43,10 +43,10 @@ type Publisher struct {
 	// redeclare asks the session to declare the topology again: a returned
 	// message means a queue was deleted under us.
 	redeclare chan struct{}
-	mu    sync.RWMutex
-	pool  []*confirmChannel
-	next  atomic.Uint64
-	ready atomic.Bool
+	mu        sync.RWMutex
+	pool      []*confirmChannel
+	next      atomic.Uint64
+	ready     atomic.Bool
 }
 
 // NewPublisher returns a publisher; Run connects it.
