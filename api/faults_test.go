@@ -1,0 +1,240 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/broker"
+	"github.com/crowdpass/crowdpass/testkit"
+)
+
+// buy posts n orders from distinct customers, concurrency at a time, and
+// returns the answers by status.
+func (h *harness) buy(prefix string, n, concurrency int, event crowdpass.Event, category int) map[int]int {
+	h.t.Helper()
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range concurrency {
+		wg.Go(func() {
+			for {
+				i := next.Add(1)
+				if i > int64(n) {
+					return
+				}
+				r := h.order(fmt.Sprintf("%s-%d", prefix, i), "k", orderJSON(event, category, 1))
+				mu.Lock()
+				statuses[r.status]++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return statuses
+}
+
+func TestOrdersAreAcceptedWhileTheDatabaseIsLocked(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 2})
+	event := h.event(4, 5000)
+
+	// Hold every order table in ACCESS EXCLUSIVE mode, as a stalled database would.
+	ctx := testkit.Context(t)
+	tx, err := h.db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "LOCK TABLE orders, tickets, outbox, ticket_categories IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000
+	statuses := h.buy("locked", n, 32, event, 0)
+	if statuses[http.StatusAccepted] != n {
+		t.Fatalf("answers while locked: %v, want %d × 202", statuses, n)
+	}
+	var decided int
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM orders").Scan(&decided); err != nil {
+		t.Fatal(err)
+	}
+	if decided != 0 {
+		t.Fatalf("%d orders decided through the lock", decided)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 60*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == n }, "all %d decided", n)
+	if c := h.countOrders("status = 'confirmed'"); c != n {
+		t.Errorf("confirmed = %d, want %d", c, n)
+	}
+	testkit.CheckInvariants(t, h.db.Pool)
+}
+
+func TestBrokerDownAnswersUnavailableAndGivesTheStockBack(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{proxyAMQP: true})
+	event := h.event(4, 10)
+	cat := event.Categories[0].ID
+
+	h.amqpProxy.Refuse()
+	testkit.Eventually(t, 10*time.Second, func() bool { return !h.publisher.Ready() }, "publisher disconnected")
+	r := h.order("alice", "k", orderJSON(event, 0, 2))
+	if r.status != http.StatusServiceUnavailable || r.problem(t)["code"] != string(crowdpass.EUnavailable) || r.header.Get("Retry-After") == "" {
+		t.Fatalf("broker down: %d %v %s", r.status, r.header, r.body)
+	}
+	h.waitGate(cat, 10)
+
+	h.amqpProxy.Allow()
+	testkit.Eventually(t, 20*time.Second, h.publisher.Ready, "publisher reconnected")
+	// The same key goes through: nothing was left in flight.
+	if r := h.order("alice", "k", orderJSON(event, 0, 2)); r.status != http.StatusAccepted || r.header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("after recovery: %d %s", r.status, r.body)
+	}
+	h.waitGate(cat, 8)
+}
+
+func TestPublishInterruptedMidFlightAnswersUnavailable(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{proxyAMQP: true})
+	event := h.event(4, 1000)
+	// Cut the connection repeatedly while orders stream in: every answer is
+	// a 202 or a 503, and every 503 gave its stock back.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(30 * time.Millisecond):
+				h.amqpProxy.Cut()
+			}
+		}
+	})
+	statuses := h.buy("cut", 300, 16, event, 0)
+	close(stop)
+	wg.Wait()
+	if statuses[http.StatusAccepted]+statuses[http.StatusServiceUnavailable] != 300 {
+		t.Fatalf("answers %v", statuses)
+	}
+	testkit.Eventually(t, 20*time.Second, h.publisher.Ready, "publisher reconnected")
+	h.waitGate(event.Categories[0].ID, 1000-statuses[http.StatusAccepted])
+}
+
+func TestUnroutableOrderAnswersUnavailableAndHeals(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(4, 10)
+	deleteQueue(t, h.topo)
+
+	r := h.order("alice", "k", orderJSON(event, 0, 1))
+	if r.status != http.StatusServiceUnavailable {
+		t.Fatalf("unroutable: %d %s", r.status, r.body)
+	}
+	h.waitGate(event.Categories[0].ID, 10)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return h.order("alice", "k", orderJSON(event, 0, 1)).status == http.StatusAccepted
+	}, "orders accepted again once the queue is declared again")
+}
+
+func deleteQueue(t *testing.T, topo broker.Topology) {
+	t.Helper()
+	conn, err := broker.Dial(testkit.Context(t), testkit.AMQPURL(), "api-test-admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDelete(topo.Orders(), false, false, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRedisWipedMidSaleNeitherOversellsNorStrandsTickets(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 2})
+	const capacity = 200
+	event := h.event(4, capacity)
+	statuses := h.buy("early", 150, 16, event, 0)
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range h.buy("late", 300, 16, event, 0) {
+		statuses[k] += v
+	}
+	for k := range statuses {
+		if k != http.StatusAccepted && k != http.StatusConflict {
+			t.Errorf("unexpected answers: %v", statuses)
+		}
+	}
+	// Demand lasts: buyers keep coming until the database says sold out.
+	for round := 0; ; round++ {
+		testkit.Eventually(t, 30*time.Second, func() bool {
+			return testkit.CountDecided(t, h.db.Pool) == h.acceptedCount()
+		}, "accepted orders decided")
+		if h.countOrders("status = 'confirmed'") == capacity || round == 20 {
+			break
+		}
+		h.buy(fmt.Sprintf("round%d", round), 50, 8, event, 0)
+	}
+	if c := h.countOrders("status = 'confirmed'"); c != capacity {
+		t.Errorf("confirmed = %d, want all %d sold", c, capacity)
+	}
+	testkit.CheckInvariants(t, h.db.Pool)
+}
+
+// acceptedCount is the orders the broker confirmed, counted from the queue's
+// side: those decided plus those still waiting.
+func (h *harness) acceptedCount() int {
+	h.t.Helper()
+	conn, err := broker.Dial(testkit.Context(h.t), testkit.AMQPURL(), "api-test-admin")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	q, err := ch.QueueDeclarePassive(h.topo.Orders(), true, false, false, false, nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return testkit.CountDecided(h.t, h.db.Pool) + q.Messages
+}
+
+func TestRedisDownOrdersTakeTheSlowPath(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 1, proxyRedis: true})
+	event := h.event(4, 10)
+	h.redisProxy.Refuse()
+	first := h.order("alice", "k", orderJSON(event, 0, 1))
+	again := h.order("alice", "k", orderJSON(event, 0, 1))
+	if first.status != http.StatusAccepted || again.status != http.StatusAccepted || orderID(t, first) != orderID(t, again) {
+		t.Fatalf("slow path: %d %s / %d %s", first.status, first.body, again.status, again.body)
+	}
+	r := h.do(http.MethodGet, "/readyz", nil, nil)
+	if r.status != http.StatusOK || !bytes.Contains(r.body, []byte(`"degraded"`)) {
+		t.Errorf("readyz with redis down: %d %s", r.status, r.body)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
+	if n := h.countOrders("customer_id = 'alice'"); n != 1 {
+		t.Errorf("%d orders for one key on the slow path", n)
+	}
+	h.redisProxy.Allow()
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return h.order("bob", "k", orderJSON(event, 0, 1)).status == http.StatusAccepted &&
+			h.order("bob", "k", orderJSON(event, 0, 1)).header.Get("Idempotent-Replayed") == "true"
+	}, "the gate back on")
+}
