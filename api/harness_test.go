@@ -37,7 +37,7 @@ type options struct {
 }
 
 type harness struct {
-	t          *testing.T
+	t          testing.TB
 	db         *testkit.DB
 	store      *postgres.Store
 	topo       broker.Topology
@@ -52,7 +52,7 @@ type harness struct {
 	workers    []*worker.Worker
 }
 
-func setup(t *testing.T, opts options) *harness {
+func setup(t testing.TB, opts options) *harness {
 	t.Helper()
 	h := &harness{t: t, db: testkit.NewDB(t)}
 	h.store = postgres.NewStore(h.db.Pool, nil)
@@ -127,7 +127,7 @@ func setup(t *testing.T, opts options) *harness {
 	return h
 }
 
-func hostOf(t *testing.T, raw string) string {
+func hostOf(t testing.TB, raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +135,7 @@ func hostOf(t *testing.T, raw string) string {
 	return u.Host
 }
 
-func withHost(t *testing.T, raw, host string) string {
+func withHost(t testing.TB, raw, host string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,35 @@
+package api
+
+import (
+	"testing"
+
+	"github.com/crowdpass/crowdpass"
+)
+
+// FuzzOrderBody feeds arbitrary bodies to the parsing of POST /orders: it
+// never panics, and every rejection is a 400 or a 422, never a 5xx.
+func FuzzOrderBody(f *testing.F) {
+	for _, seed := range []string{
+		`{"event_id":"01a2224f-c7ca-7241-b1a7-a1e0845906f4","category_id":"01a2224f-c7ce-7a62-99c8-bec26c7e27f6","quantity":1}`,
+		`{}`, `[]`, `null`, `{"quantity":1e400}`, `{"quantity":-1}`, `{"event_id":1}`, `{"a":1}`, `{} {}`, `{`, "", `"x"`,
+		`{"event_id":"{01a2224f-c7ca-7241-b1a7-a1e0845906f4}","category_id":"urn:uuid:01a2224f-c7ce-7a62-99c8-bec26c7e27f6","quantity":2}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var b orderBody
+		err := decodeStrict(body, &b)
+		if err == nil {
+			var p crowdpass.OrderPayload
+			p, err = b.validate()
+			if err == nil && (p.Quantity < 1 || p.EventID.String() == "00000000-0000-0000-0000-000000000000" && b.EventID == nil) {
+				t.Fatalf("accepted %q as %+v", body, p)
+			}
+		}
+		if err != nil {
+			if s := statusOf(crowdpass.Code(err)); s != 400 && s != 422 {
+				t.Fatalf("%q rejected with status %d: %v", body, s, err)
+			}
+		}
+	})
+}
