@@ -331,3 +331,11 @@ type Decision struct {
 	// because its category does not exist; it belongs in the dead-letter queue.
 	Invalid error
 }
+
+// OutboxMessage is one outbox row on its way to order_events.
+type OutboxMessage struct {
+	ID          int64
+	AggregateID uuid.UUID
+	EventType   string
+	Payload     []byte
+}

@@ -172,7 +172,7 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 	}
 }
 
-// Publish publishes msg as mandatory and persistent-as-given, and waits for
+// Publish publishes msg as mandatory, and waits for
 // the broker's confirm or ctx's end. It returns nil only if the broker
 // confirmed the message and did not return it as unroutable.
 func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
@@ -183,7 +183,10 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 		return ErrNotConnected
 	}
 	cc := pool[p.next.Add(1)%uint64(len(pool))]
-	err := cc.publish(ctx, exchange, key, msg)
+	w, err := cc.start(ctx, exchange, key, true, msg)
+	if err == nil {
+		err = w.wait(ctx)
+	}
 	if errors.Is(err, ErrUnroutable) {
 		select {
 		case p.redeclare <- struct{}{}:
@@ -191,6 +194,40 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 		}
 	}
 	return err
+}
+
+// Message is one message of a batch.
+type Message struct {
+	Exchange, Key string
+	// Mandatory makes an unroutable message a failure (ErrUnroutable).
+	Mandatory  bool
+	Publishing amqp.Publishing
+}
+
+// PublishBatch publishes every message on one channel without waiting in
+// between, then waits for all the confirms; errs[i] is message i's outcome.
+func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) (errs []error) {
+	errs = make([]error, len(msgs))
+	p.mu.RLock()
+	pool := p.pool
+	p.mu.RUnlock()
+	if len(pool) == 0 {
+		for i := range errs {
+			errs[i] = ErrNotConnected
+		}
+		return errs
+	}
+	cc := pool[p.next.Add(1)%uint64(len(pool))]
+	waiters := make([]*waiter, len(msgs))
+	for i, m := range msgs {
+		waiters[i], errs[i] = cc.start(ctx, m.Exchange, m.Key, m.Mandatory, m.Publishing)
+	}
+	for i, w := range waiters {
+		if w != nil {
+			errs[i] = w.wait(ctx)
+		}
+	}
+	return errs
 }
 
 // confirmChannel is one channel in confirm mode with its own dispatcher.
@@ -237,30 +274,36 @@ func openConfirmChannel(conn *amqp.Connection) (*confirmChannel, error) {
 	return cc, nil
 }
 
-func (cc *confirmChannel) publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+// start publishes msg and returns the waiter its confirm will reach.
+func (cc *confirmChannel) start(ctx context.Context, exchange, key string, mandatory bool, msg amqp.Publishing) (*waiter, error) {
 	w := &waiter{id: msg.MessageId, done: make(chan error, 1)}
 	cc.publishMu.Lock()
 	cc.mu.Lock()
 	if cc.dead {
 		cc.mu.Unlock()
 		cc.publishMu.Unlock()
-		return ErrChannelLost
+		return nil, ErrChannelLost
 	}
 	seq := cc.ch.GetNextPublishSeqNo()
 	cc.pending[seq] = w
 	cc.byID[w.id] = append(cc.byID[w.id], w)
 	cc.mu.Unlock()
-	err := cc.ch.PublishWithContext(ctx, exchange, key, true, false, msg)
+	err := cc.ch.PublishWithContext(ctx, exchange, key, mandatory, false, msg)
 	cc.publishMu.Unlock()
 	if err != nil {
 		cc.settle(seq, nil)
-		return fmt.Errorf("publishing: %w", err)
+		return nil, fmt.Errorf("publishing: %w", err)
 	}
+	return w, nil
+}
+
+// wait waits for a started publish's confirm or ctx's end; if ctx ends
+// first the dispatcher settles the confirm when it comes.
+func (w *waiter) wait(ctx context.Context) error {
 	select {
 	case err := <-w.done:
 		return err
 	case <-ctx.Done():
-		// The confirm may still come; the dispatcher settles it then.
 		return fmt.Errorf("waiting for the broker's confirm: %w", ctx.Err())
 	}
 }

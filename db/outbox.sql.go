@@ -7,9 +7,92 @@ package db
 
 import (
 	"context"
+	"time"
 
 	"github.com/google/uuid"
 )
+
+const outboxBacklog = `-- name: OutboxBacklog :one
+SELECT count(*)::bigint AS rows, coalesce(min(created_at), now())::timestamptz AS oldest
+FROM outbox
+WHERE published_at IS NULL
+`
+
+type OutboxBacklogRow struct {
+	Rows   int64
+	Oldest time.Time
+}
+
+func (q *Queries) OutboxBacklog(ctx context.Context) (OutboxBacklogRow, error) {
+	row := q.db.QueryRow(ctx, outboxBacklog)
+	var i OutboxBacklogRow
+	err := row.Scan(&i.Rows, &i.Oldest)
+	return i, err
+}
+
+const outboxClaim = `-- name: OutboxClaim :many
+SELECT id, aggregate_id, event_type, payload
+FROM outbox
+WHERE published_at IS NULL
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+`
+
+type OutboxClaimRow struct {
+	ID          int64
+	AggregateID uuid.UUID
+	EventType   string
+	Payload     []byte
+}
+
+// OutboxClaim locks a batch of unpublished rows, oldest first, skipping rows
+// another relay holds: two relays never publish one row at the same time.
+// Ids commit out of order, so no "last id seen" cursor could be trusted.
+func (q *Queries) OutboxClaim(ctx context.Context, maxRows int32) ([]OutboxClaimRow, error) {
+	rows, err := q.db.Query(ctx, outboxClaim, maxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []OutboxClaimRow
+	for rows.Next() {
+		var i OutboxClaimRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.AggregateID,
+			&i.EventType,
+			&i.Payload,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const outboxDeletePublished = `-- name: OutboxDeletePublished :execrows
+DELETE FROM outbox
+WHERE id IN (
+    SELECT o.id FROM outbox o WHERE o.published_at < $1::timestamptz ORDER BY o.id LIMIT $2
+)
+`
+
+type OutboxDeletePublishedParams struct {
+	PublishedBefore time.Time
+	MaxRows         int32
+}
+
+func (q *Queries) OutboxDeletePublished(ctx context.Context, arg OutboxDeletePublishedParams) (int64, error) {
+	result, err := q.db.Exec(ctx, outboxDeletePublished, arg.PublishedBefore, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
 
 const outboxInsertMany = `-- name: OutboxInsertMany :execrows
 INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
@@ -60,4 +143,35 @@ func (q *Queries) OutboxListByAggregate(ctx context.Context, aggregateID uuid.UU
 		return nil, err
 	}
 	return items, nil
+}
+
+const outboxListen = `-- name: OutboxListen :exec
+LISTEN crowdpass_outbox
+`
+
+func (q *Queries) OutboxListen(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, outboxListen)
+	return err
+}
+
+const outboxMarkPublished = `-- name: OutboxMarkPublished :execrows
+UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])
+`
+
+func (q *Queries) OutboxMarkPublished(ctx context.Context, ids []int64) (int64, error) {
+	result, err := q.db.Exec(ctx, outboxMarkPublished, ids)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const outboxNotify = `-- name: OutboxNotify :exec
+SELECT pg_notify('crowdpass_outbox', '')
+`
+
+// OutboxNotify wakes the relays when the deciding transaction commits.
+func (q *Queries) OutboxNotify(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, outboxNotify)
+	return err
 }

@@ -321,6 +321,9 @@ func (s *Store) decide(ctx context.Context, q *db.Queries, decisions []crowdpass
 	}); err != nil {
 		return fmt.Errorf("writing outcomes to the outbox: %w", err)
 	}
+	if err := q.OutboxNotify(ctx); err != nil {
+		return fmt.Errorf("waking the relays: %w", err)
+	}
 	return nil
 }
 

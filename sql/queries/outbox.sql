@@ -4,3 +4,35 @@ SELECT 'order', unnest(@aggregate_ids::uuid[]), unnest(@event_types::text[]), un
 
 -- name: OutboxListByAggregate :many
 SELECT * FROM outbox WHERE aggregate_type = 'order' AND aggregate_id = @aggregate_id ORDER BY id;
+
+-- OutboxClaim locks a batch of unpublished rows, oldest first, skipping rows
+-- another relay holds: two relays never publish one row at the same time.
+-- Ids commit out of order, so no "last id seen" cursor could be trusted.
+-- name: OutboxClaim :many
+SELECT id, aggregate_id, event_type, payload
+FROM outbox
+WHERE published_at IS NULL
+ORDER BY id
+LIMIT @max_rows
+FOR UPDATE SKIP LOCKED;
+
+-- name: OutboxMarkPublished :execrows
+UPDATE outbox SET published_at = now() WHERE id = ANY(@ids::bigint[]);
+
+-- name: OutboxDeletePublished :execrows
+DELETE FROM outbox
+WHERE id IN (
+    SELECT o.id FROM outbox o WHERE o.published_at < @published_before::timestamptz ORDER BY o.id LIMIT @max_rows
+);
+
+-- name: OutboxBacklog :one
+SELECT count(*)::bigint AS rows, coalesce(min(created_at), now())::timestamptz AS oldest
+FROM outbox
+WHERE published_at IS NULL;
+
+-- OutboxNotify wakes the relays when the deciding transaction commits.
+-- name: OutboxNotify :exec
+SELECT pg_notify('crowdpass_outbox', '');
+
+-- name: OutboxListen :exec
+LISTEN crowdpass_outbox;

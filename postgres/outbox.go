@@ -1,0 +1,82 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/db"
+)
+
+// PublishOutbox claims up to max unpublished rows, oldest first, hands them
+// to publish and marks published the ids publish returns, all in one
+// transaction: the rows stay locked while they are published, so two relays
+// never publish one row at once, and a relay that dies before the commit
+// leaves them unpublished, to be published again. It returns the rows claimed.
+func (s *Store) PublishOutbox(ctx context.Context, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error) {
+	claimed := 0
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := db.New(tx)
+		rows, err := q.OutboxClaim(ctx, int32(max))
+		if err != nil {
+			return fmt.Errorf("claiming outbox rows: %w", err)
+		}
+		claimed = len(rows)
+		if claimed == 0 {
+			return nil
+		}
+		msgs := make([]crowdpass.OutboxMessage, len(rows))
+		for i, r := range rows {
+			msgs[i] = crowdpass.OutboxMessage{ID: r.ID, AggregateID: r.AggregateID, EventType: r.EventType, Payload: r.Payload}
+		}
+		published := publish(ctx, msgs)
+		if len(published) == 0 {
+			return nil
+		}
+		if _, err := q.OutboxMarkPublished(ctx, published); err != nil {
+			return fmt.Errorf("marking outbox rows published: %w", err)
+		}
+		return nil
+	})
+	return claimed, translate(err)
+}
+
+// DeletePublishedOutbox deletes up to max rows published before the given time.
+func (s *Store) DeletePublishedOutbox(ctx context.Context, before time.Time, max int) (int64, error) {
+	n, err := db.New(s.pool).OutboxDeletePublished(ctx, db.OutboxDeletePublishedParams{PublishedBefore: before, MaxRows: int32(max)})
+	return n, translate(err)
+}
+
+// OutboxBacklog returns the unpublished rows and the creation time of the oldest.
+func (s *Store) OutboxBacklog(ctx context.Context) (rows int64, oldest time.Time, err error) {
+	b, err := db.New(s.pool).OutboxBacklog(ctx)
+	return b.Rows, b.Oldest, translate(err)
+}
+
+// ListenOutbox calls wake for every outbox notification until ctx is done
+// or the connection fails. It holds one connection of its own.
+func (s *Store) ListenOutbox(ctx context.Context, wake func()) error {
+	pooled, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("acquiring a connection to listen on: %w", err)
+	}
+	// The connection leaves the pool: it carries the LISTEN.
+	conn := pooled.Hijack()
+	defer conn.Close(context.Background())
+	if err := db.New(conn).OutboxListen(ctx); err != nil {
+		return fmt.Errorf("listening for outbox rows: %w", err)
+	}
+	wake() // rows may have come while we were not listening
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("waiting for outbox notifications: %w", err)
+		}
+		wake()
+	}
+}

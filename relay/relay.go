@@ -1,0 +1,241 @@
+// Package relay carries the outbox to RabbitMQ: it publishes every outbox
+// row on order_events, at least once, and marks it published only after the
+// broker confirmed it.
+package relay
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/broker"
+)
+
+// Store is the outbox as the relay sees it.
+type Store interface {
+	PublishOutbox(ctx context.Context, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error)
+	DeletePublishedOutbox(ctx context.Context, before time.Time, max int) (int64, error)
+	OutboxBacklog(ctx context.Context) (rows int64, oldest time.Time, err error)
+	ListenOutbox(ctx context.Context, wake func()) error
+}
+
+// Publisher publishes batches with confirms.
+type Publisher interface {
+	PublishBatch(ctx context.Context, msgs []broker.Message) []error
+	Ready() bool
+}
+
+var _ Publisher = (*broker.Publisher)(nil)
+
+// Config configures a Relay. Zero values take the defaults.
+type Config struct {
+	// Exchange is the order_events exchange (with its namespace).
+	Exchange string
+	// Batch is the most rows claimed and published at once (default 500).
+	Batch int
+	// Poll is the longest wait between looks at the outbox when no
+	// notification comes (default 1s).
+	Poll time.Duration
+	// Retention is how long published rows are kept (OUTBOX_RETENTION,
+	// default 7 days; negative keeps them for ever).
+	Retention time.Duration
+	// PublishTimeout bounds the wait for a batch's confirms (default 10s).
+	PublishTimeout time.Duration
+	Logger         *slog.Logger
+	Registry       prometheus.Registerer
+	Now            func() time.Time
+}
+
+// Relay is the outbox relay role; any number may run at once.
+type Relay struct {
+	cfg       Config
+	store     Store
+	publisher Publisher
+	log       *slog.Logger
+	wake      chan struct{}
+	failing   atomic.Bool
+
+	backlog   prometheus.Gauge
+	oldest    prometheus.Gauge
+	published prometheus.Counter
+}
+
+// New returns a relay; Run starts it.
+func New(cfg Config, store Store, publisher Publisher) *Relay {
+	cfg.Batch = cmp.Or(max(cfg.Batch, 0), 500)
+	cfg.Poll = cmp.Or(cfg.Poll, time.Second)
+	cfg.Retention = cmp.Or(cfg.Retention, 7*24*time.Hour)
+	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, 10*time.Second)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	r := &Relay{
+		cfg: cfg, store: store, publisher: publisher,
+		log:  cfg.Logger.With("role", "relay"),
+		wake: make(chan struct{}, 1),
+		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "crowdpass_outbox_backlog_rows", Help: "Outbox rows not yet published.",
+		}),
+		oldest: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "crowdpass_outbox_oldest_unpublished_seconds", Help: "Age of the oldest unpublished outbox row.",
+		}),
+		published: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "crowdpass_outbox_published_total", Help: "Outbox rows published and confirmed.",
+		}),
+	}
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(r.backlog, r.oldest, r.published)
+	}
+	return r
+}
+
+// Ready reports whether the relay can publish and its last look at the outbox worked.
+func (r *Relay) Ready() bool { return r.publisher.Ready() && !r.failing.Load() }
+
+// Run relays until ctx is done.
+func (r *Relay) Run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.listen(ctx)
+	}()
+	defer func() { <-done }()
+
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	housekeeping := time.NewTicker(5 * time.Second)
+	defer housekeeping.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.wake:
+		case <-poll.C:
+		case <-housekeeping.C:
+			r.housekeep(ctx)
+			continue
+		}
+		// Drain: a full batch means there may be more right behind it.
+		for ctx.Err() == nil {
+			n := r.relayBatch(ctx)
+			if n < r.cfg.Batch {
+				break
+			}
+		}
+		poll.Reset(r.cfg.Poll)
+	}
+}
+
+// listen turns outbox notifications into wake-ups, reconnecting as needed;
+// polling covers the gaps.
+func (r *Relay) listen(ctx context.Context) {
+	for {
+		err := r.store.ListenOutbox(ctx, func() {
+			select {
+			case r.wake <- struct{}{}:
+			default:
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Debug("outbox listener lost; polling meanwhile", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(r.cfg.Poll):
+		}
+	}
+}
+
+// relayBatch publishes one batch and returns how many rows it claimed.
+func (r *Relay) relayBatch(ctx context.Context) int {
+	if !r.publisher.Ready() {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout+5*time.Second)
+	defer cancel()
+	n, err := r.store.PublishOutbox(ctx, r.cfg.Batch, r.publish)
+	if err != nil {
+		if r.failing.CompareAndSwap(false, true) {
+			r.log.Warn("outbox unavailable; retrying", "err", err)
+		}
+		return 0
+	}
+	if r.failing.CompareAndSwap(true, false) {
+		r.log.Info("outbox available again")
+	}
+	return n
+}
+
+// publish sends a batch pipelined and returns the ids the broker confirmed.
+func (r *Relay) publish(ctx context.Context, rows []crowdpass.OutboxMessage) []int64 {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+	defer cancel()
+	msgs := make([]broker.Message, len(rows))
+	now := r.cfg.Now()
+	for i, row := range rows {
+		msgs[i] = broker.Message{
+			Exchange: r.cfg.Exchange,
+			Key:      row.EventType,
+			// No notifier may be bound right now; the outcome is in the
+			// database all the same, so an unroutable outcome is published.
+			Mandatory: false,
+			Publishing: amqp.Publishing{
+				ContentType:  "application/json",
+				DeliveryMode: amqp.Persistent,
+				MessageId:    strconv.FormatInt(row.ID, 10),
+				Type:         row.EventType,
+				Timestamp:    now,
+				Body:         row.Payload,
+			},
+		}
+	}
+	errs := r.publisher.PublishBatch(ctx, msgs)
+	confirmed := make([]int64, 0, len(rows))
+	for i, err := range errs {
+		if err == nil {
+			confirmed = append(confirmed, rows[i].ID)
+		}
+	}
+	if len(confirmed) < len(rows) {
+		r.log.Debug("some outcomes not confirmed; they stay unpublished", "claimed", len(rows), "confirmed", len(confirmed))
+	}
+	r.published.Add(float64(len(confirmed)))
+	return confirmed
+}
+
+// housekeep updates the backlog metrics and deletes old published rows in
+// small batches, so that no long transaction holds the table.
+func (r *Relay) housekeep(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 4*time.Second)
+	defer cancel()
+	if rows, oldest, err := r.store.OutboxBacklog(ctx); err == nil {
+		r.backlog.Set(float64(rows))
+		age := 0.0
+		if rows > 0 {
+			age = r.cfg.Now().Sub(oldest).Seconds()
+		}
+		r.oldest.Set(age)
+	}
+	if r.cfg.Retention < 0 {
+		return
+	}
+	before := r.cfg.Now().Add(-r.cfg.Retention)
+	for range 10 {
+		n, err := r.store.DeletePublishedOutbox(ctx, before, 1000)
+		if err != nil || n < 1000 {
+			return
+		}
+	}
+}

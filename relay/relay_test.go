@@ -1,0 +1,178 @@
+package relay_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/broker"
+	"github.com/crowdpass/crowdpass/postgres"
+	"github.com/crowdpass/crowdpass/relay"
+	"github.com/crowdpass/crowdpass/testkit"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type bundle struct {
+	db    *testkit.DB
+	store *postgres.Store
+	topo  broker.Topology
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	db := testkit.NewDB(t)
+	return &bundle{db: db, store: postgres.NewStore(db.Pool, nil), topo: broker.Topology{Namespace: testkit.Namespace(t)}}
+}
+
+// decide makes n decided orders, hence n outbox rows.
+func (b *bundle) decide(t *testing.T, n int) {
+	t.Helper()
+	event := testkit.CreateEvent(t, b.store, 4, n/2+1)
+	var reqs []crowdpass.OrderRequest
+	for i := range n {
+		reqs = append(reqs, testkit.OrderRequest(fmt.Sprintf("c%d", i), "k", event, 0, 1))
+	}
+	for len(reqs) > 0 {
+		k := min(len(reqs), 100)
+		if _, err := b.store.DecideOrders(testkit.Context(t), reqs[:k]); err != nil {
+			t.Fatal(err)
+		}
+		reqs = reqs[k:]
+	}
+}
+
+// listen binds a queue to order_events and counts deliveries per message id.
+func (b *bundle) listen(t *testing.T, key string) func() map[string]int {
+	t.Helper()
+	conn, err := broker.Dial(testkit.Context(t), testkit.AMQPURL(), "relay-test-listener")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.topo.Declare(ch); err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(q.Name, key, b.topo.Outcomes(), false, nil); err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	go func() {
+		for d := range deliveries {
+			mu.Lock()
+			seen[d.MessageId]++
+			mu.Unlock()
+		}
+	}()
+	return func() map[string]int {
+		mu.Lock()
+		defer mu.Unlock()
+		out := make(map[string]int, len(seen))
+		for k, v := range seen {
+			out[k] = v
+		}
+		return out
+	}
+}
+
+func (b *bundle) start(t *testing.T, store relay.Store) *relay.Relay {
+	t.Helper()
+	pub := broker.NewPublisher(broker.PublisherConfig{URL: testkit.AMQPURL(), Name: "relay-test", Declare: b.topo.Declare, Logger: testkit.Logger(t)})
+	r := relay.New(relay.Config{Exchange: b.topo.Outcomes(), Batch: 50, Poll: 200 * time.Millisecond, Logger: testkit.Logger(t)}, store, pub)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { pub.Run(ctx) })
+	wg.Go(func() { r.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return r
+}
+
+func (b *bundle) unpublished(t *testing.T) int {
+	var n int
+	if err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT count(*) FROM outbox WHERE published_at IS NULL").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestTwoRelaysPublishEveryRowOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	seen := b.listen(t, "order.*")
+	b.start(t, b.store)
+	b.start(t, b.store)
+	b.decide(t, 400)
+
+	testkit.Eventually(t, 30*time.Second, func() bool { return b.unpublished(t) == 0 && len(seen()) == 400 }, "400 outcomes published")
+	for id, n := range seen() {
+		if n != 1 {
+			t.Errorf("outbox row %s published %d times", id, n)
+		}
+	}
+}
+
+// crashingStore loses the first batch's marks, as a relay killed between
+// publishing and committing would.
+type crashingStore struct {
+	*postgres.Store
+	crashed atomic.Bool
+}
+
+func (s *crashingStore) PublishOutbox(ctx context.Context, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error) {
+	if s.crashed.CompareAndSwap(false, true) {
+		return s.Store.PublishOutbox(ctx, max, func(ctx context.Context, rows []crowdpass.OutboxMessage) []int64 {
+			publish(ctx, rows)
+			return nil
+		})
+	}
+	return s.Store.PublishOutbox(ctx, max, publish)
+}
+
+func TestRowsPublishedButNotMarkedArePublishedAgain(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.decide(t, 20)
+	seen := b.listen(t, "order.*")
+	b.start(t, &crashingStore{Store: b.store})
+
+	testkit.Eventually(t, 30*time.Second, func() bool { return b.unpublished(t) == 0 }, "every row published")
+	twice := 0
+	for _, n := range seen() {
+		if n >= 2 {
+			twice++
+		}
+	}
+	if len(seen()) != 20 || twice != 20 {
+		t.Errorf("%d rows seen, %d of them twice; want 20 and 20", len(seen()), twice)
+	}
+}
+
+func TestOutcomesAreRoutedByEventType(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	confirmed := b.listen(t, crowdpass.EventOrderConfirmed)
+	rejected := b.listen(t, crowdpass.EventOrderRejected)
+	b.start(t, b.store)
+	b.decide(t, 10) // 6 confirmed, 4 sold out
+	testkit.Eventually(t, 30*time.Second, func() bool { return len(confirmed()) == 6 && len(rejected()) == 4 },
+		"6 order.confirmed and 4 order.rejected")
+}
