@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/auth"
+	"github.com/crowdpass/crowdpass/problem"
 )
 
 // Gate is the fast path in Redis: idempotency and the stock pre-check.
@@ -130,13 +130,13 @@ func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
 	r.Use(s.recoverer, s.instrument)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such route"))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such route"))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, crowdpass.Errorf(crowdpass.EMethodNotAllowed, "method %s is not allowed here", r.Method))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.EMethodNotAllowed, "method %s is not allowed here", r.Method))
 	})
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.readyz)
 	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
@@ -152,33 +152,15 @@ func (s *Server) routes() chi.Router {
 
 type principalKey struct{}
 
-// Authenticate reads the bearer token of a request: the Authorization
-// header, or, where allowQuery, the access_token query parameter.
-func Authenticate(v Verifier, r *http.Request, allowQuery bool) (auth.Principal, error) {
-	h := r.Header.Values("Authorization")
-	var token string
-	switch {
-	case len(h) == 1:
-		scheme, tok, ok := strings.Cut(h[0], " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") {
-			return auth.Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header must be a Bearer token")
-		}
-		token = strings.TrimSpace(tok)
-	case len(h) > 1:
-		return auth.Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header was sent more than once")
-	case allowQuery && r.URL.Query().Get("access_token") != "":
-		token = r.URL.Query().Get("access_token")
-	default:
-		return auth.Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "a bearer token is required")
-	}
-	return v.Verify(token)
-}
-
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := Authenticate(s.verifier, r, false)
+		token, err := auth.BearerToken(r, false)
+		var p auth.Principal
+		if err == nil {
+			p, err = s.verifier.Verify(token)
+		}
 		if err != nil {
-			writeError(w, err)
+			problem.WriteError(w, err)
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
@@ -198,7 +180,7 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 					panic(v)
 				}
 				s.log.Error("handler panicked", "route", routeOf(r), "panic", v)
-				writeError(w, crowdpass.Errorf(crowdpass.EInternal, "the server failed to handle the request"))
+				problem.WriteError(w, crowdpass.Errorf(crowdpass.EInternal, "the server failed to handle the request"))
 			}
 		}()
 		next.ServeHTTP(w, r)
@@ -276,7 +258,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			status = "degraded"
 		}
 	}
-	writeJSON(w, code, map[string]any{"status": status, "checks": states})
+	problem.WriteJSON(w, code, map[string]any{"status": status, "checks": states})
 }
 
 // Run keeps the catalog and the gate fresh until ctx is done.

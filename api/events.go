@@ -8,24 +8,25 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/problem"
 )
 
 func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
 	id, err := uuid.Parse(chi.URLParam(r, "id"))
 	if err != nil {
-		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such event"))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such event"))
 		return
 	}
 	if !s.catalog.isLoaded() {
-		writeError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the event catalog is not loaded yet"))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the event catalog is not loaded yet"))
 		return
 	}
 	event, ok := s.catalog.event(id)
 	if !ok {
-		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such event"))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such event"))
 		return
 	}
-	writeJSON(w, http.StatusOK, event)
+	problem.WriteJSON(w, http.StatusOK, event)
 }
 
 // eventBody is the wire shape of POST /events; times are strings so that a
@@ -75,22 +76,22 @@ func (b eventBody) spec() (crowdpass.EventSpec, error) {
 
 func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
 	if !principal(r).Admin {
-		writeError(w, crowdpass.Errorf(crowdpass.EForbidden, "creating events takes an operator's token"))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.EForbidden, "creating events takes an operator's token"))
 		return
 	}
 	raw, err := readJSONBody(w, r)
 	if err != nil {
-		writeError(w, err)
+		problem.WriteError(w, err)
 		return
 	}
 	var body eventBody
 	if err := decodeStrict(raw, &body); err != nil {
-		writeError(w, err)
+		problem.WriteError(w, err)
 		return
 	}
 	spec, err := body.spec()
 	if err != nil {
-		writeError(w, err)
+		problem.WriteError(w, err)
 		return
 	}
 	event, err := s.store.CreateEvent(r.Context(), spec)
@@ -99,10 +100,10 @@ func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
 		if crowdpass.Code(err) == crowdpass.EInternal {
 			err = crowdpass.Errorf(crowdpass.EUnavailable, "the event could not be created right now")
 		}
-		writeError(w, err)
+		problem.WriteError(w, err)
 		return
 	}
 	s.catalog.add(event)
 	w.Header().Set("Location", "/events/"+event.ID.String())
-	writeJSON(w, http.StatusCreated, event)
+	problem.WriteJSON(w, http.StatusCreated, event)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/problem"
 )
 
 // orderBody is the wire shape of POST /orders. Pointers tell a missing
@@ -69,40 +70,40 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	customer := principal(r).Customer
 	key, err := idempotencyKey(r.Header)
 	if err != nil {
-		writeError(w, err)
+		problem.WriteError(w, err)
 		return
 	}
 	raw, err := readJSONBody(w, r)
 	if err != nil {
-		writeError(w, err)
+		problem.WriteError(w, err)
 		return
 	}
 	var body orderBody
 	if err := decodeStrict(raw, &body); err != nil {
-		writeError(w, err)
+		problem.WriteError(w, err)
 		return
 	}
 	payload, err := body.validate()
 	if err != nil {
-		writeError(w, err)
+		problem.WriteError(w, err)
 		return
 	}
 	if !s.catalog.isLoaded() {
-		writeError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the event catalog is not loaded yet"))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the event catalog is not loaded yet"))
 		return
 	}
 	event, ok := s.catalog.event(payload.EventID)
 	if !ok {
-		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "event %s does not exist", payload.EventID))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "event %s does not exist", payload.EventID))
 		return
 	}
 	category, ok := event.Category(payload.CategoryID)
 	if !ok {
-		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "category %s is not a category of event %s", payload.CategoryID, event.ID))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "category %s is not a category of event %s", payload.CategoryID, event.ID))
 		return
 	}
 	if payload.Quantity > event.MaxPerCustomer {
-		writeError(w, &crowdpass.Error{Code: crowdpass.EValidation, Message: "the order has invalid fields", Fields: []crowdpass.FieldError{
+		problem.WriteError(w, &crowdpass.Error{Code: crowdpass.EValidation, Message: "the order has invalid fields", Fields: []crowdpass.FieldError{
 			{Field: "quantity", Message: "must be between 1 and the event's max_per_customer (" + strconv.Itoa(event.MaxPerCustomer) + ")"},
 		}})
 		return
@@ -116,7 +117,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		CategoryID:  category.ID,
 		Quantity:    payload.Quantity,
 		Window:      event.SaleState(now),
-		SoldOut:     problemAnswer(crowdpass.Errorf(crowdpass.ESoldOut, "not enough tickets left in category %q", category.Name)),
+		SoldOut:     problem.Answer(crowdpass.Errorf(crowdpass.ESoldOut, "not enough tickets left in category %q", category.Name)),
 	}
 	windowErr := func() error {
 		if adm.Window == crowdpass.ESaleNotOpen {
@@ -144,19 +145,19 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Location", "/orders/"+adm.OrderID.String())
 				}
 				w.Header().Set("Idempotent-Replayed", "true")
-				writeAnswer(w, res.Answer)
+				problem.WriteAnswer(w, res.Answer)
 				return
 			case crowdpass.Mismatch:
-				writeError(w, crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload"))
+				problem.WriteError(w, crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload"))
 				return
 			case crowdpass.InProgress:
-				writeError(w, crowdpass.Errorf(crowdpass.ERequestInProgress, "the first request with this Idempotency-Key is still being handled"))
+				problem.WriteError(w, crowdpass.Errorf(crowdpass.ERequestInProgress, "the first request with this Idempotency-Key is still being handled"))
 				return
 			case crowdpass.OutsideWindow:
-				writeError(w, windowErr())
+				problem.WriteError(w, windowErr())
 				return
 			case crowdpass.SoldOut:
-				writeAnswer(w, res.Answer)
+				problem.WriteAnswer(w, res.Answer)
 				return
 			}
 			taken = res.Taken
@@ -165,7 +166,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	if !gated {
 		s.metrics.slowPath.Inc()
 		if adm.Window != "" {
-			writeError(w, windowErr())
+			problem.WriteError(w, windowErr())
 			return
 		}
 	}
@@ -184,7 +185,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		if gated {
 			s.abort(adm, owner, taken)
 		}
-		writeError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the order could not be queued; nothing was created, retry with the same Idempotency-Key"))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the order could not be queued; nothing was created, retry with the same Idempotency-Key"))
 		return
 	}
 	answerBody, _ := json.Marshal(accepted{
@@ -203,7 +204,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		cancel()
 	}
 	w.Header().Set("Location", "/orders/"+req.OrderID.String())
-	writeAnswer(w, answer)
+	problem.WriteAnswer(w, answer)
 }
 
 // enqueue publishes and waits for the confirm, bounded by PublishTimeout
@@ -253,7 +254,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	customer := principal(r).Customer
 	id, err := uuid.Parse(chi.URLParam(r, "id"))
 	if err != nil {
-		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReadTimeout)
@@ -261,17 +262,17 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	order, dbErr := s.store.Order(ctx, id)
 	if dbErr == nil {
 		if order.CustomerID != customer {
-			writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
+			problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
 			return
 		}
-		writeJSON(w, http.StatusOK, order)
+		problem.WriteJSON(w, http.StatusOK, order)
 		return
 	}
 	rec, err := s.gate.Lookup(ctx, id)
 	if err == nil && rec.CustomerID == customer && rec.Answer.Status == http.StatusAccepted {
 		var a accepted
 		if json.Unmarshal(rec.Answer.Body, &a) == nil {
-			writeJSON(w, http.StatusOK, crowdpass.Order{
+			problem.WriteJSON(w, http.StatusOK, crowdpass.Order{
 				ID: a.OrderID, Status: crowdpass.StatusPending, EventID: a.EventID, CategoryID: a.CategoryID,
 				Quantity: a.Quantity, Tickets: []crowdpass.Ticket{}, AcceptedAt: a.AcceptedAt,
 			})
@@ -279,9 +280,9 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if crowdpass.Code(dbErr) == crowdpass.ENotFound {
-		writeError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
 		return
 	}
 	s.log.Warn("order lookup failed", "order_id", id, "err", dbErr)
-	writeError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the order cannot be read right now"))
+	problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the order cannot be read right now"))
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/problem"
 )
 
 // FuzzOrderBody feeds arbitrary bodies to the parsing of POST /orders: it
@@ -27,7 +28,7 @@ func FuzzOrderBody(f *testing.F) {
 			}
 		}
 		if err != nil {
-			if s := statusOf(crowdpass.Code(err)); s != 400 && s != 422 {
+			if s := problem.Status(crowdpass.Code(err)); s != 400 && s != 422 {
 				t.Fatalf("%q rejected with status %d: %v", body, s, err)
 			}
 		}

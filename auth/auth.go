@@ -5,6 +5,8 @@ package auth
 import (
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -101,5 +103,26 @@ func reason(err error) string {
 		return "the token's signature is invalid"
 	default:
 		return "the token is malformed"
+	}
+}
+
+// BearerToken reads a request's bearer token from its Authorization header
+// or, where allowQuery (browsers opening a WebSocket), its access_token
+// query parameter.
+func BearerToken(r *http.Request, allowQuery bool) (string, error) {
+	h := r.Header.Values("Authorization")
+	switch {
+	case len(h) == 1:
+		scheme, tok, ok := strings.Cut(h[0], " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+			return "", crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header must be a Bearer token")
+		}
+		return strings.TrimSpace(tok), nil
+	case len(h) > 1:
+		return "", crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header was sent more than once")
+	case allowQuery && r.URL.Query().Get("access_token") != "":
+		return r.URL.Query().Get("access_token"), nil
+	default:
+		return "", crowdpass.Errorf(crowdpass.EUnauthorized, "a bearer token is required")
 	}
 }

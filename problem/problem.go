@@ -1,4 +1,6 @@
-package api
+// Package problem writes errors as RFC 9457 problem documents carrying the
+// contract's codes; it is the one place that maps codes to HTTP statuses.
+package problem
 
 import (
 	"encoding/json"
@@ -8,8 +10,8 @@ import (
 	"github.com/crowdpass/crowdpass"
 )
 
-// problem is an RFC 9457 problem document with the contract's code.
-type problem struct {
+// Problem is an RFC 9457 problem document with the contract's code.
+type Problem struct {
 	Type   string                 `json:"type"`
 	Title  string                 `json:"title"`
 	Status int                    `json:"status"`
@@ -18,9 +20,9 @@ type problem struct {
 	Errors []crowdpass.FieldError `json:"errors,omitempty"`
 }
 
-// statusOf maps every problem code to its HTTP status; it is the one place
+// Status maps every problem code to its HTTP status; it is the one place
 // that does.
-func statusOf(code crowdpass.ErrorCode) int {
+func Status(code crowdpass.ErrorCode) int {
 	switch code {
 	case crowdpass.EUnauthorized:
 		return http.StatusUnauthorized
@@ -70,32 +72,32 @@ var titles = map[crowdpass.ErrorCode]string{
 	crowdpass.EInternal:             "Internal error",
 }
 
-// problemOf turns an error into its problem document. Internal errors say
+// Of turns an error into its problem document. Internal errors say
 // nothing of their cause.
-func problemOf(err error) problem {
+func Of(err error) Problem {
 	var e *crowdpass.Error
 	if !errors.As(err, &e) {
 		e = &crowdpass.Error{Code: crowdpass.EInternal, Message: "the server failed to handle the request"}
 	}
-	return problem{
+	return Problem{
 		Type:   "urn:crowdpass:problem:" + string(e.Code),
 		Title:  titles[e.Code],
-		Status: statusOf(e.Code),
+		Status: Status(e.Code),
 		Detail: e.Message,
 		Code:   e.Code,
 		Errors: e.Fields,
 	}
 }
 
-// problemAnswer renders err as a stored answer.
-func problemAnswer(err error) crowdpass.Answer {
-	p := problemOf(err)
+// Answer renders err as a stored answer.
+func Answer(err error) crowdpass.Answer {
+	p := Of(err)
 	body, _ := json.Marshal(p)
 	return crowdpass.Answer{Status: p.Status, Body: append(body, '\n')}
 }
 
-// writeAnswer writes a status and body; problem statuses get the problem media type.
-func writeAnswer(w http.ResponseWriter, a crowdpass.Answer) {
+// WriteAnswer writes a status and body; problem statuses get the problem media type.
+func WriteAnswer(w http.ResponseWriter, a crowdpass.Answer) {
 	if a.Status >= 400 {
 		w.Header().Set("Content-Type", "application/problem+json")
 	} else {
@@ -105,19 +107,21 @@ func writeAnswer(w http.ResponseWriter, a crowdpass.Answer) {
 	w.Write(a.Body)
 }
 
-func writeError(w http.ResponseWriter, err error) {
-	a := problemAnswer(err)
+// WriteError writes err as a problem; 503 and request_in_progress get Retry-After.
+func WriteError(w http.ResponseWriter, err error) {
+	a := Answer(err)
 	if a.Status == http.StatusServiceUnavailable || crowdpass.Code(err) == crowdpass.ERequestInProgress {
 		w.Header().Set("Retry-After", "1")
 	}
-	writeAnswer(w, a)
+	WriteAnswer(w, a)
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// WriteJSON writes v as JSON with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
-		writeError(w, err)
+		WriteError(w, err)
 		return
 	}
-	writeAnswer(w, crowdpass.Answer{Status: status, Body: append(body, '\n')})
+	WriteAnswer(w, crowdpass.Answer{Status: status, Body: append(body, '\n')})
 }
