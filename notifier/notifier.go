@@ -1,0 +1,304 @@
+// Package notifier streams order outcomes to buyers' browsers over
+// WebSockets. Each instance binds its own queue to order_events and keeps a
+// hub of sockets per customer; any number of instances may run.
+package notifier
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/auth"
+	"github.com/crowdpass/crowdpass/broker"
+)
+
+// Orders reads the current state of orders for subscribe.
+type Orders interface {
+	Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error)
+}
+
+// Pending finds orders accepted but not yet decided (the gate's stored 202).
+type Pending interface {
+	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
+}
+
+// Verifier checks bearer tokens.
+type Verifier interface {
+	Verify(token string) (auth.Principal, error)
+}
+
+// Config configures a Notifier. Zero values take the defaults.
+type Config struct {
+	AMQPURL  string
+	Topology broker.Topology
+	Name     string
+	// AllowedOrigins are the origin patterns a browser may connect from
+	// (ALLOWED_ORIGINS); empty means the API's own host only.
+	AllowedOrigins []string
+	// Buffer is how many frames wait for a socket before it counts as not
+	// reading and is closed with 1008 (default 64).
+	Buffer int
+	// WriteTimeout bounds each write (default 5s); PingInterval is how often
+	// sockets are pinged (default 20s).
+	WriteTimeout, PingInterval time.Duration
+	// LookupTimeout bounds a subscribe's read of the order (default 2s).
+	LookupTimeout      time.Duration
+	RetryMin, RetryMax time.Duration
+	Logger             *slog.Logger
+	Registry           prometheus.Registerer
+	Now                func() time.Time
+}
+
+// Notifier is the notifier role.
+type Notifier struct {
+	cfg      Config
+	log      *slog.Logger
+	orders   Orders
+	pending  Pending
+	verifier Verifier
+	hub      hub
+	ready    atomic.Bool
+
+	kickedCount atomic.Int64
+	stopCtx     context.Context
+	stopAll     context.CancelFunc
+
+	sockets prometheus.Gauge
+	frames  prometheus.Counter
+	kicked  prometheus.Counter
+	latency prometheus.Histogram
+}
+
+// New returns a notifier; Run consumes outcomes, ServeHTTP serves /ws.
+// pending may be nil.
+func New(cfg Config, orders Orders, pending Pending, verifier Verifier) *Notifier {
+	cfg.Name = cmp.Or(cfg.Name, "crowdpass-notifier")
+	cfg.Buffer = cmp.Or(max(cfg.Buffer, 0), 64)
+	cfg.WriteTimeout = cmp.Or(cfg.WriteTimeout, 5*time.Second)
+	cfg.PingInterval = cmp.Or(cfg.PingInterval, 20*time.Second)
+	cfg.LookupTimeout = cmp.Or(cfg.LookupTimeout, 2*time.Second)
+	cfg.RetryMin = cmp.Or(cfg.RetryMin, 100*time.Millisecond)
+	cfg.RetryMax = cmp.Or(cfg.RetryMax, 5*time.Second)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	n := &Notifier{
+		cfg: cfg, log: cfg.Logger.With("role", "notifier"),
+		orders: orders, pending: pending, verifier: verifier,
+		hub: hub{byCustomer: map[string]map[*client]struct{}{}},
+		sockets: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "crowdpass_ws_sockets", Help: "Open WebSockets.",
+		}),
+		frames: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "crowdpass_ws_frames_total", Help: "Frames queued for sockets.",
+		}),
+		kicked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "crowdpass_ws_slow_closed_total", Help: "Sockets closed with 1008 for not reading.",
+		}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "crowdpass_notification_latency_seconds",
+			Help:    "From the worker's commit (processed_at) to the frame's write.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+	}
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(n.sockets, n.frames, n.kicked, n.latency)
+	}
+	n.stopCtx, n.stopAll = context.WithCancel(context.Background())
+	return n
+}
+
+// stopping ends when the notifier stops: every socket is then closed.
+func (n *Notifier) stopping() context.Context { return n.stopCtx }
+
+// Ready reports whether the notifier is receiving outcomes.
+func (n *Notifier) Ready() bool { return n.ready.Load() }
+
+// Kicked is how many sockets were closed for not reading.
+func (n *Notifier) Kicked() int { return int(n.kickedCount.Load()) }
+
+// Run consumes order_events until ctx is done, reconnecting after losses.
+func (n *Notifier) Run(ctx context.Context) error {
+	defer n.stopAll() // closes every socket with 1001
+	backoff := n.cfg.RetryMin
+	lost := false
+	for {
+		err := n.session(ctx, func() {
+			if lost {
+				n.log.Info("broker connection restored")
+				lost = false
+			}
+			backoff = n.cfg.RetryMin
+		})
+		n.ready.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !lost {
+			n.log.Warn("broker connection lost; reconnecting", "err", err)
+			lost = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, n.cfg.RetryMax)
+	}
+}
+
+func (n *Notifier) session(ctx context.Context, onConnected func()) error {
+	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := broker.Dial(dialCtx, n.cfg.AMQPURL, n.cfg.Name)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("opening channel: %w", err)
+	}
+	if err := n.cfg.Topology.Declare(ch); err != nil {
+		return err
+	}
+	// A queue of our own, gone with us: outcomes for sockets that are not
+	// here are not kept; a client that reconnects subscribes again.
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		return fmt.Errorf("declaring notifier queue: %w", err)
+	}
+	if err := ch.QueueBind(q.Name, "order.*", n.cfg.Topology.Outcomes(), false, nil); err != nil {
+		return fmt.Errorf("binding notifier queue: %w", err)
+	}
+	deliveries, err := ch.ConsumeWithContext(ctx, q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		return fmt.Errorf("consuming outcomes: %w", err)
+	}
+	n.ready.Store(true)
+	onConnected()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case d, ok := <-deliveries:
+			if !ok {
+				return errors.New("outcome deliveries stopped")
+			}
+			n.dispatch(d)
+		}
+	}
+}
+
+// dispatch sends one outcome to every socket of its customer.
+func (n *Notifier) dispatch(d amqp.Delivery) {
+	var out crowdpass.Outcome
+	if err := json.Unmarshal(d.Body, &out); err != nil || out.CustomerID == "" {
+		n.log.Warn("undecodable outcome dropped", "message_id", d.MessageId, "err", err)
+		return
+	}
+	frame, err := json.Marshal(pushFrame(out))
+	if err != nil {
+		return
+	}
+	n.hub.each(out.CustomerID, func(c *client) { n.offer(c, frame, out.ProcessedAt) })
+}
+
+// pushFrame is an outcome as the contract pushes it: no customer id.
+func pushFrame(o crowdpass.Outcome) any {
+	if o.Status == crowdpass.StatusRejected {
+		return struct {
+			Type        string                `json:"type"`
+			OrderID     uuid.UUID             `json:"order_id"`
+			Status      crowdpass.OrderStatus `json:"status"`
+			Reason      crowdpass.Reason      `json:"reason"`
+			ProcessedAt *crowdpass.Time       `json:"processed_at"`
+		}{o.Type, o.ID, o.Status, o.Reason, o.ProcessedAt}
+	}
+	return struct {
+		Type        string                `json:"type"`
+		OrderID     uuid.UUID             `json:"order_id"`
+		Status      crowdpass.OrderStatus `json:"status"`
+		EventID     uuid.UUID             `json:"event_id"`
+		CategoryID  uuid.UUID             `json:"category_id"`
+		Quantity    int                   `json:"quantity"`
+		Tickets     []crowdpass.Ticket    `json:"tickets"`
+		ProcessedAt *crowdpass.Time       `json:"processed_at"`
+	}{o.Type, o.ID, o.Status, o.EventID, o.CategoryID, o.Quantity, o.Tickets, o.ProcessedAt}
+}
+
+// hub holds the open sockets by customer.
+type hub struct {
+	mu         sync.RWMutex
+	byCustomer map[string]map[*client]struct{}
+}
+
+func (h *hub) add(c *client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	set := h.byCustomer[c.customer]
+	if set == nil {
+		set = map[*client]struct{}{}
+		h.byCustomer[c.customer] = set
+	}
+	set[c] = struct{}{}
+}
+
+func (h *hub) remove(c *client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.byCustomer[c.customer], c)
+	if len(h.byCustomer[c.customer]) == 0 {
+		delete(h.byCustomer, c.customer)
+	}
+}
+
+func (h *hub) each(customer string, f func(*client)) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for c := range h.byCustomer[customer] {
+		f(c)
+	}
+}
+
+// client is one open socket. Frames reach it through a bounded buffer; a
+// socket whose buffer is full is not reading and is closed with 1008 rather
+// than allowed to hold memory or stall the others.
+type client struct {
+	customer string
+	send     chan frame
+	slow     chan struct{}
+	slowOnce sync.Once
+}
+
+type frame struct {
+	data        []byte
+	processedAt *crowdpass.Time
+}
+
+func (n *Notifier) offer(c *client, data []byte, processedAt *crowdpass.Time) {
+	select {
+	case c.send <- frame{data, processedAt}:
+		n.frames.Inc()
+	default:
+		c.slowOnce.Do(func() {
+			n.kicked.Inc()
+			n.kickedCount.Add(1)
+			close(c.slow)
+		})
+	}
+}

@@ -1,0 +1,304 @@
+package notifier_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/goleak"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/auth"
+	"github.com/crowdpass/crowdpass/broker"
+	"github.com/crowdpass/crowdpass/notifier"
+	"github.com/crowdpass/crowdpass/postgres"
+	"github.com/crowdpass/crowdpass/relay"
+	"github.com/crowdpass/crowdpass/testkit"
+	"github.com/crowdpass/crowdpass/worker"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type bundle struct {
+	t         *testing.T
+	db        *testkit.DB
+	store     *postgres.Store
+	topo      broker.Topology
+	pub       *testkit.Publisher
+	authority *auth.Authority
+	ctx       context.Context
+	wg        *sync.WaitGroup
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	db := testkit.NewDB(t)
+	topo := broker.Topology{Namespace: testkit.Namespace(t)}
+	authority, _ := auth.New([]byte("notifier-test"), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &bundle{t: t, db: db, store: postgres.NewStore(db.Pool, nil), topo: topo, pub: testkit.NewPublisher(t, topo),
+		authority: authority, ctx: ctx, wg: &sync.WaitGroup{}}
+	t.Cleanup(func() { cancel(); b.wg.Wait() })
+	return b
+}
+
+// pipeline starts a worker and a relay: published orders become outcomes.
+func (b *bundle) pipeline() {
+	log := testkit.Logger(b.t)
+	w := worker.New(worker.Config{AMQPURL: testkit.AMQPURL(), Topology: b.topo, Logger: log}, b.store)
+	pub := broker.NewPublisher(broker.PublisherConfig{URL: testkit.AMQPURL(), Name: "notifier-test-relay", Declare: b.topo.Declare, Logger: log})
+	r := relay.New(relay.Config{Exchange: b.topo.Outcomes(), Poll: 200 * time.Millisecond, Logger: log}, b.store, pub)
+	b.wg.Go(func() { w.Run(b.ctx) })
+	b.wg.Go(func() { pub.Run(b.ctx) })
+	b.wg.Go(func() { r.Run(b.ctx) })
+}
+
+// notifier starts a notifier behind its own HTTP server and returns its /ws URL.
+func (b *bundle) notifier(cfg notifier.Config, listener func(net.Listener) net.Listener) (*notifier.Notifier, string) {
+	cfg.AMQPURL, cfg.Topology, cfg.Logger = testkit.AMQPURL(), b.topo, testkit.Logger(b.t)
+	n := notifier.New(cfg, b.store, nil, b.authority)
+	b.wg.Go(func() { n.Run(b.ctx) })
+	srv := httptest.NewUnstartedServer(n)
+	if listener != nil {
+		srv.Listener = listener(srv.Listener)
+	}
+	srv.Start()
+	b.t.Cleanup(srv.Close)
+	testkit.Eventually(b.t, 20*time.Second, n.Ready, "notifier consuming")
+	return n, "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"
+}
+
+func (b *bundle) dial(url, customer string) *websocket.Conn {
+	b.t.Helper()
+	return b.dialWith(url, customer, nil)
+}
+
+func (b *bundle) dialWith(url, customer string, opts *websocket.DialOptions) *websocket.Conn {
+	b.t.Helper()
+	tok, _ := b.authority.Issue(customer, false, time.Hour)
+	c, _, err := websocket.Dial(testkit.Context(b.t), url+"?access_token="+tok, opts)
+	if err != nil {
+		b.t.Fatalf("dialing as %s: %v", customer, err)
+	}
+	b.t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+type frameMsg struct {
+	Type        string             `json:"type"`
+	OrderID     string             `json:"order_id"`
+	Status      string             `json:"status"`
+	Reason      string             `json:"reason"`
+	Code        string             `json:"code"`
+	Quantity    int                `json:"quantity"`
+	Tickets     []crowdpass.Ticket `json:"tickets"`
+	ProcessedAt string             `json:"processed_at"`
+	CustomerID  *string            `json:"customer_id"`
+}
+
+func read(t *testing.T, c *websocket.Conn) frameMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, data, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("reading a frame: %v", err)
+	}
+	var f frameMsg
+	if err := json.Unmarshal(data, &f); err != nil {
+		t.Fatalf("frame %q: %v", data, err)
+	}
+	if f.CustomerID != nil {
+		t.Errorf("frame leaks the customer id: %s", data)
+	}
+	return f
+}
+
+func TestOutcomeReachesEverySocketOfItsCustomerAndNoOther(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.pipeline()
+	_, url := b.notifier(notifier.Config{}, nil)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	alice1, alice2, bob := b.dial(url, "alice"), b.dial(url, "alice"), b.dial(url, "bob")
+
+	order := testkit.OrderRequest("alice", "k", event, 0, 2)
+	b.pub.Orders(order)
+	for _, c := range []*websocket.Conn{alice1, alice2} {
+		f := read(t, c)
+		if f.Type != crowdpass.EventOrderConfirmed || f.OrderID != order.OrderID.String() || len(f.Tickets) != 2 || f.ProcessedAt == "" {
+			t.Errorf("alice got %+v", f)
+		}
+	}
+	// Bob's first frame is his own order: alice's never reached him.
+	bobs := testkit.OrderRequest("bob", "k", event, 0, 1)
+	b.pub.Orders(bobs)
+	if f := read(t, bob); f.OrderID != bobs.OrderID.String() {
+		t.Errorf("bob got %+v first", f)
+	}
+}
+
+func TestWorkerRejectionArrivesWithItsReason(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.pipeline()
+	_, url := b.notifier(notifier.Config{}, nil)
+	event := testkit.CreateEvent(t, b.store, 1, 10)
+	alice := b.dial(url, "alice")
+	order := testkit.OrderRequest("alice", "k", event, 0, 2) // over max_per_customer
+	b.pub.Orders(order)
+	if f := read(t, alice); f.Type != crowdpass.EventOrderRejected || f.Status != "rejected" || f.Reason != "limit_exceeded" || f.ProcessedAt == "" {
+		t.Errorf("got %+v", f)
+	}
+}
+
+func TestSubscribeAnswersAtOnceWithTheCurrentState(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, url := b.notifier(notifier.Config{}, nil)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	order := testkit.OrderRequest("alice", "k", event, 0, 1)
+	if _, err := b.store.DecideOrders(testkit.Context(t), []crowdpass.OrderRequest{order}); err != nil {
+		t.Fatal(err)
+	}
+	alice := b.dial(url, "alice")
+	mallory := b.dial(url, "mallory")
+	send := func(c *websocket.Conn, id string) {
+		if err := c.Write(testkit.Context(t), websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","order_id":%q}`, id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(alice, order.OrderID.String())
+	if f := read(t, alice); f.Type != "order.confirmed" || f.Status != "confirmed" || len(f.Tickets) != 1 || f.Quantity != 1 {
+		t.Errorf("subscribe answered %+v", f)
+	}
+	send(mallory, order.OrderID.String())
+	if f := read(t, mallory); f.Type != "error" || f.Code != "not_found" || f.OrderID != order.OrderID.String() {
+		t.Errorf("foreign order answered %+v", f)
+	}
+	send(alice, "not-an-id")
+	if f := read(t, alice); f.Type != "error" || f.Code != "not_found" {
+		t.Errorf("unknown order answered %+v", f)
+	}
+}
+
+func TestABuyerOnEitherNotifierGetsTheOutcome(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.pipeline()
+	_, url1 := b.notifier(notifier.Config{Name: "n1"}, nil)
+	_, url2 := b.notifier(notifier.Config{Name: "n2"}, nil)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	alice, bob := b.dial(url1, "alice"), b.dial(url2, "bob")
+	a, c := testkit.OrderRequest("alice", "k", event, 0, 1), testkit.OrderRequest("bob", "k", event, 0, 1)
+	b.pub.Orders(a, c)
+	if f := read(t, alice); f.OrderID != a.OrderID.String() {
+		t.Errorf("alice on notifier 1 got %+v", f)
+	}
+	if f := read(t, bob); f.OrderID != c.OrderID.String() {
+		t.Errorf("bob on notifier 2 got %+v", f)
+	}
+}
+
+func TestAuthenticationAndOriginAreCheckedBeforeTheUpgrade(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, url := b.notifier(notifier.Config{}, nil)
+	httpURL := "http" + strings.TrimPrefix(url, "ws")
+	resp, err := http.Get(httpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Errorf("no token: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	tok, _ := b.authority.Issue("alice", false, time.Hour)
+	_, resp, err = websocket.Dial(testkit.Context(t), url+"?access_token="+tok, &websocket.DialOptions{
+		HTTPHeader: http.Header{"Origin": {"https://evil.example"}},
+	})
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("foreign origin: err %v, response %+v", err, resp)
+	}
+}
+
+// smallBuffers shrinks the send buffer of accepted connections, so that a
+// client that stops reading fills it after a few frames.
+type smallBuffers struct{ net.Listener }
+
+func (l smallBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(4096)
+	}
+	return c, err
+}
+
+func TestASocketThatStopsReadingIsClosedWith1008(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	n, url := b.notifier(notifier.Config{Buffer: 8, WriteTimeout: 20 * time.Second}, func(l net.Listener) net.Listener { return smallBuffers{l} })
+	dialer := &net.Dialer{Control: func(network, address string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	slowClient := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
+	slow := b.dialWith(url, "slow", &websocket.DialOptions{HTTPClient: slowClient})
+	fast := b.dial(url, "fast")
+
+	// Outcomes straight onto order_events, as the relay would publish them.
+	conn, err := broker.Dial(testkit.Context(t), testkit.AMQPURL(), "notifier-test-flood")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outcome := func(customer string, i int) []byte {
+		now := crowdpass.NewTime(time.Now())
+		body, _ := json.Marshal(crowdpass.Outcome{Type: crowdpass.EventOrderRejected, CustomerID: customer, Order: crowdpass.Order{
+			ID: crowdpass.OrderID(customer, fmt.Sprint(i)), Status: crowdpass.StatusRejected, Reason: crowdpass.ReasonSoldOut,
+			ProcessedAt: &now, Tickets: []crowdpass.Ticket{}}})
+		return body
+	}
+	for i := 0; n.Kicked() == 0 && i < 20000; i++ {
+		if err := ch.PublishWithContext(testkit.Context(t), b.topo.Outcomes(), crowdpass.EventOrderRejected, false, false,
+			amqp091Publishing(outcome("slow", i))); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 99 {
+			time.Sleep(5 * time.Millisecond) // let the notifier catch up with the broker
+		}
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return n.Kicked() == 1 }, "the slow socket kicked")
+
+	// The others keep receiving.
+	if err := ch.PublishWithContext(testkit.Context(t), b.topo.Outcomes(), crowdpass.EventOrderRejected, false, false,
+		amqp091Publishing(outcome("fast", 0))); err != nil {
+		t.Fatal(err)
+	}
+	if f := read(t, fast); f.Type != crowdpass.EventOrderRejected {
+		t.Errorf("fast socket got %+v", f)
+	}
+	// The slow one, reading again, finds its socket closed with 1008.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		if _, _, err := slow.Read(ctx); err != nil {
+			if got := websocket.CloseStatus(err); got != websocket.StatusPolicyViolation {
+				t.Errorf("slow socket ended with %v (status %d), want 1008", err, got)
+			}
+			break
+		}
+	}
+}

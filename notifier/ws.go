@@ -1,0 +1,174 @@
+package notifier
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/google/uuid"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/auth"
+	"github.com/crowdpass/crowdpass/problem"
+)
+
+// ServeHTTP serves GET /ws: authenticated before the upgrade (401 otherwise),
+// a browser origin outside AllowedOrigins gets 403.
+func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	token, err := auth.BearerToken(r, true)
+	var who auth.Principal
+	if err == nil {
+		who, err = n.verifier.Verify(token)
+	}
+	if err != nil {
+		problem.WriteError(w, err)
+		return
+	}
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: n.cfg.AllowedOrigins})
+	if err != nil {
+		return // Accept has answered: 403 for a foreign origin, 400 for a bad handshake
+	}
+	conn.SetReadLimit(4 << 10)
+	c := &client{customer: who.Customer, send: make(chan frame, n.cfg.Buffer), slow: make(chan struct{})}
+	n.hub.add(c)
+	n.sockets.Inc()
+	defer func() {
+		n.hub.remove(c)
+		n.sockets.Dec()
+	}()
+
+	// The socket lives until the client goes, stops answering, stops
+	// reading, or the notifier stops; not with the HTTP request.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	defer cancel()
+	stop := context.AfterFunc(n.stopping(), cancel)
+	defer stop()
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		n.read(ctx, cancel, conn, c)
+	}()
+	n.write(ctx, conn, c)
+	cancel()
+	<-readerDone
+}
+
+// write sends the client's frames and pings until the socket ends.
+func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client) {
+	ping := time.NewTicker(n.cfg.PingInterval)
+	defer ping.Stop()
+	for {
+		// A socket that fell behind is closed before anything else is sent.
+		select {
+		case <-c.slow:
+			conn.Close(websocket.StatusPolicyViolation, "the client is not reading")
+			return
+		default:
+		}
+		select {
+		case <-c.slow:
+			conn.Close(websocket.StatusPolicyViolation, "the client is not reading")
+			return
+		case <-ctx.Done():
+			if n.stopping().Err() != nil {
+				conn.Close(websocket.StatusGoingAway, "the server is shutting down")
+			} else {
+				conn.CloseNow()
+			}
+			return
+		case f := <-c.send:
+			wctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
+			err := conn.Write(wctx, websocket.MessageText, f.data)
+			cancel()
+			if err != nil {
+				return
+			}
+			if f.processedAt != nil {
+				n.latency.Observe(n.cfg.Now().Sub(f.processedAt.Time).Seconds())
+			}
+		case <-ping.C:
+			pctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
+			err := conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				conn.CloseNow()
+				return
+			}
+		}
+	}
+}
+
+// read handles the client's messages: subscribe, answered at once.
+func (n *Notifier) read(ctx context.Context, cancel context.CancelFunc, conn *websocket.Conn, c *client) {
+	defer cancel()
+	for {
+		typ, data, err := conn.Read(ctx)
+		if err != nil {
+			return
+		}
+		var msg struct {
+			Type    string `json:"type"`
+			OrderID string `json:"order_id"`
+		}
+		if typ != websocket.MessageText || json.Unmarshal(data, &msg) != nil || msg.Type != "subscribe" {
+			n.offerJSON(c, map[string]string{"type": "error", "code": string(crowdpass.EMalformedBody),
+				"detail": `send {"type": "subscribe", "order_id": "..."}`})
+			continue
+		}
+		n.subscribe(ctx, c, msg.OrderID)
+	}
+}
+
+// subscribe answers with the order's current state, so that a client that
+// connects late misses nothing.
+func (n *Notifier) subscribe(ctx context.Context, c *client, rawID string) {
+	notFound := map[string]string{"type": "error", "code": string(crowdpass.ENotFound), "order_id": rawID}
+	id, err := uuid.Parse(rawID)
+	if err != nil {
+		n.offerJSON(c, notFound)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
+	defer cancel()
+	order, err := n.orders.Order(ctx, id)
+	if err == nil && order.CustomerID == c.customer {
+		n.offerOrder(c, order)
+		return
+	}
+	if n.pending != nil {
+		if rec, perr := n.pending.Lookup(ctx, id); perr == nil && rec.CustomerID == c.customer && rec.Answer.Status == http.StatusAccepted {
+			var a struct {
+				crowdpass.Order
+			}
+			if json.Unmarshal(rec.Answer.Body, &a) == nil {
+				a.Order.Status, a.Order.Tickets = crowdpass.StatusPending, []crowdpass.Ticket{}
+				n.offerOrder(c, a.Order)
+				return
+			}
+		}
+	}
+	if err != nil && crowdpass.Code(err) != crowdpass.ENotFound {
+		n.offerJSON(c, map[string]string{"type": "error", "code": string(crowdpass.EUnavailable), "order_id": rawID})
+		return
+	}
+	n.offerJSON(c, notFound)
+}
+
+// offerOrder sends an order with the fields of GET /orders/{id}.
+func (n *Notifier) offerOrder(c *client, o crowdpass.Order) {
+	body, err := json.Marshal(o)
+	if err != nil {
+		return
+	}
+	head := `{"type":"order.` + string(o.Status) + `",`
+	n.offer(c, append([]byte(head), body[1:]...), nil)
+}
+
+func (n *Notifier) offerJSON(c *client, v any) {
+	body, err := json.Marshal(v)
+	if err == nil {
+		n.offer(c, body, nil)
+	}
+}
