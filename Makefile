@@ -34,7 +34,14 @@ services:
 migrate: services build
 	$(BIN) migrate up
 
+# The demo event: 50,000 tickets of a World Cup final in four categories, created once.
+DEMO_EVENT := --name "World Cup Final" --max-per-customer 4 \
+	--category "Category 1:5000:45000" --category "Category 2:15000:25000" \
+	--category "Category 3:20000:15000" --category "Category 4:10000:9000"
+
 run: migrate
+	@$(BIN) event create --once $(DEMO_EVENT) > bin/demo-event.json
+	@./scripts/next-steps.sh bin/demo-event.json
 	$(BIN) serve
 
 test: services lint check-generated

@@ -244,8 +244,15 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		{"redis", false, func(ctx context.Context) bool { return s.gate.Ping(ctx) == nil }},
 		{"postgres", false, func(ctx context.Context) bool { return s.store.Ping(ctx) == nil }},
 	}, s.cfg.Checks...)
-	status, code := "ok", http.StatusOK
-	states := make(map[string]string, len(checks))
+	status, code, states := Readiness(ctx, checks)
+	problem.WriteJSON(w, code, map[string]any{"status": status, "checks": states})
+}
+
+// Readiness runs the checks: "ok" and 200 if all pass, "degraded" and 200
+// if only non-critical ones fail, "down" and 503 if a critical one fails.
+func Readiness(ctx context.Context, checks []Check) (status string, code int, states map[string]string) {
+	status, code = "ok", http.StatusOK
+	states = make(map[string]string, len(checks))
 	for _, c := range checks {
 		if c.OK(ctx) {
 			states[c.Name] = "ok"
@@ -258,7 +265,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			status = "degraded"
 		}
 	}
-	problem.WriteJSON(w, code, map[string]any{"status": status, "checks": states})
+	return status, code, states
 }
 
 // Run keeps the catalog and the gate fresh until ctx is done.

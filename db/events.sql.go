@@ -30,6 +30,24 @@ func (q *Queries) EventGet(ctx context.Context, id uuid.UUID) (Event, error) {
 	return i, err
 }
 
+const eventGetByName = `-- name: EventGetByName :one
+SELECT id, name, opens_at, closes_at, max_per_customer, created_at FROM events WHERE name = $1 ORDER BY created_at, id LIMIT 1
+`
+
+func (q *Queries) EventGetByName(ctx context.Context, name string) (Event, error) {
+	row := q.db.QueryRow(ctx, eventGetByName, name)
+	var i Event
+	err := row.Scan(
+		&i.ID,
+		&i.Name,
+		&i.OpensAt,
+		&i.ClosesAt,
+		&i.MaxPerCustomer,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
 const eventInsert = `-- name: EventInsert :one
 INSERT INTO events (id, name, opens_at, closes_at, max_per_customer)
 VALUES ($1, $2, $3, $4, $5)

@@ -101,6 +101,15 @@ func (s *Store) Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error
 	return eventFromRows(row, cats), nil
 }
 
+// EventByName returns the oldest event with the given name.
+func (s *Store) EventByName(ctx context.Context, name string) (crowdpass.Event, error) {
+	row, err := db.New(s.pool).EventGetByName(ctx, name)
+	if err != nil {
+		return crowdpass.Event{}, translate(err)
+	}
+	return s.Event(ctx, row.ID)
+}
+
 // Events returns every event with its categories, as the API's catalog cache
 // holds them.
 func (s *Store) Events(ctx context.Context) ([]crowdpass.Event, error) {

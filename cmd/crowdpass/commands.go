@@ -121,12 +121,14 @@ func runEventCreate(ctx context.Context, args []string, getenv func(string) stri
 		opens      timeFlag
 		closes     timeFlag
 		limit      int
+		once       bool
 	)
 	fs.StringVar(&spec.Name, "name", "", "event name (required)")
 	fs.Var(&categories, "category", "NAME:CAPACITY[:PRICE_CENTS], repeat for each category (at least one)")
 	fs.IntVar(&limit, "max-per-customer", crowdpass.DefaultMaxPerCustomer, "most tickets one customer may buy for the event")
 	fs.Var(&opens, "opens-at", "start of the sale, RFC 3339 (default now)")
 	fs.Var(&closes, "closes-at", "end of the sale, RFC 3339 (default never)")
+	fs.BoolVar(&once, "once", false, "if an event of this name exists, print it instead of creating another")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -142,7 +144,17 @@ func runEventCreate(ctx context.Context, args []string, getenv func(string) stri
 		return err
 	}
 	defer pool.Close()
-	event, err := postgres.NewStore(pool, nil).CreateEvent(ctx, spec)
+	store := postgres.NewStore(pool, nil)
+	if once {
+		event, err := store.EventByName(ctx, spec.Name)
+		if err == nil {
+			return json.NewEncoder(stdout).Encode(event)
+		}
+		if crowdpass.Code(err) != crowdpass.ENotFound {
+			return fmt.Errorf("looking up event %q: %w", spec.Name, err)
+		}
+	}
+	event, err := store.CreateEvent(ctx, spec)
 	if err != nil {
 		return fmt.Errorf("creating event: %w", err)
 	}

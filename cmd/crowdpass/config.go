@@ -27,8 +27,12 @@ type config struct {
 	WorkerBatch    int
 	IdempotencyTTL time.Duration
 	PublishTimeout time.Duration
-	LogLevel       slog.Level
-	LogFormat      string
+	// OutboxRetention is how long published outbox rows are kept; negative
+	// keeps them for ever (OUTBOX_RETENTION=0).
+	OutboxRetention time.Duration
+	AllowedOrigins  []string
+	LogLevel        slog.Level
+	LogFormat       string
 	// HTTPAddrSet tells whether HTTP_ADDR or --http-addr was given: roles
 	// without a public API serve their health endpoints only then, so that
 	// several of them can run on one host.
@@ -38,16 +42,17 @@ type config struct {
 // loadConfig reads the environment; errors name the variable at fault.
 func loadConfig(getenv func(string) string) (config, error) {
 	c := config{
-		DatabaseURL:    cmp.Or(getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/crowdpass?sslmode=disable"),
-		RedisURL:       cmp.Or(getenv("REDIS_URL"), "redis://127.0.0.1:6379/0"),
-		AMQPURL:        cmp.Or(getenv("AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/"),
-		HTTPAddr:       cmp.Or(getenv("HTTP_ADDR"), ":8080"),
-		JWTSecret:      getenv("JWT_SECRET"),
-		Namespace:      getenv("CROWDPASS_NAMESPACE"),
-		LogFormat:      cmp.Or(getenv("LOG_FORMAT"), "text"),
-		HTTPAddrSet:    getenv("HTTP_ADDR") != "",
-		IdempotencyTTL: 24 * time.Hour,
-		PublishTimeout: 5 * time.Second,
+		DatabaseURL:     cmp.Or(getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/crowdpass?sslmode=disable"),
+		RedisURL:        cmp.Or(getenv("REDIS_URL"), "redis://127.0.0.1:6379/0"),
+		AMQPURL:         cmp.Or(getenv("AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/"),
+		HTTPAddr:        cmp.Or(getenv("HTTP_ADDR"), ":8080"),
+		JWTSecret:       getenv("JWT_SECRET"),
+		Namespace:       getenv("CROWDPASS_NAMESPACE"),
+		LogFormat:       cmp.Or(getenv("LOG_FORMAT"), "text"),
+		HTTPAddrSet:     getenv("HTTP_ADDR") != "",
+		IdempotencyTTL:  24 * time.Hour,
+		OutboxRetention: 7 * 24 * time.Hour,
+		PublishTimeout:  5 * time.Second,
 	}
 	var errs []string
 	parse := func(name string, f func(string) error) {
@@ -62,6 +67,26 @@ func loadConfig(getenv func(string) string) (config, error) {
 	parse("WORKER_BATCH", func(v string) (err error) { c.WorkerBatch, err = parseNonNegInt(v); return })
 	parse("IDEMPOTENCY_TTL", func(v string) (err error) { c.IdempotencyTTL, err = parsePositiveDuration(v); return })
 	parse("PUBLISH_TIMEOUT", func(v string) (err error) { c.PublishTimeout, err = parsePositiveDuration(v); return })
+	parse("OUTBOX_RETENTION", func(v string) error {
+		d, err := time.ParseDuration(v)
+		switch {
+		case err != nil || d < 0:
+			return fmt.Errorf("want a duration such as 168h, or 0 to keep published rows for ever")
+		case d == 0:
+			c.OutboxRetention = -1
+		default:
+			c.OutboxRetention = d
+		}
+		return nil
+	})
+	parse("ALLOWED_ORIGINS", func(v string) error {
+		for _, o := range strings.Split(v, ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				c.AllowedOrigins = append(c.AllowedOrigins, o)
+			}
+		}
+		return nil
+	})
 	parse("LOG_LEVEL", func(v string) error { return c.LogLevel.UnmarshalText([]byte(v)) })
 	if len(errs) > 0 {
 		return c, usagef("bad environment: %s", strings.Join(errs, "; "))

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,8 +11,10 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
@@ -21,14 +22,16 @@ import (
 	"github.com/crowdpass/crowdpass/auth"
 	"github.com/crowdpass/crowdpass/broker"
 	"github.com/crowdpass/crowdpass/gate"
+	"github.com/crowdpass/crowdpass/notifier"
 	"github.com/crowdpass/crowdpass/postgres"
+	"github.com/crowdpass/crowdpass/problem"
+	"github.com/crowdpass/crowdpass/relay"
 	"github.com/crowdpass/crowdpass/worker"
 )
 
-// built lists the roles that exist so far; serve runs all of them.
-var built = []string{"api", "worker"}
-
 // runRoles runs one role, or every role for "serve", until ctx is done.
+// Each role stays its own component with its own Run; serve shares one
+// process, one HTTP server (with /ws on the API's router) and one registry.
 func runRoles(ctx context.Context, role string, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cfg, err := loadConfig(getenv)
 	if err != nil {
@@ -43,26 +46,17 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	if err := cfg.validateRole(); err != nil {
 		return err
 	}
-	roles := map[string]bool{}
+	roles := map[string]bool{role: true}
 	if role == "serve" {
-		for _, r := range built {
-			roles[r] = true
-		}
-	} else {
-		roles[role] = true
-	}
-	for r := range roles {
-		if r == "relay" || r == "notifier" {
-			return usagef("role %q is not built yet", r)
-		}
+		roles = map[string]bool{"api": true, "worker": true, "relay": true, "notifier": true}
 	}
 	log := cfg.logger(stderr)
 	topo := broker.Topology{Namespace: cfg.Namespace}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	// Pools are created without waiting for PostgreSQL: every role rides out
-	// a database that is down at start as it rides out one that goes down later.
+	// Pools connect lazily: every role rides out a database that is down at
+	// start as it rides out one that goes down later.
 	pool, err := postgres.NewPool(cfg.DatabaseURL, 16)
 	if err != nil {
 		return usagef("DATABASE_URL: %v", err)
@@ -70,75 +64,106 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	defer pool.Close()
 	store := postgres.NewStore(pool, nil)
 
-	g, ctx := errgroup.WithContext(ctx)
-	var checks []api.Check
-	if roles["worker"] {
-		w := worker.New(worker.Config{
-			AMQPURL:  cfg.AMQPURL,
-			Topology: topo,
-			Rate:     cfg.WorkerRate,
-			Prefetch: cfg.WorkerPrefetch,
-			Batch:    cfg.WorkerBatch,
-			Logger:   log,
-		}, store)
-		checks = append(checks, api.Check{Name: "worker", Critical: true, OK: func(context.Context) bool { return w.Ready() }})
-		g.Go(func() error { return w.Run(ctx) })
-	}
-
-	var handler http.Handler
-	// The publisher outlives the HTTP server, so in-flight orders get their
-	// confirms during a graceful shutdown; it stops once the server has.
-	pubCtx, stopPublisher := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopPublisher()
-	if roles["api"] {
-		secret := jwtSecret(cfg.JWTSecret, stderr)
-		authority, err := auth.New([]byte(secret), nil)
-		if err != nil {
+	var (
+		authority *auth.Authority
+		rdb       *redis.Client
+	)
+	if roles["api"] || roles["notifier"] {
+		if authority, err = auth.New([]byte(jwtSecret(cfg.JWTSecret, stderr)), nil); err != nil {
 			return err
 		}
 		redisOpts, err := redis.ParseURL(cfg.RedisURL)
 		if err != nil {
 			return usagef("REDIS_URL: %v", err)
 		}
-		// Fail fast: a slow Redis sends orders down the slow path instead of
-		// holding them up.
+		// Fail fast: a slow Redis sends orders down the slow path instead
+		// of holding them up.
 		redisOpts.DialTimeout, redisOpts.ReadTimeout, redisOpts.WriteTimeout = time.Second, 500*time.Millisecond, 500*time.Millisecond
 		redisOpts.MaxRetries = 0
 		redisOpts.PoolSize = 256
-		rdb := redis.NewClient(redisOpts)
+		rdb = redis.NewClient(redisOpts)
 		defer rdb.Close()
-		publisher := broker.NewPublisher(broker.PublisherConfig{
-			URL: cfg.AMQPURL, Name: "crowdpass-api", Declare: topo.Declare, Logger: log,
-		})
-		g.Go(func() error { return publisher.Run(pubCtx) })
+	}
+	var redisGate *gate.Redis
+	if rdb != nil {
+		redisGate = gate.New(rdb, gate.Config{Namespace: cfg.Namespace, AnswerTTL: cfg.IdempotencyTTL})
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	// Publishers outlive the HTTP server, so in-flight orders get their
+	// confirms during a graceful shutdown; they stop once the server has.
+	pubCtx, stopPublishers := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPublishers()
+	newPublisher := func(name string) *broker.Publisher {
+		p := broker.NewPublisher(broker.PublisherConfig{URL: cfg.AMQPURL, Name: name, Declare: topo.Declare, Logger: log})
+		g.Go(func() error { return p.Run(pubCtx) })
+		return p
+	}
+
+	var checks []api.Check
+	if roles["worker"] {
+		w := worker.New(worker.Config{
+			AMQPURL: cfg.AMQPURL, Topology: topo, Logger: log,
+			Rate: cfg.WorkerRate, Prefetch: cfg.WorkerPrefetch, Batch: cfg.WorkerBatch,
+		}, store)
+		checks = append(checks, api.Check{Name: "worker", Critical: true, OK: func(context.Context) bool { return w.Ready() }})
+		g.Go(func() error { return w.Run(ctx) })
+	}
+	if roles["relay"] {
+		r := relay.New(relay.Config{
+			Exchange: topo.Outcomes(), Retention: cfg.OutboxRetention, Logger: log, Registry: registry,
+		}, store, newPublisher("crowdpass-relay"))
+		checks = append(checks, api.Check{Name: "relay", Critical: true, OK: func(context.Context) bool { return r.Ready() }})
+		g.Go(func() error { return r.Run(ctx) })
+	}
+	var ws http.Handler
+	if roles["notifier"] {
+		readPool, err := postgres.NewPool(cfg.DatabaseURL, 8)
+		if err != nil {
+			return usagef("DATABASE_URL: %v", err)
+		}
+		defer readPool.Close()
+		n := notifier.New(notifier.Config{
+			AMQPURL: cfg.AMQPURL, Topology: topo, AllowedOrigins: cfg.AllowedOrigins, Logger: log, Registry: registry,
+		}, postgres.NewStore(readPool, nil), redisGate, authority)
+		checks = append(checks, api.Check{Name: "notifier", Critical: true, OK: func(context.Context) bool { return n.Ready() }})
+		g.Go(func() error { return n.Run(ctx) })
+		ws = n
+	}
+
+	var handler http.Handler
+	if roles["api"] {
 		readPool, err := postgres.NewPool(cfg.DatabaseURL, 8)
 		if err != nil {
 			return usagef("DATABASE_URL: %v", err)
 		}
 		defer readPool.Close()
 		server := api.New(api.Config{
-			PublishTimeout: cfg.PublishTimeout,
-			Logger:         log,
-			Registry:       registry,
-			Checks:         checks,
-		}, gate.New(rdb, gate.Config{Namespace: cfg.Namespace, AnswerTTL: cfg.IdempotencyTTL}),
-			broker.OrderQueue{Publisher: publisher, Topology: topo},
+			PublishTimeout: cfg.PublishTimeout, Logger: log, Registry: registry, Checks: checks,
+		}, redisGate, broker.OrderQueue{Publisher: newPublisher("crowdpass-api"), Topology: topo},
 			postgres.NewStore(readPool, nil), authority)
 		g.Go(func() error { return server.Run(ctx) })
+		if ws != nil {
+			server.Router().Get("/ws", ws.ServeHTTP)
+		}
 		handler = server.Handler()
 		cfg.HTTPAddrSet = true
 	} else {
-		checks = append(checks, api.Check{Name: "postgres", OK: func(ctx context.Context) bool { return store.Ping(ctx) == nil }})
-		handler = opsHandler(checks)
+		if !roles["notifier"] {
+			checks = append(checks, api.Check{Name: "postgres", OK: func(ctx context.Context) bool { return store.Ping(ctx) == nil }})
+		} else {
+			cfg.HTTPAddrSet = true
+		}
+		handler = opsHandler(checks, registry, ws)
 	}
 
 	if cfg.HTTPAddrSet {
 		g.Go(func() error {
-			defer stopPublisher()
+			defer stopPublishers()
 			return serveHTTP(ctx, cfg.HTTPAddr, handler, log)
 		})
 	} else {
-		log.Info("no HTTP server; set HTTP_ADDR for /healthz and /readyz", "role", role)
+		log.Info("no HTTP server; set HTTP_ADDR for /healthz, /readyz and /metrics", "role", role)
 	}
 	log.Info("crowdpass started", "role", role, "namespace", cfg.Namespace, "http_addr", cfg.HTTPAddr)
 	err = g.Wait()
@@ -146,35 +171,24 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	return err
 }
 
-// opsHandler serves /healthz and /readyz for roles without the API.
-func opsHandler(checks []api.Check) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		io.WriteString(w, `{"status":"ok"}`+"\n")
+// opsHandler serves /healthz, /readyz and /metrics for roles without the
+// API, and /ws for a notifier on its own.
+func opsHandler(checks []api.Check, registry *prometheus.Registry, ws http.Handler) http.Handler {
+	r := chi.NewRouter()
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		status, code := "ok", http.StatusOK
-		states := make(map[string]string, len(checks))
-		for _, c := range checks {
-			if c.OK(ctx) {
-				states[c.Name] = "ok"
-				continue
-			}
-			states[c.Name] = "down"
-			if c.Critical {
-				status, code = "down", http.StatusServiceUnavailable
-			} else if status == "ok" {
-				status = "degraded"
-			}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		json.NewEncoder(w).Encode(map[string]any{"status": status, "checks": states})
+		status, code, states := api.Readiness(ctx, checks)
+		problem.WriteJSON(w, code, map[string]any{"status": status, "checks": states})
 	})
-	return mux
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	if ws != nil {
+		r.Get("/ws", ws.ServeHTTP)
+	}
+	return r
 }
 
 // serveHTTP serves until ctx is done, then shuts down gracefully: it stops

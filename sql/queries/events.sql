@@ -8,3 +8,6 @@ SELECT * FROM events WHERE id = @id;
 
 -- name: EventList :many
 SELECT * FROM events ORDER BY created_at, id;
+
+-- name: EventGetByName :one
+SELECT * FROM events WHERE name = @name ORDER BY created_at, id LIMIT 1;

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/auth"
+	"github.com/crowdpass/crowdpass/postgres"
+	"github.com/crowdpass/crowdpass/testkit"
+)
+
+// TestServeTakesAnOrderToTheBuyersSocket runs the whole system as make run
+// does, one process, and follows one order from POST /orders to the socket.
+func TestServeTakesAnOrderToTheBuyersSocket(t *testing.T) {
+	t.Parallel()
+	db := testkit.NewDB(t)
+	addr := freeAddr(t)
+	getenv := env(db, testkit.Namespace(t), "HTTP_ADDR", addr)
+	event, err := postgres.NewStore(db.Pool, nil).CreateEvent(testkit.Context(t), crowdpass.EventSpec{
+		Name: "Final", Categories: []crowdpass.CategorySpec{{Name: "A", Capacity: 5}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve"}, getenv, io.Discard, io.Discard) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve stopped with %v", err)
+		}
+	}()
+	base := "http://" + addr
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "serve ready")
+
+	authority, _ := auth.New([]byte("test-secret"), nil)
+	token, _ := authority.Issue("alice", false, time.Hour)
+	ws, _, err := websocket.Dial(testkit.Context(t), "ws://"+addr+"/ws?access_token="+token, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+
+	req, _ := http.NewRequest(http.MethodPost, base+"/orders", strings.NewReader(
+		fmt.Sprintf(`{"event_id":%q,"category_id":%q,"quantity":2}`, event.ID, event.Categories[0].ID)))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Idempotency-Key", "e2e-1")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted struct {
+		OrderID string `json:"order_id"`
+	}
+	json.NewDecoder(resp.Body).Decode(&accepted)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST /orders: %d", resp.StatusCode)
+	}
+
+	readCtx, readCancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer readCancel()
+	_, data, err := ws.Read(readCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Type    string             `json:"type"`
+		OrderID string             `json:"order_id"`
+		Tickets []crowdpass.Ticket `json:"tickets"`
+	}
+	if err := json.Unmarshal(data, &f); err != nil || f.Type != "order.confirmed" || f.OrderID != accepted.OrderID || len(f.Tickets) != 2 {
+		t.Errorf("socket got %s", data)
+	}
+	testkit.CheckInvariants(t, db.Pool)
+}
