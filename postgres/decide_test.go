@@ -199,3 +199,38 @@ func TestMigrationsGoDownAndUpAgain(t *testing.T) {
 type testkitWriter struct{}
 
 func (testkitWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+func TestAuditFindsABrokenInvariant(t *testing.T) {
+	t.Parallel()
+	db, store := setup(t)
+	event := testkit.CreateEvent(t, store, 4, 10)
+	if _, err := store.DecideOrders(testkit.Context(t), []crowdpass.OrderRequest{testkit.OrderRequest("a", "k", event, 0, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	count := func(name string) int64 {
+		vs, err := store.Audit(testkit.Context(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range vs {
+			if v.Invariant == name {
+				return v.Count
+			}
+		}
+		t.Fatalf("no invariant %q", name)
+		return 0
+	}
+	if n := count("capacity - remaining = ticket rows"); n != 0 {
+		t.Fatalf("violated before the break: %d", n)
+	}
+	// A ticket sold behind the database's back.
+	if _, err := db.Pool.Exec(testkit.Context(t), "UPDATE ticket_categories SET remaining = remaining - 1"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count("capacity - remaining = ticket rows"); n != 1 {
+		t.Errorf("audit counted %d violations of a broken invariant, want 1", n)
+	}
+	if n := count("every outbox row published"); n != 1 {
+		t.Errorf("unpublished outbox rows = %d, want 1", n)
+	}
+}
