@@ -36,6 +36,10 @@ type Config struct {
 	Prefetch int
 	// Batch is the most orders decided in one transaction (default 100).
 	Batch int
+	// BatchWait is how long a batch waits for more orders after its first
+	// (default 5ms): the client library hands deliveries over one at a time,
+	// so without a moment's wait every batch would be a batch of one.
+	BatchWait time.Duration
 	// RetryMin and RetryMax bound the backoff between attempts after the
 	// database or the broker failed (defaults 100ms and 5s).
 	RetryMin, RetryMax time.Duration
@@ -50,6 +54,7 @@ func (c Config) withDefaults() Config {
 	c.Batch = cmp.Or(c.Batch, 100)
 	c.Prefetch = cmp.Or(max(c.Prefetch, 0), 2*c.Batch)
 	c.Prefetch = max(c.Prefetch, c.Batch)
+	c.BatchWait = cmp.Or(c.BatchWait, 5*time.Millisecond)
 	c.RetryMin = cmp.Or(c.RetryMin, 100*time.Millisecond)
 	c.RetryMax = cmp.Or(c.RetryMax, 5*time.Second)
 	c.DecideTimeout = cmp.Or(c.DecideTimeout, 30*time.Second)
@@ -153,8 +158,8 @@ func (w *Worker) session(ctx context.Context, onConnected func()) error {
 	}
 }
 
-// collect waits for one delivery, then takes whatever else is already
-// waiting, up to a batch. Under load the prefetch buffer fills while the
+// collect waits for one delivery, then takes whatever else arrives within
+// BatchWait, up to a batch. Under load the prefetch buffer fills while the
 // previous batch is decided, so batches grow exactly when they pay off.
 func (w *Worker) collect(ctx context.Context, deliveries <-chan amqp.Delivery) ([]amqp.Delivery, error) {
 	var batch []amqp.Delivery
@@ -167,6 +172,11 @@ func (w *Worker) collect(ctx context.Context, deliveries <-chan amqp.Delivery) (
 		}
 		batch = append(batch, d)
 	}
+	if w.cfg.Batch == 1 {
+		return batch, nil
+	}
+	wait := time.NewTimer(w.cfg.BatchWait)
+	defer wait.Stop()
 	for len(batch) < w.cfg.Batch {
 		select {
 		case d, ok := <-deliveries:
@@ -174,7 +184,9 @@ func (w *Worker) collect(ctx context.Context, deliveries <-chan amqp.Delivery) (
 				return batch, errDeliveriesClosed
 			}
 			batch = append(batch, d)
-		default:
+		case <-wait.C:
+			return batch, nil
+		case <-ctx.Done():
 			return batch, nil
 		}
 	}
@@ -205,10 +217,12 @@ func (w *Worker) process(ctx context.Context, batch []amqp.Delivery) {
 	if len(reqs) == 0 {
 		return
 	}
+	start := time.Now()
 	decisions, ok := w.decide(ctx, reqs)
 	if !ok {
 		return
 	}
+	w.log.Debug("batch decided", "orders", len(reqs), "took", time.Since(start))
 	if w.afterDecide != nil {
 		w.afterDecide()
 	}

@@ -307,3 +307,25 @@ func viaProxyDB(t *testing.T, raw string, p *testkit.Proxy) string {
 	u.Host = p.Addr()
 	return u.String()
 }
+
+func TestQueuedOrdersAreDecidedInBatches(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	event := testkit.CreateEvent(t, b.store, 4, 1000)
+	reqs := make([]crowdpass.OrderRequest, 500)
+	for i := range reqs {
+		reqs[i] = testkit.OrderRequest(fmt.Sprintf("buyer-%d", i), "k", event, 0, 1)
+	}
+	b.pub.Orders(reqs...)
+	b.start(t, worker.Config{Batch: 100})
+	b.waitDecided(t, len(reqs))
+
+	// Every order of a batch shares its transaction's processed_at.
+	var transactions int
+	if err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT count(DISTINCT processed_at) FROM orders").Scan(&transactions); err != nil {
+		t.Fatal(err)
+	}
+	if transactions > 25 {
+		t.Errorf("500 queued orders took %d transactions; batches of up to 100 should need about 5", transactions)
+	}
+}

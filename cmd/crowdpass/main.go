@@ -55,6 +55,8 @@ commands:
                         create an event and print it as JSON
   token --customer ID [--admin] [--ttl 24h]
                         print a signed bearer token
+  rush [--buyers N] [--tickets N] [--target URL] [--json] ...
+                        the flash-sale load generator and auditor
 
 Configuration comes from the environment (DATABASE_URL, REDIS_URL, AMQP_URL, HTTP_ADDR,
 JWT_SECRET, CROWDPASS_NAMESPACE, WORKER_RATE, WORKER_PREFETCH, WORKER_BATCH, ...); each
@@ -79,6 +81,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runEventCreate(ctx, rest[1:], getenv, stdout, stderr)
 	case "token":
 		return runToken(rest, getenv, stdout, stderr)
+	case "rush":
+		return runRush(ctx, rest, getenv, stdout, stderr)
 	case "probe":
 		return runProbe(ctx, rest)
 	case "help", "-h", "--help":

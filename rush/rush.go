@@ -1,0 +1,607 @@
+// Package rush is the flash-sale simulation: a crowd of buyers pressing Buy
+// at once against a running CrowdPass, an audit of the result in
+// PostgreSQL, and a report.
+package rush
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/coder/websocket"
+	"github.com/google/uuid"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/auth"
+	"github.com/crowdpass/crowdpass/postgres"
+)
+
+// Auditor reads the outcome of the sale from the source of truth.
+type Auditor interface {
+	Audit(ctx context.Context) ([]postgres.Violation, error)
+	EventSales(ctx context.Context, event uuid.UUID) (postgres.Sales, error)
+}
+
+// Config configures a rush. Zero values take the defaults.
+type Config struct {
+	// Target is the base URL of a running deployment (default http://127.0.0.1:8080).
+	Target string
+	// Buyers is how many people press Buy (default 1,000,000); each buys one ticket.
+	Buyers int
+	// Tickets is the event's capacity (default 50,000), split over Categories (default 4).
+	Tickets, Categories int
+	// Concurrency is how many requests are in flight at once (default 512).
+	Concurrency int
+	// DoubleClick is the share of buyers who send their request twice at once.
+	DoubleClick float64
+	// Watchers is how many buyers keep a WebSocket open to time their notification (default 2,000).
+	Watchers int
+	// Retries bounds the resends of one purchase after a timeout, a 503 or a
+	// request_in_progress (default 10).
+	Retries int
+	// RequestTimeout bounds one request (default 10s); DecideTimeout bounds
+	// the wait for the last accepted order to be decided (default 10m).
+	RequestTimeout, DecideTimeout time.Duration
+	// Secret signs the buyers' and the operator's tokens (JWT_SECRET).
+	Secret []byte
+	// Bare measures the generator alone against a built-in handler that
+	// answers 202 without work; nothing is audited.
+	Bare     bool
+	Progress io.Writer
+	Terminal bool
+}
+
+func (c Config) withDefaults() Config {
+	c.Target = strings.TrimRight(cmp.Or(c.Target, "http://127.0.0.1:8080"), "/")
+	c.Buyers = cmp.Or(c.Buyers, 1_000_000)
+	c.Tickets = cmp.Or(c.Tickets, 50_000)
+	c.Categories = cmp.Or(c.Categories, 4)
+	c.Concurrency = cmp.Or(c.Concurrency, 512)
+	c.Watchers = min(cmp.Or(c.Watchers, 2000), c.Buyers)
+	c.Retries = cmp.Or(c.Retries, 10)
+	c.RequestTimeout = cmp.Or(c.RequestTimeout, 10*time.Second)
+	c.DecideTimeout = cmp.Or(c.DecideTimeout, 10*time.Minute)
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	return c
+}
+
+// Validate checks a configuration before anything is sent.
+func (c Config) Validate() error {
+	switch {
+	case c.Buyers < 0 || c.Tickets < 0 || c.Concurrency < 0 || c.Watchers < 0 || c.Categories < 0:
+		return errors.New("buyers, tickets, concurrency, watchers and categories must not be negative")
+	case c.Categories > crowdpass.MaxCategories:
+		return fmt.Errorf("at most %d categories", crowdpass.MaxCategories)
+	case c.Tickets > 0 && c.Categories > c.Tickets:
+		return errors.New("more categories than tickets")
+	case c.DoubleClick < 0 || c.DoubleClick > 1:
+		return errors.New("the double-click share must be between 0 and 1")
+	case c.Concurrency > 8000:
+		return errors.New("concurrency above 8000 would pass this machine's 20,000 open files")
+	}
+	return nil
+}
+
+// Percentiles of a latency distribution, in milliseconds.
+type Percentiles struct {
+	Count int64   `json:"count"`
+	P50   float64 `json:"p50_ms"`
+	P90   float64 `json:"p90_ms"`
+	P99   float64 `json:"p99_ms"`
+	Max   float64 `json:"max_ms"`
+}
+
+// Report is what a rush measured and found.
+type Report struct {
+	Target            string           `json:"target"`
+	EventID           string           `json:"event_id,omitempty"`
+	Buyers            int              `json:"buyers"`
+	Tickets           int              `json:"tickets"`
+	Requests          int64            `json:"requests"`
+	Seconds           float64          `json:"seconds"`
+	RequestsPerSecond float64          `json:"requests_per_second"`
+	Latency           Percentiles      `json:"post_orders_latency"`
+	Answers           map[string]int64 `json:"answers"`
+	Accepted          int64            `json:"accepted_orders"`
+	Unanswered        int64            `json:"buyers_without_answer"`
+
+	SecondsToLastTicket  float64     `json:"seconds_to_last_ticket_sold,omitempty"`
+	SecondsToLastOutcome float64     `json:"seconds_to_last_outcome_delivered,omitempty"`
+	OrdersPerTicket      float64     `json:"orders_in_postgres_per_ticket,omitempty"`
+	Sold                 int64       `json:"tickets_sold"`
+	Oversold             int64       `json:"oversold"`
+	NeverDecided         int64       `json:"accepted_never_decided"`
+	Notification         Percentiles `json:"notification_latency"`
+	WatchersNotified     int64       `json:"watchers_notified"`
+	WatchersAccepted     int64       `json:"watchers_accepted"`
+	Violations           []string    `json:"violations"`
+}
+
+// Failed reports whether the audit found anything wrong.
+func (r Report) Failed() bool {
+	return len(r.Violations) > 0 || r.Oversold > 0 || r.NeverDecided > 0
+}
+
+type run struct {
+	cfg    Config
+	client *http.Client
+	auth   *auth.Authority
+	id     string
+	event  crowdpass.Event
+	start  time.Time
+
+	mu       sync.Mutex
+	latency  *hdrhistogram.Histogram
+	notified *hdrhistogram.Histogram
+	answers  map[string]int64
+
+	requests, accepted, unanswered, sent atomic.Int64
+	watcherAccepted                      []atomic.Bool
+	watchersNotified, watchersAccepted   atomic.Int64
+	lastOutcome                          atomic.Int64 // unix nanos
+}
+
+// Run rushes the target and audits the result through a (nil for Bare).
+func Run(ctx context.Context, cfg Config, a Auditor) (Report, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return Report{}, err
+	}
+	r := &run{
+		cfg: cfg, id: randomHex(4),
+		latency:  hdrhistogram.New(1, 60_000_000, 3),
+		notified: hdrhistogram.New(1, 60_000_000, 3),
+		answers:  map[string]int64{},
+		client: &http.Client{Timeout: cfg.RequestTimeout, Transport: &http.Transport{
+			MaxIdleConns: cfg.Concurrency * 2, MaxIdleConnsPerHost: cfg.Concurrency * 2, MaxConnsPerHost: cfg.Concurrency * 2,
+			IdleConnTimeout: 90 * time.Second,
+		}},
+	}
+	defer r.client.CloseIdleConnections()
+	if cfg.Bare {
+		stop, target, err := bareServer()
+		if err != nil {
+			return Report{}, err
+		}
+		defer stop()
+		r.cfg.Target = target
+		r.cfg.Watchers = 0
+	} else {
+		var err error
+		if r.auth, err = auth.New(cfg.Secret, nil); err != nil {
+			return Report{}, err
+		}
+		if err := r.createEvent(ctx); err != nil {
+			return Report{}, err
+		}
+	}
+
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	defer stopWatching()
+	var watchers sync.WaitGroup
+	r.watcherAccepted = make([]atomic.Bool, r.cfg.Watchers)
+	for i := range r.cfg.Watchers {
+		if err := r.watch(watchCtx, &watchers, i); err != nil {
+			stopWatching()
+			watchers.Wait()
+			return Report{}, fmt.Errorf("opening watcher socket %d: %w", i, err)
+		}
+	}
+
+	r.start = time.Now()
+	progressDone := r.progress(ctx)
+	var next atomic.Int64
+	var buyers sync.WaitGroup
+	for range r.cfg.Concurrency {
+		buyers.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= r.cfg.Buyers {
+					return
+				}
+				r.buy(ctx, i)
+			}
+		})
+	}
+	buyers.Wait()
+	elapsed := time.Since(r.start)
+	progressDone()
+
+	rep := r.report(elapsed)
+	if cfg.Bare || a == nil {
+		stopWatching()
+		watchers.Wait()
+		return rep, ctx.Err()
+	}
+	err := r.audit(ctx, a, &rep)
+	stopWatching()
+	watchers.Wait()
+	r.mu.Lock()
+	rep.Notification = percentiles(r.notified)
+	r.mu.Unlock()
+	rep.WatchersNotified, rep.WatchersAccepted = r.watchersNotified.Load(), r.watchersAccepted.Load()
+	if last := r.lastOutcome.Load(); last > 0 {
+		rep.SecondsToLastOutcome = time.Unix(0, last).Sub(r.start).Seconds()
+	}
+	return rep, err
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (r *run) customer(i int) string { return fmt.Sprintf("rush-%s-%d", r.id, i) }
+
+// createEvent creates the sale through POST /events, as an operator would,
+// and waits until the API sells it.
+func (r *run) createEvent(ctx context.Context) error {
+	spec := map[string]any{"name": "Rush " + r.id, "max_per_customer": 4}
+	var cats []map[string]any
+	for i := range r.cfg.Categories {
+		capacity := r.cfg.Tickets / r.cfg.Categories
+		if i < r.cfg.Tickets%r.cfg.Categories {
+			capacity++
+		}
+		cats = append(cats, map[string]any{"name": fmt.Sprintf("Category %d", i+1), "capacity": capacity, "price_cents": 10000})
+	}
+	spec["categories"] = cats
+	body, _ := json.Marshal(spec)
+	token, err := r.auth.Issue("rush-operator", true, time.Hour)
+	if err != nil {
+		return err
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, r.cfg.Target+"/events", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("creating the event at %s (is it running? make run): %w", r.cfg.Target, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("creating the event: %s %s (does JWT_SECRET match the server's?)", resp.Status, data)
+	}
+	if err := json.Unmarshal(data, &r.event); err != nil {
+		return fmt.Errorf("reading the event: %w", err)
+	}
+	// Every API instance loads the catalog and rebuilds its gate within about a second.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := r.client.Get(r.cfg.Target + "/events/" + r.event.ID.String())
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the event never appeared in the API's catalog")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(2 * time.Second):
+	}
+	return nil
+}
+
+// watch opens buyer i's socket and times the outcomes that arrive on it.
+func (r *run) watch(ctx context.Context, wg *sync.WaitGroup, i int) error {
+	token, err := r.auth.Issue(r.customer(i), false, time.Hour)
+	if err != nil {
+		return err
+	}
+	wsURL := "ws" + strings.TrimPrefix(r.cfg.Target, "http") + "/ws?access_token=" + token
+	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(dialCtx, wsURL, &websocket.DialOptions{HTTPClient: r.client})
+	if err != nil {
+		return err
+	}
+	wg.Go(func() {
+		defer conn.CloseNow()
+		seen := false
+		for {
+			_, data, err := conn.Read(ctx)
+			if err != nil {
+				return
+			}
+			arrived := time.Now()
+			var f struct {
+				Type        string         `json:"type"`
+				ProcessedAt crowdpass.Time `json:"processed_at"`
+			}
+			if json.Unmarshal(data, &f) != nil || !strings.HasPrefix(f.Type, "order.") || f.ProcessedAt.IsZero() {
+				continue
+			}
+			r.mu.Lock()
+			_ = r.notified.RecordValue(max(arrived.Sub(f.ProcessedAt.Time).Microseconds(), 1))
+			r.mu.Unlock()
+			for {
+				last := r.lastOutcome.Load()
+				if arrived.UnixNano() <= last || r.lastOutcome.CompareAndSwap(last, arrived.UnixNano()) {
+					break
+				}
+			}
+			if !seen {
+				seen = true
+				r.watchersNotified.Add(1)
+			}
+		}
+	})
+	return nil
+}
+
+// buy is one buyer's purchase intent: one key, resent on a timeout, a 503
+// or a request_in_progress, sent twice at once by a double-clicker.
+func (r *run) buy(ctx context.Context, i int) {
+	var token string
+	if r.auth != nil {
+		var err error
+		if token, err = r.auth.Issue(r.customer(i), false, time.Hour); err != nil {
+			return
+		}
+	}
+	key := randomHex(12)
+	var body []byte
+	if r.event.ID != uuid.Nil {
+		cat := r.event.Categories[i%len(r.event.Categories)]
+		body = fmt.Appendf(nil, `{"event_id":%q,"category_id":%q,"quantity":1}`, r.event.ID, cat.ID)
+	} else {
+		body = []byte(`{}`)
+	}
+	r.sent.Add(1)
+	clicks := 1
+	if r.cfg.DoubleClick > 0 && mrand.Float64() < r.cfg.DoubleClick {
+		clicks = 2
+	}
+	var wg sync.WaitGroup
+	var accepted atomic.Bool
+	var answered atomic.Bool
+	for range clicks {
+		wg.Go(func() {
+			status := r.purchase(ctx, token, key, body)
+			if status > 0 {
+				answered.Store(true)
+			}
+			if status == http.StatusAccepted {
+				accepted.Store(true)
+			}
+		})
+	}
+	wg.Wait()
+	if !answered.Load() {
+		r.unanswered.Add(1)
+	}
+	if accepted.Load() {
+		r.accepted.Add(1)
+		if i < len(r.watcherAccepted) {
+			r.watcherAccepted[i].Store(true)
+			r.watchersAccepted.Add(1)
+		}
+	}
+}
+
+// purchase sends one click, resending as a real app would; it returns the
+// final status, 0 if nothing answered.
+func (r *run) purchase(ctx context.Context, token, key string, body []byte) int {
+	backoff := 50 * time.Millisecond
+	for attempt := 0; attempt <= r.cfg.Retries && ctx.Err() == nil; attempt++ {
+		status, code, retryAfter := r.post(ctx, token, key, body)
+		retry := status == 0 || status == http.StatusServiceUnavailable ||
+			(status == http.StatusConflict && code == string(crowdpass.ERequestInProgress))
+		if !retry {
+			return status
+		}
+		wait := max(backoff, retryAfter)
+		backoff = min(2*backoff, 2*time.Second)
+		select {
+		case <-ctx.Done():
+			return status
+		case <-time.After(wait + time.Duration(mrand.Int64N(int64(wait)/2+1))):
+		}
+	}
+	return 0
+}
+
+func (r *run) post(ctx context.Context, token, key string, body []byte) (status int, code string, retryAfter time.Duration) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, r.cfg.Target+"/orders", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Idempotency-Key", key)
+	req.Header.Set("Content-Type", "application/json")
+	start := time.Now()
+	resp, err := r.client.Do(req)
+	r.requests.Add(1)
+	if err != nil {
+		r.count("error")
+		return 0, "", 0
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	elapsed := time.Since(start)
+	if resp.StatusCode >= 400 {
+		var p struct {
+			Code string `json:"code"`
+		}
+		_ = json.Unmarshal(data, &p)
+		code = p.Code
+	}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+		retryAfter = time.Duration(s) * time.Second
+	}
+	label := strconv.Itoa(resp.StatusCode)
+	if code != "" {
+		label += " " + code
+	}
+	if resp.Header.Get("Idempotent-Replayed") == "true" {
+		label += " (replayed)"
+	}
+	r.mu.Lock()
+	_ = r.latency.RecordValue(max(elapsed.Microseconds(), 1))
+	r.answers[label]++
+	r.mu.Unlock()
+	return resp.StatusCode, code, retryAfter
+}
+
+func (r *run) count(label string) {
+	r.mu.Lock()
+	r.answers[label]++
+	r.mu.Unlock()
+}
+
+func (r *run) report(elapsed time.Duration) Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	answers := make(map[string]int64, len(r.answers))
+	for k, v := range r.answers {
+		answers[k] = v
+	}
+	return Report{
+		Target: r.cfg.Target, Buyers: r.cfg.Buyers, Tickets: r.cfg.Tickets,
+		EventID:  uuidString(r.event.ID),
+		Requests: r.requests.Load(), Seconds: elapsed.Seconds(),
+		RequestsPerSecond: float64(r.requests.Load()) / elapsed.Seconds(),
+		Latency:           percentiles(r.latency),
+		Answers:           answers, Accepted: r.accepted.Load(), Unanswered: r.unanswered.Load(),
+		Violations: []string{},
+	}
+}
+
+func uuidString(id uuid.UUID) string {
+	if id == uuid.Nil {
+		return ""
+	}
+	return id.String()
+}
+
+func percentiles(h *hdrhistogram.Histogram) Percentiles {
+	ms := func(v int64) float64 { return math.Round(float64(v)/10) / 100 }
+	return Percentiles{
+		Count: h.TotalCount(),
+		P50:   ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)),
+		P99: ms(h.ValueAtQuantile(99)), Max: ms(h.Max()),
+	}
+}
+
+// audit waits for every accepted order to be decided and every outcome to
+// be published, then checks the contract's invariants.
+func (r *run) audit(ctx context.Context, a Auditor, rep *Report) error {
+	deadline := time.Now().Add(r.cfg.DecideTimeout)
+	var sales postgres.Sales
+	for {
+		var err error
+		if sales, err = a.EventSales(ctx, r.event.ID); err != nil {
+			return fmt.Errorf("reading the sale: %w", err)
+		}
+		if sales.Orders >= rep.Accepted || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	rep.Sold = sales.Sold
+	rep.Oversold = max(sales.Sold-sales.Capacity, 0)
+	rep.NeverDecided = max(rep.Accepted-sales.Orders, 0)
+	if sales.Sold > 0 {
+		rep.OrdersPerTicket = math.Round(float64(sales.Orders)/float64(sales.Sold)*1000) / 1000
+		rep.SecondsToLastTicket = sales.LastSoldAt.Sub(r.start).Seconds()
+	}
+	// Give the relay and the notifiers a moment to deliver the last outcomes.
+	outcomeDeadline := time.Now().Add(30 * time.Second)
+	var violations []postgres.Violation
+	for {
+		var err error
+		if violations, err = a.Audit(ctx); err != nil {
+			return fmt.Errorf("auditing: %w", err)
+		}
+		pending := false
+		for _, v := range violations {
+			pending = pending || (v.Invariant == "every outbox row published" && v.Count > 0)
+		}
+		if (!pending && r.watchersNotified.Load() >= r.watchersAccepted.Load()) || time.Now().After(outcomeDeadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	for _, v := range violations {
+		if v.Count > 0 {
+			rep.Violations = append(rep.Violations, fmt.Sprintf("%s: %d violations", v.Invariant, v.Count))
+		}
+	}
+	return nil
+}
+
+// progress prints a line a second until stopped: a bar on a terminal,
+// plain lines otherwise.
+func (r *run) progress(ctx context.Context) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		last, lastAt := int64(0), time.Now()
+		for {
+			select {
+			case <-done:
+				if r.cfg.Terminal {
+					fmt.Fprintln(r.cfg.Progress)
+				}
+				return
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				sent, reqs := r.sent.Load(), r.requests.Load()
+				rate := float64(reqs-last) / now.Sub(lastAt).Seconds()
+				last, lastAt = reqs, now
+				frac := float64(sent) / float64(max(r.cfg.Buyers, 1))
+				if r.cfg.Terminal {
+					bar := strings.Repeat("#", int(frac*30)) + strings.Repeat(".", 30-int(frac*30))
+					fmt.Fprintf(r.cfg.Progress, "\r[%s] %3.0f%%  %d/%d buyers  %d accepted  %.0f req/s ", bar, frac*100, sent, r.cfg.Buyers, r.accepted.Load(), rate)
+				} else {
+					fmt.Fprintf(r.cfg.Progress, "rush: %d/%d buyers, %d accepted, %.0f req/s\n", sent, r.cfg.Buyers, r.accepted.Load(), rate)
+				}
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// bareServer answers every POST /orders with a 202 and no work, to measure
+// what the generator alone can send.
+func bareServer() (stop func(), url string, err error) {
+	body := []byte(`{"order_id":"00000000-0000-0000-0000-000000000000","status":"pending"}` + "\n")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		w.Write(body)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", fmt.Errorf("listening for the bare handler: %w", err)
+	}
+	go srv.Serve(ln)
+	return func() { srv.Close() }, "http://" + ln.Addr().String(), nil
+}
