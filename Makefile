@@ -8,7 +8,7 @@ export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/crowdpass?sslmode=disa
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 
-.PHONY: all build generate check-generated lint services migrate run test bench
+.PHONY: all build generate check-generated lint services migrate run test bench rush rush-bare
 
 all: build
 
@@ -49,3 +49,12 @@ test: services lint check-generated
 
 bench: services
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./...
+
+# rush runs the full flash sale (1,000,000 buyers, 50,000 tickets) against the
+# system `make run` started; run it from a second terminal.
+rush: build
+	$(BIN) rush --buyers 1000000 --tickets 50000
+
+# rush-bare measures the load generator alone against a built-in 202 handler.
+rush-bare: build
+	$(BIN) rush --bare --buyers 300000

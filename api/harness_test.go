@@ -80,6 +80,7 @@ func setup(t testing.TB, opts options) *harness {
 	rdb := redis.NewClient(redisOpts)
 	t.Cleanup(func() { rdb.Close() })
 	h.gate = gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: 3 * time.Second})
+	t.Cleanup(h.gate.Close)
 
 	h.publisher = broker.NewPublisher(broker.PublisherConfig{
 		URL: amqpURL, Name: "api-test", Declare: h.topo.Declare, Logger: log,

@@ -33,8 +33,9 @@ type Config struct {
 
 // Redis is the gate on a Redis server.
 type Redis struct {
-	rdb redis.UniversalClient
-	cfg Config
+	rdb  redis.UniversalClient
+	cfg  Config
+	pipe *pipeliner
 }
 
 // New returns a gate on rdb.
@@ -45,8 +46,11 @@ func New(rdb redis.UniversalClient, cfg Config) *Redis {
 	if cfg.InFlightTTL <= 0 {
 		cfg.InFlightTTL = 10 * time.Second
 	}
-	return &Redis{rdb: rdb, cfg: cfg}
+	return &Redis{rdb: rdb, cfg: cfg, pipe: newPipeliner(rdb)}
 }
+
+// Close stops the gate's pipelines; calls after it fail.
+func (g *Redis) Close() { g.pipe.close() }
 
 func (g *Redis) keyKey(order uuid.UUID) string { return g.cfg.Namespace + "idem:" + order.String() }
 
@@ -80,9 +84,9 @@ return 1`)
 // stock, all in one atomic step. owner identifies this attempt, so that
 // Abort never undoes another attempt's mark.
 func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error) {
-	res, err := admitScript.Run(ctx, g.rdb, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
+	res, err := g.pipe.do(ctx, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
 		a.Fingerprint, a.CustomerID, a.Quantity, string(a.Window), g.cfg.InFlightTTL.Milliseconds(),
-		a.SoldOut.Status, a.SoldOut.Body, g.cfg.AnswerTTL.Milliseconds(), owner).Slice()
+		a.SoldOut.Status, a.SoldOut.Body, g.cfg.AnswerTTL.Milliseconds(), owner)
 	if err != nil {
 		return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: %w", err)
 	}

@@ -31,8 +31,10 @@ type config struct {
 	// keeps them for ever (OUTBOX_RETENTION=0).
 	OutboxRetention time.Duration
 	AllowedOrigins  []string
-	LogLevel        slog.Level
-	LogFormat       string
+	// PprofAddr, when set, serves net/http/pprof there (PPROF_ADDR).
+	PprofAddr string
+	LogLevel  slog.Level
+	LogFormat string
 	// HTTPAddrSet tells whether HTTP_ADDR or --http-addr was given: roles
 	// without a public API serve their health endpoints only then, so that
 	// several of them can run on one host.
@@ -50,6 +52,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		Namespace:       getenv("CROWDPASS_NAMESPACE"),
 		LogFormat:       cmp.Or(getenv("LOG_FORMAT"), "text"),
 		HTTPAddrSet:     getenv("HTTP_ADDR") != "",
+		PprofAddr:       getenv("PPROF_ADDR"),
 		IdempotencyTTL:  24 * time.Hour,
 		OutboxRetention: 7 * 24 * time.Hour,
 		PublishTimeout:  5 * time.Second,
@@ -129,6 +132,7 @@ func (c *config) connectionFlags(fs *flag.FlagSet) {
 func (c *config) roleFlags(fs *flag.FlagSet) {
 	c.connectionFlags(fs)
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (HTTP_ADDR)")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (PPROF_ADDR)")
 	fs.Float64Var(&c.WorkerRate, "worker-rate", c.WorkerRate, "orders decided per second per worker, 0 = unlimited (WORKER_RATE)")
 	fs.IntVar(&c.WorkerPrefetch, "worker-prefetch", c.WorkerPrefetch, "unacknowledged orders per worker, 0 = 2x batch (WORKER_PREFETCH)")
 	fs.IntVar(&c.WorkerBatch, "worker-batch", c.WorkerBatch, "orders per decision transaction, 0 = 100 (WORKER_BATCH)")

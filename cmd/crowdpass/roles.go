@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -87,6 +88,7 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	var redisGate *gate.Redis
 	if rdb != nil {
 		redisGate = gate.New(rdb, gate.Config{Namespace: cfg.Namespace, AnswerTTL: cfg.IdempotencyTTL})
+		defer redisGate.Close()
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -164,6 +166,16 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		})
 	} else {
 		log.Info("no HTTP server; set HTTP_ADDR for /healthz, /readyz and /metrics", "role", role)
+	}
+	if cfg.PprofAddr != "" {
+		// Profiles are for operators on the host, never on the public listener.
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		g.Go(func() error { return serveHTTP(ctx, cfg.PprofAddr, mux, log) })
 	}
 	log.Info("crowdpass started", "role", role, "namespace", cfg.Namespace, "http_addr", cfg.HTTPAddr)
 	err = g.Wait()

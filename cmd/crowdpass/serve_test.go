@@ -92,3 +92,54 @@ func TestServeTakesAnOrderToTheBuyersSocket(t *testing.T) {
 	}
 	testkit.CheckInvariants(t, db.Pool)
 }
+
+// TestRushSellsEveryTicketAndPassesItsAudit runs a small rush against serve.
+func TestRushSellsEveryTicketAndPassesItsAudit(t *testing.T) {
+	t.Parallel()
+	db := testkit.NewDB(t)
+	addr := freeAddr(t)
+	getenv := env(db, testkit.Namespace(t), "HTTP_ADDR", addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve"}, getenv, io.Discard, io.Discard) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve stopped with %v", err)
+		}
+	}()
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "serve ready")
+
+	stdout, stderr, code := runCLI(t, getenv, "rush", "--target", "http://"+addr, "--buyers", "600", "--tickets", "150",
+		"--categories", "3", "--concurrency", "32", "--watchers", "50", "--double-click", "0.2", "--json", "--progress=false")
+	if code != 0 {
+		t.Fatalf("rush exited %d: %s\n%s", code, stderr, stdout)
+	}
+	var rep struct {
+		Sold             int64            `json:"tickets_sold"`
+		Accepted         int64            `json:"accepted_orders"`
+		NeverDecided     int64            `json:"accepted_never_decided"`
+		Violations       []string         `json:"violations"`
+		Answers          map[string]int64 `json:"answers"`
+		WatchersNotified int64            `json:"watchers_notified"`
+		WatchersAccepted int64            `json:"watchers_accepted"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("report: %v\n%s", err, stdout)
+	}
+	if rep.Sold != 150 || rep.NeverDecided != 0 || len(rep.Violations) != 0 || rep.WatchersNotified != rep.WatchersAccepted {
+		t.Errorf("report %+v", rep)
+	}
+	for label := range rep.Answers {
+		if strings.HasPrefix(label, "5") || label == "error" {
+			t.Errorf("unexpected answers: %v", rep.Answers)
+		}
+	}
+}
