@@ -147,16 +147,7 @@ func TestUnroutableOrderAnswersUnavailableAndHeals(t *testing.T) {
 
 func deleteQueue(t *testing.T, topo broker.Topology) {
 	t.Helper()
-	conn, err := broker.Dial(testkit.Context(t), testkit.AMQPURL(), "api-test-admin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDelete(topo.Orders(), false, false, false); err != nil {
+	if _, err := testkit.Channel(t).QueueDelete(topo.Orders(), false, false, false); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -198,16 +189,7 @@ func TestRedisWipedMidSaleNeitherOversellsNorStrandsTickets(t *testing.T) {
 // side: those decided plus those still waiting.
 func (h *harness) acceptedCount() int {
 	h.t.Helper()
-	conn, err := broker.Dial(testkit.Context(h.t), testkit.AMQPURL(), "api-test-admin")
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	q, err := ch.QueueDeclarePassive(h.topo.Orders(), true, false, false, false, nil)
+	q, err := testkit.Channel(h.t).QueueDeclarePassive(h.topo.Orders(), true, false, false, false, nil)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -68,32 +68,8 @@ func (p *Publisher) Ready() bool { return p.ready.Load() }
 // any loss. Cancel ctx only once no more publishes are wanted: in-flight
 // ones fail with ErrChannelLost when the connection closes.
 func (p *Publisher) Run(ctx context.Context) error {
-	backoff := p.cfg.RetryMin
-	lost := false
-	for {
-		err := p.session(ctx, func() {
-			if lost {
-				p.log.Info("broker connection restored", "connection", p.cfg.Name)
-				lost = false
-			}
-			backoff = p.cfg.RetryMin
-		})
-		if ctx.Err() != nil {
-			return nil
-		}
-		if !lost {
-			p.log.Warn("broker connection lost; reconnecting", "connection", p.cfg.Name, "err", err)
-			lost = true
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-		backoff = min(2*backoff, p.cfg.RetryMax)
-	}
+	Reconnect(ctx, p.log.With("connection", p.cfg.Name), p.cfg.RetryMin, p.cfg.RetryMax, p.session, nil)
+	return nil
 }
 
 func (p *Publisher) session(ctx context.Context, onConnected func()) error {

@@ -134,31 +134,8 @@ func (n *Notifier) Kicked() int { return int(n.kickedCount.Load()) }
 // Run consumes order_events until ctx is done, reconnecting after losses.
 func (n *Notifier) Run(ctx context.Context) error {
 	defer n.stopAll() // closes every socket with 1001
-	backoff := n.cfg.RetryMin
-	lost := false
-	for {
-		err := n.session(ctx, func() {
-			if lost {
-				n.log.Info("broker connection restored")
-				lost = false
-			}
-			backoff = n.cfg.RetryMin
-		})
-		n.ready.Store(false)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if !lost {
-			n.log.Warn("broker connection lost; reconnecting", "err", err)
-			lost = true
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, n.cfg.RetryMax)
-	}
+	broker.Reconnect(ctx, n.log, n.cfg.RetryMin, n.cfg.RetryMax, n.session, func() { n.ready.Store(false) })
+	return nil
 }
 
 func (n *Notifier) session(ctx context.Context, onConnected func()) error {

@@ -255,15 +255,7 @@ func TestASocketThatStopsReadingIsClosedWith1008(t *testing.T) {
 	fast := b.dial(url, "fast")
 
 	// Outcomes straight onto order_events, as the relay would publish them.
-	conn, err := broker.Dial(testkit.Context(t), testkit.AMQPURL(), "notifier-test-flood")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testkit.Channel(t)
 	outcome := func(customer string, i int) []byte {
 		now := crowdpass.NewTime(time.Now())
 		body, _ := json.Marshal(crowdpass.Outcome{Type: crowdpass.EventOrderRejected, CustomerID: customer, Order: crowdpass.Order{

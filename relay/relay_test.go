@@ -51,15 +51,7 @@ func (b *bundle) decide(t *testing.T, n int) {
 // listen binds a queue to order_events and counts deliveries per message id.
 func (b *bundle) listen(t *testing.T, key string) func() map[string]int {
 	t.Helper()
-	conn, err := broker.Dial(testkit.Context(t), testkit.AMQPURL(), "relay-test-listener")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testkit.Channel(t)
 	if err := b.topo.Declare(ch); err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/crowdpass/crowdpass/broker"
@@ -270,3 +271,18 @@ func buildTemplate(ctx context.Context) (string, error) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// Channel opens a broker channel for the test, closed when it ends.
+func Channel(t testing.TB) *amqp.Channel {
+	t.Helper()
+	conn, err := broker.Dial(Context(t), AMQPURL(), "crowdpass-test")
+	if err != nil {
+		t.Fatalf("connecting to the broker: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("opening a channel: %v", err)
+	}
+	return ch
+}

@@ -94,29 +94,8 @@ func (w *Worker) Ready() bool { return w.connected.Load() && !w.dbFailing.Load()
 // connection is lost. It returns nil after a graceful stop: the batch in hand
 // is decided and acknowledged first.
 func (w *Worker) Run(ctx context.Context) error {
-	backoff := w.cfg.RetryMin
-	lost := false
-	for {
-		err := w.session(ctx, func() {
-			if lost {
-				w.log.Info("broker connection restored")
-				lost = false
-			}
-			backoff = w.cfg.RetryMin
-		})
-		w.connected.Store(false)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if !lost {
-			w.log.Warn("broker connection lost; reconnecting", "err", err)
-			lost = true
-		}
-		if !sleep(ctx, backoff) {
-			return nil
-		}
-		backoff = min(2*backoff, w.cfg.RetryMax)
-	}
+	broker.Reconnect(ctx, w.log, w.cfg.RetryMin, w.cfg.RetryMax, w.session, func() { w.connected.Store(false) })
+	return nil
 }
 
 var errDeliveriesClosed = errors.New("delivery channel closed")

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -158,14 +157,7 @@ func TestWorkerRoleServesReadinessAndStopsGracefully(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"worker"}, env(db, testkit.Namespace(t), "HTTP_ADDR", addr), io.Discard, io.Discard)
 	}()
-	testkit.Eventually(t, 20*time.Second, func() bool {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, "/readyz answers 200")
+	waitReady(t, addr)
 	cancel()
 	select {
 	case err := <-done:

@@ -31,24 +31,8 @@ func TestServeTakesAnOrderToTheBuyersSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"serve"}, getenv, io.Discard, io.Discard) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve stopped with %v", err)
-		}
-	}()
+	startServe(t, getenv, addr)
 	base := "http://" + addr
-	testkit.Eventually(t, 30*time.Second, func() bool {
-		resp, err := http.Get(base + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, "serve ready")
 
 	authority, _ := auth.New([]byte("test-secret"), nil)
 	token, _ := authority.Issue("alice", false, time.Hour)
@@ -99,23 +83,7 @@ func TestRushSellsEveryTicketAndPassesItsAudit(t *testing.T) {
 	db := testkit.NewDB(t)
 	addr := freeAddr(t)
 	getenv := env(db, testkit.Namespace(t), "HTTP_ADDR", addr)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"serve"}, getenv, io.Discard, io.Discard) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve stopped with %v", err)
-		}
-	}()
-	testkit.Eventually(t, 30*time.Second, func() bool {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, "serve ready")
+	startServe(t, getenv, addr)
 
 	stdout, stderr, code := runCLI(t, getenv, "rush", "--target", "http://"+addr, "--buyers", "600", "--tickets", "150",
 		"--categories", "3", "--concurrency", "32", "--watchers", "50", "--double-click", "0.2", "--json", "--progress=false")
@@ -142,4 +110,32 @@ func TestRushSellsEveryTicketAndPassesItsAudit(t *testing.T) {
 			t.Errorf("unexpected answers: %v", rep.Answers)
 		}
 	}
+}
+
+// startServe runs crowdpass serve until the test ends and waits until
+// /readyz on addr says it is ready.
+func startServe(t *testing.T, getenv func(string) string, addr string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve"}, getenv, io.Discard, io.Discard) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve stopped with %v", err)
+		}
+	})
+	waitReady(t, addr)
+}
+
+func waitReady(t *testing.T, addr string) {
+	t.Helper()
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "%s ready", addr)
 }
