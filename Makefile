@@ -42,7 +42,7 @@ DEMO_EVENT := --name "World Cup Final" --max-per-customer 4 \
 run: migrate
 	@$(BIN) event create --once $(DEMO_EVENT) > bin/demo-event.json
 	@./scripts/next-steps.sh bin/demo-event.json
-	$(BIN) serve
+	DEMO_MODE=true $(BIN) serve
 
 test: services lint check-generated
 	$(GO) test -race -count=1 -timeout 10m ./...

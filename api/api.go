@@ -123,6 +123,9 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 // Handler is the API's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.router }
 
+// Events returns the events of the catalog, as GET /events/{id} shows them.
+func (s *Server) Events() []crowdpass.Event { return s.catalog.all() }
+
 // Router lets other roles of the process mount their routes (the notifier's /ws).
 func (s *Server) Router() chi.Router { return s.router }
 

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/google/uuid"
@@ -71,5 +73,17 @@ func (c *catalog) categories() []crowdpass.Category {
 	for _, e := range c.events {
 		out = append(out, e.Categories...)
 	}
+	return out
+}
+
+// all returns every event, oldest first.
+func (c *catalog) all() []crowdpass.Event {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]crowdpass.Event, 0, len(c.events))
+	for _, e := range c.events {
+		out = append(out, *e)
+	}
+	slices.SortFunc(out, func(a, b crowdpass.Event) int { return strings.Compare(a.ID.String(), b.ID.String()) })
 	return out
 }

@@ -11,6 +11,8 @@ cat <<MSG
 
 CrowdPass is starting on http://localhost:$port with the demo event "World Cup Final" ($event_id).
 
+Open http://localhost:$port/ to buy in a browser, and http://localhost:$port/dashboard to watch the sale.
+
 Buy two tickets of its first category from another terminal:
 
   curl -i -X POST http://localhost:$port/orders \\

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"golang.org/x/time/rate"
 
@@ -46,6 +47,8 @@ type Config struct {
 	// DecideTimeout bounds one decision transaction (default 30s).
 	DecideTimeout time.Duration
 	Logger        *slog.Logger
+	// Registry, if set, gets the worker's metrics.
+	Registry prometheus.Registerer
 }
 
 func (c Config) withDefaults() Config {
@@ -75,12 +78,20 @@ type Worker struct {
 	connected   atomic.Bool
 	dbFailing   atomic.Bool
 	afterDecide func() // test hook: runs after a batch committed, before its ack
+	decided     *prometheus.CounterVec
 }
 
 // New returns a worker; Run starts it.
 func New(cfg Config, decider Decider) *Worker {
 	cfg = cfg.withDefaults()
-	w := &Worker{cfg: cfg, decider: decider, log: cfg.Logger.With("role", "worker")}
+	w := &Worker{cfg: cfg, decider: decider, log: cfg.Logger.With("role", "worker"),
+		decided: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "crowdpass_worker_decided_total", Help: "Orders decided, by outcome.",
+		}, []string{"outcome"}),
+	}
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(w.decided)
+	}
 	if cfg.Rate > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), cfg.Batch)
 	}
@@ -210,6 +221,13 @@ func (w *Worker) process(ctx context.Context, batch []amqp.Delivery) {
 		if d.Invalid != nil {
 			w.deadLetter(valid[i], d.Invalid)
 			continue
+		}
+		if d.Order != nil {
+			outcome := string(d.Order.Status)
+			if d.Order.Reason != "" {
+				outcome = string(d.Order.Reason)
+			}
+			w.decided.WithLabelValues(outcome).Inc()
 		}
 		last = max(last, valid[i].DeliveryTag)
 	}

@@ -31,6 +31,9 @@ type config struct {
 	// keeps them for ever (OUTBOX_RETENTION=0).
 	OutboxRetention time.Duration
 	AllowedOrigins  []string
+	// Demo hands out tokens for fresh demo customers at POST /demo/token
+	// (DEMO_MODE=true). Never in production.
+	Demo bool
 	// PprofAddr, when set, serves net/http/pprof there (PPROF_ADDR).
 	PprofAddr string
 	LogLevel  slog.Level
@@ -90,6 +93,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		}
 		return nil
 	})
+	parse("DEMO_MODE", func(v string) (err error) { c.Demo, err = strconv.ParseBool(v); return })
 	parse("LOG_LEVEL", func(v string) error { return c.LogLevel.UnmarshalText([]byte(v)) })
 	if len(errs) > 0 {
 		return c, usagef("bad environment: %s", strings.Join(errs, "; "))
@@ -132,6 +136,7 @@ func (c *config) connectionFlags(fs *flag.FlagSet) {
 func (c *config) roleFlags(fs *flag.FlagSet) {
 	c.connectionFlags(fs)
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (HTTP_ADDR)")
+	fs.BoolVar(&c.Demo, "demo", c.Demo, "demo mode: POST /demo/token hands out tokens; never in production (DEMO_MODE)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (PPROF_ADDR)")
 	fs.Float64Var(&c.WorkerRate, "worker-rate", c.WorkerRate, "orders decided per second per worker, 0 = unlimited (WORKER_RATE)")
 	fs.IntVar(&c.WorkerPrefetch, "worker-prefetch", c.WorkerPrefetch, "unacknowledged orders per worker, 0 = 2x batch (WORKER_PREFETCH)")

@@ -27,6 +27,7 @@ import (
 	"github.com/crowdpass/crowdpass/postgres"
 	"github.com/crowdpass/crowdpass/problem"
 	"github.com/crowdpass/crowdpass/relay"
+	"github.com/crowdpass/crowdpass/web"
 	"github.com/crowdpass/crowdpass/worker"
 )
 
@@ -105,7 +106,7 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	var checks []api.Check
 	if roles["worker"] {
 		w := worker.New(worker.Config{
-			AMQPURL: cfg.AMQPURL, Topology: topo, Logger: log,
+			AMQPURL: cfg.AMQPURL, Topology: topo, Logger: log, Registry: registry,
 			Rate: cfg.WorkerRate, Prefetch: cfg.WorkerPrefetch, Batch: cfg.WorkerBatch,
 		}, store)
 		checks = append(checks, api.Check{Name: "worker", Critical: true, OK: func(context.Context) bool { return w.Ready() }})
@@ -140,14 +141,24 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 			return usagef("DATABASE_URL: %v", err)
 		}
 		defer readPool.Close()
+		publisher := newPublisher("crowdpass-api")
 		server := api.New(api.Config{
 			PublishTimeout: cfg.PublishTimeout, Logger: log, Registry: registry, Checks: checks,
-		}, redisGate, broker.OrderQueue{Publisher: newPublisher("crowdpass-api"), Topology: topo},
+		}, redisGate, broker.OrderQueue{Publisher: publisher, Topology: topo},
 			postgres.NewStore(readPool, nil), authority)
 		g.Go(func() error { return server.Run(ctx) })
 		if ws != nil {
 			server.Router().Get("/ws", ws.ServeHTTP)
 		}
+		if cfg.Demo {
+			log.Warn("demo mode: POST /demo/token hands anyone a token; never run it in production")
+		}
+		web.Mount(server.Router(), web.Config{
+			Demo: cfg.Demo, Issuer: authority, Events: server, Logger: log,
+			Stats: saleStats(registry, server.Events, func(ctx context.Context) (int, error) {
+				return publisher.QueueDepth(ctx, topo.Orders())
+			}),
+		})
 		handler = server.Handler()
 		cfg.HTTPAddrSet = true
 	} else {
