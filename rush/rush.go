@@ -62,7 +62,11 @@ type Config struct {
 	Secret []byte
 	// Bare measures the generator alone against a built-in handler that
 	// answers 202 without work; nothing is audited.
-	Bare     bool
+	Bare bool
+	// Baseline, if positive, first sends that many purchases to the built-in
+	// 202 handler with the same concurrency, so that the report can give the
+	// ratio to the generator's own ceiling measured in the same run.
+	Baseline int
 	Progress io.Writer
 	Terminal bool
 }
@@ -133,6 +137,11 @@ type Report struct {
 	WatchersNotified     int64       `json:"watchers_notified"`
 	WatchersAccepted     int64       `json:"watchers_accepted"`
 	Violations           []string    `json:"violations"`
+
+	// BareRequestsPerSecond is the generator's ceiling against the built-in
+	// 202 handler in the same run; RatioToBare is this run's rate over it.
+	BareRequestsPerSecond float64 `json:"bare_requests_per_second,omitempty"`
+	RatioToBare           float64 `json:"ratio_to_bare,omitempty"`
 }
 
 // Failed reports whether the audit found anything wrong.
@@ -165,6 +174,26 @@ func Run(ctx context.Context, cfg Config, a Auditor) (Report, error) {
 	if err := cfg.Validate(); err != nil {
 		return Report{}, err
 	}
+	var bare float64
+	if cfg.Baseline > 0 && !cfg.Bare {
+		base := cfg
+		base.Bare, base.Baseline, base.Buyers, base.Progress = true, 0, cfg.Baseline, io.Discard
+		rep, err := Run(ctx, base, nil)
+		if err != nil {
+			return Report{}, fmt.Errorf("measuring the generator's ceiling: %w", err)
+		}
+		bare = rep.RequestsPerSecond
+		fmt.Fprintf(cfg.Progress, "rush: the generator alone against a bare 202 handler: %.0f req/s\n", bare)
+	}
+	rep, err := run1(ctx, cfg, a)
+	if bare > 0 {
+		rep.BareRequestsPerSecond = math.Round(bare)
+		rep.RatioToBare = math.Round(rep.RequestsPerSecond/bare*1000) / 1000
+	}
+	return rep, err
+}
+
+func run1(ctx context.Context, cfg Config, a Auditor) (Report, error) {
 	r := &run{
 		cfg: cfg, id: randomHex(4),
 		latency:  hdrhistogram.New(1, 60_000_000, 3),

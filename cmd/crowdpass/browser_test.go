@@ -176,7 +176,7 @@ func TestDashboardShowsTheStockFallingToZero(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		_, _, code := runCLI(t, getenv, "rush", "--target", "http://"+addr, "--buyers", "400", "--tickets", "100",
-			"--categories", "2", "--concurrency", "16", "--watchers", "10", "--progress=false")
+			"--categories", "2", "--concurrency", "16", "--watchers", "10", "--progress=false", "--baseline", "0")
 		done <- code
 	}()
 	waitJS(t, ctx, "a rush category on the page", `[...document.querySelectorAll(".card[data-category-id]")].some(c => c.textContent.includes("Rush"))`)

@@ -35,6 +35,7 @@ func runRush(ctx context.Context, args []string, getenv func(string) string, std
 	fs.IntVar(&rc.Watchers, "watchers", 2000, "buyers who keep a WebSocket open to time their notification")
 	fs.IntVar(&rc.Retries, "retries", 10, "resends of one purchase after a timeout, 503 or request_in_progress")
 	fs.BoolVar(&rc.Bare, "bare", false, "measure the generator alone against a built-in 202 handler")
+	fs.IntVar(&rc.Baseline, "baseline", 100_000, "purchases sent first to a built-in 202 handler, for the ratio to the generator's ceiling (0: none)")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	fs.BoolVar(&progress, "progress", true, "show progress on stderr")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -88,6 +89,9 @@ func printReport(w io.Writer, r rush.Report) {
 	fmt.Fprintf(w, "CrowdPass rush against %s\n", r.Target)
 	fmt.Fprintf(w, "  buyers %d, tickets %d, event %s\n", r.Buyers, r.Tickets, r.EventID)
 	fmt.Fprintf(w, "  %d requests in %.1fs: %.0f req/s\n", r.Requests, r.Seconds, r.RequestsPerSecond)
+	if r.BareRequestsPerSecond > 0 {
+		fmt.Fprintf(w, "  the generator alone against a bare 202 handler: %.0f req/s; this run: %.1f%% of it\n", r.BareRequestsPerSecond, 100*r.RatioToBare)
+	}
 	fmt.Fprintf(w, "  POST /orders latency: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n", r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.Max)
 	labels := make([]string, 0, len(r.Answers))
 	for k := range r.Answers {

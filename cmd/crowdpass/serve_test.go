@@ -86,7 +86,7 @@ func TestRushSellsEveryTicketAndPassesItsAudit(t *testing.T) {
 	startServe(t, getenv, addr)
 
 	stdout, stderr, code := runCLI(t, getenv, "rush", "--target", "http://"+addr, "--buyers", "600", "--tickets", "150",
-		"--categories", "3", "--concurrency", "32", "--watchers", "50", "--double-click", "0.2", "--json", "--progress=false")
+		"--categories", "3", "--concurrency", "32", "--watchers", "50", "--double-click", "0.2", "--json", "--progress=false", "--baseline", "500")
 	if code != 0 {
 		t.Fatalf("rush exited %d: %s\n%s", code, stderr, stdout)
 	}
@@ -98,11 +98,12 @@ func TestRushSellsEveryTicketAndPassesItsAudit(t *testing.T) {
 		Answers          map[string]int64 `json:"answers"`
 		WatchersNotified int64            `json:"watchers_notified"`
 		WatchersAccepted int64            `json:"watchers_accepted"`
+		Bare             float64          `json:"bare_requests_per_second"`
 	}
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("report: %v\n%s", err, stdout)
 	}
-	if rep.Sold != 150 || rep.NeverDecided != 0 || len(rep.Violations) != 0 || rep.WatchersNotified != rep.WatchersAccepted {
+	if rep.Sold != 150 || rep.NeverDecided != 0 || len(rep.Violations) != 0 || rep.WatchersNotified != rep.WatchersAccepted || rep.Bare == 0 {
 		t.Errorf("report %+v", rep)
 	}
 	for label := range rep.Answers {
