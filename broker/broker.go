@@ -80,3 +80,25 @@ func Dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
 	}
 	return conn, nil
 }
+
+// Open dials the broker (for at most 10 seconds), opens a channel and
+// declares the topology on it: the start of every consumer's session.
+// Closing the connection closes the channel.
+func (t Topology) Open(ctx context.Context, url, name string) (*amqp.Connection, *amqp.Channel, error) {
+	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := Dial(dialCtx, url, name)
+	cancel()
+	if err != nil {
+		return nil, nil, err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("opening channel: %w", err)
+	}
+	if err := t.Declare(ch); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, ch, nil
+}

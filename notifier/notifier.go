@@ -139,20 +139,11 @@ func (n *Notifier) Run(ctx context.Context) error {
 }
 
 func (n *Notifier) session(ctx context.Context, onConnected func()) error {
-	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := broker.Dial(dialCtx, n.cfg.AMQPURL, n.cfg.Name)
-	cancel()
+	conn, ch, err := n.cfg.Topology.Open(ctx, n.cfg.AMQPURL, n.cfg.Name)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return fmt.Errorf("opening channel: %w", err)
-	}
-	if err := n.cfg.Topology.Declare(ch); err != nil {
-		return err
-	}
 	// A queue of our own, gone with us: outcomes for sockets that are not
 	// here are not kept; a client that reconnects subscribes again.
 	q, err := ch.QueueDeclare("", false, true, true, false, nil)

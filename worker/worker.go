@@ -114,20 +114,11 @@ var errDeliveriesClosed = errors.New("delivery channel closed")
 // session is one broker connection's life: it declares the topology, consumes
 // and returns when the connection fails or ctx is done.
 func (w *Worker) session(ctx context.Context, onConnected func()) error {
-	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := broker.Dial(dialCtx, w.cfg.AMQPURL, w.cfg.Name)
-	cancel()
+	conn, ch, err := w.cfg.Topology.Open(ctx, w.cfg.AMQPURL, w.cfg.Name)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return fmt.Errorf("opening channel: %w", err)
-	}
-	if err := w.cfg.Topology.Declare(ch); err != nil {
-		return err
-	}
 	if err := ch.Qos(w.cfg.Prefetch, 0, false); err != nil {
 		return fmt.Errorf("setting prefetch: %w", err)
 	}
