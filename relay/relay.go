@@ -113,8 +113,9 @@ func (r *Relay) Run(ctx context.Context) error {
 
 	poll := time.NewTimer(0)
 	defer poll.Stop()
-	housekeeping := time.NewTicker(5 * time.Second)
+	housekeeping := time.NewTicker(time.Second)
 	defer housekeeping.Stop()
+	ticks := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -122,7 +123,8 @@ func (r *Relay) Run(ctx context.Context) error {
 		case <-r.wake:
 		case <-poll.C:
 		case <-housekeeping.C:
-			r.housekeep(ctx)
+			ticks++
+			r.housekeep(ctx, ticks%60 == 1)
 			continue
 		}
 		// Drain: a full batch means there may be more right behind it.
@@ -215,9 +217,9 @@ func (r *Relay) publish(ctx context.Context, rows []crowdpass.OutboxMessage) []i
 	return confirmed
 }
 
-// housekeep updates the backlog metrics and deletes old published rows in
-// small batches, so that no long transaction holds the table.
-func (r *Relay) housekeep(ctx context.Context) {
+// housekeep updates the backlog metrics every second and, when prune, deletes
+// old published rows in small batches, so that no long transaction holds the table.
+func (r *Relay) housekeep(ctx context.Context, prune bool) {
 	ctx, cancel := context.WithTimeout(ctx, 4*time.Second)
 	defer cancel()
 	if rows, oldest, err := r.store.OutboxBacklog(ctx); err == nil {
@@ -228,7 +230,7 @@ func (r *Relay) housekeep(ctx context.Context) {
 		}
 		r.oldest.Set(age)
 	}
-	if r.cfg.Retention < 0 {
+	if !prune || r.cfg.Retention < 0 {
 		return
 	}
 	before := r.cfg.Now().Add(-r.cfg.Retention)

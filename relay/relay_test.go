@@ -168,3 +168,24 @@ func TestOutcomesAreRoutedByEventType(t *testing.T) {
 	testkit.Eventually(t, 30*time.Second, func() bool { return len(confirmed()) == 6 && len(rejected()) == 4 },
 		"6 order.confirmed and 4 order.rejected")
 }
+
+func TestPublishedRowsPastRetentionAreDeleted(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.decide(t, 10)
+	b.start(t, b.store)
+	testkit.Eventually(t, 30*time.Second, func() bool { return b.unpublished(t) == 0 }, "every row published")
+	// Half the rows were published eight days ago.
+	if _, err := b.db.Pool.Exec(testkit.Context(t),
+		"UPDATE outbox SET published_at = now() - interval '8 days' WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 5)"); err != nil {
+		t.Fatal(err)
+	}
+	b.start(t, b.store) // a relay's first housekeeping prunes
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		var n int
+		if err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT count(*) FROM outbox").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 5
+	}, "the five old rows deleted, the five recent kept")
+}
