@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -217,8 +218,8 @@ type OrderRequest struct {
 // never be decided and belongs in the dead-letter queue.
 func (r *OrderRequest) Validate() error {
 	var v validator
-	if r.CustomerID == "" || len(r.CustomerID) > MaxCustomerIDLen {
-		v.add("customer_id", fmt.Sprintf("must be 1 to %d bytes", MaxCustomerIDLen))
+	if r.CustomerID == "" || len(r.CustomerID) > MaxCustomerIDLen || strings.IndexByte(r.CustomerID, 0) >= 0 {
+		v.add("customer_id", fmt.Sprintf("must be 1 to %d bytes, without NUL", MaxCustomerIDLen))
 	}
 	if err := ValidateIdempotencyKey(r.IdempotencyKey); err != nil {
 		v.add("idempotency_key", err.Error())

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -17,9 +18,19 @@ type catalog struct {
 	loaded   bool
 	events   map[uuid.UUID]*crowdpass.Event
 	category map[uuid.UUID]*crowdpass.Event // category id → its event
+	// added holds events created through this process, so that a refresh
+	// whose read began before their commit cannot make them vanish again.
+	added map[uuid.UUID]time.Time
 }
 
 func (c *catalog) replace(events []crowdpass.Event) {
+	c.mu.RLock()
+	for id, at := range c.added {
+		if time.Since(at) < time.Minute && !slices.ContainsFunc(events, func(e crowdpass.Event) bool { return e.ID == id }) {
+			events = append(events, *c.events[id])
+		}
+	}
+	c.mu.RUnlock()
 	byID := make(map[uuid.UUID]*crowdpass.Event, len(events))
 	byCat := make(map[uuid.UUID]*crowdpass.Event)
 	for i := range events {
@@ -45,6 +56,10 @@ func (c *catalog) add(e crowdpass.Event) {
 	for _, cat := range e.Categories {
 		c.category[cat.ID] = &e
 	}
+	if c.added == nil {
+		c.added = map[uuid.UUID]time.Time{}
+	}
+	c.added[e.ID] = time.Now()
 }
 
 // event returns a copy of an event; ok is false if unknown. The returned

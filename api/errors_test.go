@@ -79,6 +79,8 @@ func TestEveryProblemHasItsStatusAndCode(t *testing.T) {
 		{"array", "POST", "/orders", std("k"), []byte(`[1]`), 400, crowdpass.EMalformedBody},
 		{"empty body", "POST", "/orders", std("k"), nil, 400, crowdpass.EMalformedBody},
 		{"unknown field", "POST", "/orders", std("k"), []byte(`{"event_id":"` + event.ID.String() + `","category_id":"` + event.Categories[1].ID.String() + `","quantity":1,"price":0}`), 400, crowdpass.EMalformedBody},
+		{"field name in capitals", "POST", "/orders", std("k"), []byte(`{"EVENT_ID":"` + event.ID.String() + `","category_id":"` + event.Categories[1].ID.String() + `","quantity":1}`), 400, crowdpass.EMalformedBody},
+		{"field sent twice", "POST", "/orders", std("k"), []byte(`{"event_id":"` + event.ID.String() + `","category_id":"` + event.Categories[1].ID.String() + `","quantity":1,"quantity":2}`), 400, crowdpass.EMalformedBody},
 		{"two objects", "POST", "/orders", std("k"), append(append([]byte{}, body...), body...), 400, crowdpass.EMalformedBody},
 		{"quantity as string", "POST", "/orders", std("k"), []byte(`{"event_id":"` + event.ID.String() + `","category_id":"` + event.Categories[1].ID.String() + `","quantity":"1"}`), 400, crowdpass.EMalformedBody},
 		{"quantity fractional", "POST", "/orders", std("k"), []byte(`{"event_id":"` + event.ID.String() + `","category_id":"` + event.Categories[1].ID.String() + `","quantity":1.5}`), 400, crowdpass.EMalformedBody},

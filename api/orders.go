@@ -129,7 +129,12 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	owner, taken, gated := "", 0, !s.redisDown.Load()
 	if gated {
 		owner = newOwner()
-		res, err := s.gate.Admit(r.Context(), adm, owner)
+		// The admission runs to its end even if the client goes away: its
+		// script may already be queued, and a half-known outcome would leave
+		// the key in flight with its stock taken.
+		admitCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Second)
+		res, err := s.gate.Admit(admitCtx, adm, owner)
+		cancel()
 		if err != nil {
 			// Redis is a cache: without it, orders go the slow path and the
 			// database's unique key keeps them exactly-once.
@@ -268,7 +273,9 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 		problem.WriteJSON(w, http.StatusOK, order)
 		return
 	}
-	rec, err := s.gate.Lookup(ctx, id)
+	lookupCtx, cancelLookup := context.WithTimeout(r.Context(), s.cfg.ReadTimeout)
+	defer cancelLookup()
+	rec, err := s.gate.Lookup(lookupCtx, id)
 	if err == nil && rec.CustomerID == customer && rec.Answer.Status == http.StatusAccepted {
 		var a accepted
 		if json.Unmarshal(rec.Answer.Body, &a) == nil {

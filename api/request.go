@@ -8,6 +8,8 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"reflect"
+	"strings"
 
 	"github.com/crowdpass/crowdpass"
 )
@@ -58,6 +60,9 @@ func decodeStrict(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 || bytes.TrimSpace(body)[0] != '{' {
 		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body must be one JSON object")
 	}
+	if err := exactKeys(body, v); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -86,4 +91,43 @@ func jsonProblem(err error) string {
 	default:
 		return err.Error()
 	}
+}
+
+// exactKeys rejects top-level keys that are not spelled exactly as v's json
+// tags, and keys sent twice: encoding/json would accept "EVENT_ID" for
+// "event_id" and keep the last of two values.
+func exactKeys(body []byte, v any) error {
+	allowed := map[string]bool{}
+	t := reflect.TypeOf(v)
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		allowed[name] = true
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body must be one JSON object")
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return crowdpass.Errorf(crowdpass.EMalformedBody, "the body is not of the documented shape: %s", jsonProblem(err))
+		}
+		key, _ := tok.(string)
+		switch {
+		case !allowed[key]:
+			return crowdpass.Errorf(crowdpass.EMalformedBody, "unknown field %q", key)
+		case seen[key]:
+			return crowdpass.Errorf(crowdpass.EMalformedBody, "field %q sent twice", key)
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return crowdpass.Errorf(crowdpass.EMalformedBody, "the body is not of the documented shape: %s", jsonProblem(err))
+		}
+	}
+	return nil
 }

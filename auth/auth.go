@@ -87,6 +87,10 @@ func validCustomer(customer string) error {
 	if customer == "" || len(customer) > crowdpass.MaxCustomerIDLen {
 		return fmt.Errorf("must be 1 to %d bytes", crowdpass.MaxCustomerIDLen)
 	}
+	// PostgreSQL text cannot hold a NUL: such an order could never be decided.
+	if strings.IndexByte(customer, 0) >= 0 {
+		return fmt.Errorf("must not contain a NUL byte")
+	}
 	return nil
 }
 

@@ -38,11 +38,12 @@ func TestBadTokensAreUnauthorized(t *testing.T) {
 	noExp, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "alice"}).SignedString([]byte("secret"))
 	noSub, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"exp": now.Add(time.Hour).Unix()}).SignedString([]byte("secret"))
 	longSub, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": strings.Repeat("x", 256), "exp": now.Add(time.Hour).Unix()}).SignedString([]byte("secret"))
+	nulSub, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "ali\x00ce", "exp": now.Add(time.Hour).Unix()}).SignedString([]byte("secret"))
 	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims{"sub": "alice", "exp": now.Add(time.Hour).Unix()}).SignedString(jwt.UnsafeAllowNoneSignatureType)
 
 	for name, tok := range map[string]string{
 		"empty": "", "garbage": "not.a.token", "foreign signature": foreign, "expired": expired,
-		"not yet valid": notYet, "no exp": noExp, "no sub": noSub, "long sub": longSub, "alg none": none,
+		"not yet valid": notYet, "no exp": noExp, "no sub": noSub, "long sub": longSub, "NUL in sub": nulSub, "alg none": none,
 		"tampered": good[:len(good)-2] + "xx",
 	} {
 		if _, err := a.Verify(tok); crowdpass.Code(err) != crowdpass.EUnauthorized {

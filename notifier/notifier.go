@@ -49,7 +49,7 @@ type Config struct {
 	// Buffer is how many frames wait for a socket before it counts as not
 	// reading and is closed with 1008 (default 64).
 	Buffer int
-	// WriteTimeout bounds each write (default 5s); PingInterval is how often
+	// WriteTimeout bounds each write (default 15s); PingInterval is how often
 	// sockets are pinged (default 20s).
 	WriteTimeout, PingInterval time.Duration
 	// LookupTimeout bounds a subscribe's read of the order (default 2s).
@@ -85,7 +85,9 @@ type Notifier struct {
 func New(cfg Config, orders Orders, pending Pending, verifier Verifier) *Notifier {
 	cfg.Name = cmp.Or(cfg.Name, "crowdpass-notifier")
 	cfg.Buffer = cmp.Or(max(cfg.Buffer, 0), 64)
-	cfg.WriteTimeout = cmp.Or(cfg.WriteTimeout, 5*time.Second)
+	// A write blocked this long means the client stopped reading; the wait
+	// leaves it time to read again and receive its 1008 close.
+	cfg.WriteTimeout = cmp.Or(cfg.WriteTimeout, 15*time.Second)
 	cfg.PingInterval = cmp.Or(cfg.PingInterval, 20*time.Second)
 	cfg.LookupTimeout = cmp.Or(cfg.LookupTimeout, 2*time.Second)
 	cfg.RetryMin = cmp.Or(cfg.RetryMin, 100*time.Millisecond)

@@ -226,7 +226,7 @@ func TestAuthenticationAndOriginAreCheckedBeforeTheUpgrade(t *testing.T) {
 	_, resp, err = websocket.Dial(testkit.Context(t), url+"?access_token="+tok, &websocket.DialOptions{
 		HTTPHeader: http.Header{"Origin": {"https://evil.example"}},
 	})
-	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden || resp.Header.Get("Content-Type") != "application/problem+json" {
 		t.Errorf("foreign origin: err %v, response %+v", err, resp)
 	}
 }
@@ -246,7 +246,7 @@ func (l smallBuffers) Accept() (net.Conn, error) {
 func TestASocketThatStopsReadingIsClosedWith1008(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	n, url := b.notifier(notifier.Config{Buffer: 8, WriteTimeout: 20 * time.Second}, func(l net.Listener) net.Listener { return smallBuffers{l} })
+	n, url := b.notifier(notifier.Config{Buffer: 8}, func(l net.Listener) net.Listener { return smallBuffers{l} })
 	dialer := &net.Dialer{Control: func(network, address string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
 	}}

@@ -71,7 +71,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 	parse("WORKER_RATE", func(v string) (err error) { c.WorkerRate, err = parseNonNegFloat(v); return })
 	parse("WORKER_PREFETCH", func(v string) (err error) { c.WorkerPrefetch, err = parseNonNegInt(v); return })
 	parse("WORKER_BATCH", func(v string) (err error) { c.WorkerBatch, err = parseNonNegInt(v); return })
-	parse("IDEMPOTENCY_TTL", func(v string) (err error) { c.IdempotencyTTL, err = parsePositiveDuration(v); return })
+	parse("IDEMPOTENCY_TTL", func(v string) (err error) {
+		if c.IdempotencyTTL, err = parsePositiveDuration(v); err == nil && c.IdempotencyTTL < 24*time.Hour {
+			err = fmt.Errorf("the contract keeps keys at least 24h")
+		}
+		return err
+	})
 	parse("PUBLISH_TIMEOUT", func(v string) (err error) { c.PublishTimeout, err = parsePositiveDuration(v); return })
 	parse("OUTBOX_RETENTION", func(v string) error {
 		d, err := time.ParseDuration(v)

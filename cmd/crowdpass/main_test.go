@@ -119,9 +119,11 @@ func TestBadFlagsExitTwoAndWriteNothing(t *testing.T) {
 func TestBadEnvironmentExitsTwo(t *testing.T) {
 	t.Parallel()
 	db := testkit.NewDB(t)
-	_, stderr, code := runCLI(t, env(db, "", "WORKER_RATE", "fast"), "worker")
-	if code != 2 || !strings.Contains(stderr, "WORKER_RATE") {
-		t.Errorf("exit %d, stderr %q", code, stderr)
+	for name, value := range map[string]string{"WORKER_RATE": "fast", "IDEMPOTENCY_TTL": "1h", "OUTBOX_RETENTION": "-1h", "DEMO_MODE": "maybe"} {
+		_, stderr, code := runCLI(t, env(db, "", name, value), "worker")
+		if code != 2 || !strings.Contains(stderr, name) {
+			t.Errorf("%s=%s: exit %d, stderr %q", name, value, code, stderr)
+		}
 	}
 }
 

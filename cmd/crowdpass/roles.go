@@ -88,7 +88,12 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	}
 	var redisGate *gate.Redis
 	if rdb != nil {
-		redisGate = gate.New(rdb, gate.Config{Namespace: cfg.Namespace, AnswerTTL: cfg.IdempotencyTTL})
+		// A key stays in flight for the longest publish and then some, so
+		// that a retry never overtakes a publish that may yet be confirmed.
+		redisGate = gate.New(rdb, gate.Config{
+			Namespace: cfg.Namespace, AnswerTTL: cfg.IdempotencyTTL,
+			InFlightTTL: max(10*time.Second, 2*cfg.PublishTimeout+2*time.Second),
+		})
 		defer redisGate.Close()
 	}
 
