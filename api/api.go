@@ -66,10 +66,8 @@ type Check struct {
 type Config struct {
 	// PublishTimeout bounds the wait for the broker's confirm (default 5s).
 	PublishTimeout time.Duration
-	// CatalogRefresh is how often events are reloaded (default 1s).
-	CatalogRefresh time.Duration
-	// ReconcileInterval is how often the gate stock is checked against
-	// PostgreSQL (default 1s).
+	// ReconcileInterval is how often the catalog is reloaded and the gate
+	// stock checked against it (default 1s).
 	ReconcileInterval time.Duration
 	// ReadTimeout bounds PostgreSQL reads of GET /orders/{id} (default 2s).
 	ReadTimeout time.Duration
@@ -99,7 +97,6 @@ type Server struct {
 // New returns the API; Handler serves it and Run keeps its caches fresh.
 func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier) *Server {
 	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, 5*time.Second)
-	cfg.CatalogRefresh = cmp.Or(cfg.CatalogRefresh, time.Second)
 	cfg.ReconcileInterval = cmp.Or(cfg.ReconcileInterval, time.Second)
 	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, 2*time.Second)
 	if cfg.Logger == nil {
@@ -274,8 +271,6 @@ func Readiness(ctx context.Context, checks []Check) (status string, code int, st
 // Run keeps the catalog and the gate fresh until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
 	s.refreshCatalog(ctx)
-	catalogTick := time.NewTicker(s.cfg.CatalogRefresh)
-	defer catalogTick.Stop()
 	reconcileTick := time.NewTicker(s.cfg.ReconcileInterval)
 	defer reconcileTick.Stop()
 	redisTick := time.NewTicker(250 * time.Millisecond)
@@ -284,9 +279,10 @@ func (s *Server) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-catalogTick.C:
-			s.refreshCatalog(ctx)
 		case <-reconcileTick.C:
+			// The gate is reconciled against the catalog just read, so that a
+			// reset never lags the database by more than this read.
+			s.refreshCatalog(ctx)
 			s.reconcile(ctx)
 		case <-redisTick.C:
 			if s.redisDown.Load() {

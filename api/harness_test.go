@@ -88,7 +88,6 @@ func setup(t testing.TB, opts options) *harness {
 	})
 	h.server = api.New(api.Config{
 		PublishTimeout:    2 * time.Second,
-		CatalogRefresh:    50 * time.Millisecond,
 		ReconcileInterval: 50 * time.Millisecond,
 		Logger:            log,
 	}, h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, h.store, h.authority)
