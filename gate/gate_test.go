@@ -1,0 +1,144 @@
+package gate_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/gate"
+	"github.com/crowdpass/crowdpass/testkit"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func setup(t *testing.T) *gate.Redis {
+	t.Helper()
+	opts, err := redis.ParseURL(testkit.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	g := gate.New(rdb, gate.Config{Namespace: testkit.Namespace(t), InFlightTTL: time.Minute})
+	t.Cleanup(g.Close)
+	return g
+}
+
+func admission(customer, key string, category uuid.UUID, quantity int) crowdpass.Admission {
+	p := crowdpass.OrderPayload{EventID: category, CategoryID: category, Quantity: quantity}
+	return crowdpass.Admission{
+		OrderID: crowdpass.OrderID(customer, key), CustomerID: customer, Fingerprint: p.Fingerprint(),
+		CategoryID: category, Quantity: quantity,
+		SoldOut: crowdpass.Answer{Status: 409, Body: []byte(`{"code":"sold_out"}`)},
+	}
+}
+
+func TestAdmitDecidesEachKeyOnce(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	ctx := testkit.Context(t)
+	cat := uuid.New()
+	if set, err := g.SetStock(ctx, cat, 0, false, 3); err != nil || !set {
+		t.Fatalf("SetStock = %v, %v", set, err)
+	}
+	a := admission("alice", "k", cat, 2)
+	verdict := func(a crowdpass.Admission, owner string) crowdpass.AdmissionResult {
+		t.Helper()
+		r, err := g.Admit(ctx, a, owner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := verdict(a, "o1"); r.Verdict != crowdpass.Admitted || r.Taken != 2 {
+		t.Fatalf("first admission %+v", r)
+	}
+	if r := verdict(a, "o2"); r.Verdict != crowdpass.InProgress {
+		t.Errorf("same key in flight: %+v", r)
+	}
+	other := admission("alice", "k", cat, 1)
+	if r := verdict(other, "o3"); r.Verdict != crowdpass.Mismatch {
+		t.Errorf("other payload in flight: %+v", r)
+	}
+	answer := crowdpass.Answer{Status: 202, Body: []byte(`{"order_id":"x"}`)}
+	if err := g.Complete(ctx, a, answer); err != nil {
+		t.Fatal(err)
+	}
+	if r := verdict(a, "o4"); r.Verdict != crowdpass.Replay || string(r.Answer.Body) != string(answer.Body) || r.Answer.Status != 202 {
+		t.Errorf("replay %+v", r)
+	}
+	// One ticket left: two are sold out, and the answer is stored.
+	b := admission("bob", "k", cat, 2)
+	if r := verdict(b, "o5"); r.Verdict != crowdpass.SoldOut {
+		t.Fatalf("over the stock: %+v", r)
+	}
+	if r := verdict(b, "o6"); r.Verdict != crowdpass.Replay || r.Answer.Status != 409 {
+		t.Errorf("sold-out replay %+v", r)
+	}
+	if n, known, _ := g.Stock(ctx, cat); !known || n != 1 {
+		t.Errorf("stock %d (known %v), want 1", n, known)
+	}
+}
+
+func TestAMissingStockKeyAdmitsWithoutTaking(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	r, err := g.Admit(testkit.Context(t), admission("alice", "k", uuid.New(), 4), "o")
+	if err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 0 {
+		t.Errorf("unknown stock: %+v, %v", r, err)
+	}
+}
+
+func TestAbortGivesBackOnlyItsOwnAdmission(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	ctx := testkit.Context(t)
+	cat := uuid.New()
+	g.SetStock(ctx, cat, 0, false, 5)
+	a := admission("alice", "k", cat, 2)
+	if _, err := g.Admit(ctx, a, "mine"); err != nil {
+		t.Fatal(err)
+	}
+	// Another attempt's abort must not clear this attempt's mark.
+	if err := g.Abort(ctx, a, "someone-else", 0); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := g.Admit(ctx, a, "again"); r.Verdict != crowdpass.InProgress {
+		t.Errorf("mark cleared by a foreign abort: %+v", r)
+	}
+	if err := g.Abort(ctx, a, "mine", 2); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := g.Stock(ctx, cat); n != 5 {
+		t.Errorf("stock after abort %d, want 5", n)
+	}
+	if r, _ := g.Admit(ctx, a, "retry"); r.Verdict != crowdpass.Admitted {
+		t.Errorf("retry after abort: %+v", r)
+	}
+}
+
+func TestSetStockIsACompareAndSet(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	ctx := testkit.Context(t)
+	cat := uuid.New()
+	if set, _ := g.SetStock(ctx, cat, 0, false, 10); !set {
+		t.Fatal("setting a missing key failed")
+	}
+	if set, _ := g.SetStock(ctx, cat, 0, false, 20); set {
+		t.Error("set a key that exists as if it were missing")
+	}
+	if set, _ := g.SetStock(ctx, cat, 9, true, 20); set {
+		t.Error("set over a value the caller did not see")
+	}
+	if set, _ := g.SetStock(ctx, cat, 10, true, 7); !set {
+		t.Error("compare-and-set with the right value failed")
+	}
+	if n, _, _ := g.Stock(ctx, cat); n != 7 {
+		t.Errorf("stock %d, want 7", n)
+	}
+}
