@@ -177,7 +177,9 @@ $("event").addEventListener("change", renderCategories);
     await loadEvents();
     renderOrders();
     connect();
-    setInterval(loadEvents, 5000);
+    // The stock shown refreshes every few seconds; while offline the last
+    // copy stays and the header says so.
+    setInterval(() => loadEvents().catch(() => setConn(false, "offline")), 5000);
   } catch (e) {
     $("message").textContent = e.message;
     setConn(false, "offline");
