@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/problem"
 )
 
 // catalog is the in-memory copy of the events and their categories, so that
@@ -21,6 +22,20 @@ type catalog struct {
 	// added holds events created through this process, so that a refresh
 	// whose read began before their commit cannot make them vanish again.
 	added map[uuid.UUID]time.Time
+	// soldOut caches each category's stored sold_out answer: it depends only
+	// on the category's name, which never changes, and is sent with every
+	// admission.
+	soldOut sync.Map // uuid.UUID → crowdpass.Answer
+}
+
+// soldOutAnswer is the answer stored against a key when cat cannot cover it.
+func (c *catalog) soldOutAnswer(cat crowdpass.Category) crowdpass.Answer {
+	if a, ok := c.soldOut.Load(cat.ID); ok {
+		return a.(crowdpass.Answer)
+	}
+	a := problem.Answer(crowdpass.Errorf(crowdpass.ESoldOut, "not enough tickets left in category %q", cat.Name))
+	c.soldOut.Store(cat.ID, a)
+	return a
 }
 
 func (c *catalog) replace(events []crowdpass.Event) {

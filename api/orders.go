@@ -117,7 +117,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		CategoryID:  category.ID,
 		Quantity:    payload.Quantity,
 		Window:      event.SaleState(now),
-		SoldOut:     problem.Answer(crowdpass.Errorf(crowdpass.ESoldOut, "not enough tickets left in category %q", category.Name)),
+		SoldOut:     s.catalog.soldOutAnswer(category),
 	}
 	windowErr := func() error {
 		if adm.Window == crowdpass.ESaleNotOpen {

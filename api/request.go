@@ -57,10 +57,7 @@ func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 // decodeStrict decodes exactly one JSON object into v, rejecting unknown
 // fields, wrong types and anything after the object.
 func decodeStrict(body []byte, v any) error {
-	if len(bytes.TrimSpace(body)) == 0 || bytes.TrimSpace(body)[0] != '{' {
-		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body must be one JSON object")
-	}
-	if err := exactKeys(body, v); err != nil {
+	if err := exactKeys(body, v); err != nil { // also: one object, not an array or a scalar
 		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))

@@ -152,13 +152,10 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 // the broker's confirm or ctx's end. It returns nil only if the broker
 // confirmed the message and did not return it as unroutable.
 func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
-	p.mu.RLock()
-	pool := p.pool
-	p.mu.RUnlock()
-	if len(pool) == 0 {
+	cc := p.channel()
+	if cc == nil {
 		return ErrNotConnected
 	}
-	cc := pool[p.next.Add(1)%uint64(len(pool))]
 	w, err := cc.start(ctx, exchange, key, true, msg)
 	if err == nil {
 		err = w.wait(ctx)
@@ -170,6 +167,16 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 		}
 	}
 	return err
+}
+
+// channel picks the next confirming channel, round robin; nil when not connected.
+func (p *Publisher) channel() *confirmChannel {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if len(p.pool) == 0 {
+		return nil
+	}
+	return p.pool[p.next.Add(1)%uint64(len(p.pool))]
 }
 
 // Message is one message of a batch.
@@ -184,16 +191,13 @@ type Message struct {
 // between, then waits for all the confirms; errs[i] is message i's outcome.
 func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) (errs []error) {
 	errs = make([]error, len(msgs))
-	p.mu.RLock()
-	pool := p.pool
-	p.mu.RUnlock()
-	if len(pool) == 0 {
+	cc := p.channel()
+	if cc == nil {
 		for i := range errs {
 			errs[i] = ErrNotConnected
 		}
 		return errs
 	}
-	cc := pool[p.next.Add(1)%uint64(len(pool))]
 	waiters := make([]*waiter, len(msgs))
 	for i, m := range msgs {
 		waiters[i], errs[i] = cc.start(ctx, m.Exchange, m.Key, m.Mandatory, m.Publishing)
@@ -359,13 +363,11 @@ func (cc *confirmChannel) fail() {
 // QueueDepth returns the messages ready in a queue (not those delivered and
 // unacknowledged), on a channel of its own.
 func (p *Publisher) QueueDepth(ctx context.Context, queue string) (int, error) {
-	p.mu.RLock()
-	pool := p.pool
-	p.mu.RUnlock()
-	if len(pool) == 0 {
+	cc := p.channel()
+	if cc == nil {
 		return 0, ErrNotConnected
 	}
-	ch, err := pool[0].conn.Channel()
+	ch, err := cc.conn.Channel()
 	if err != nil {
 		return 0, fmt.Errorf("opening channel: %w", err)
 	}

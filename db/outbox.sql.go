@@ -113,38 +113,6 @@ func (q *Queries) OutboxInsertMany(ctx context.Context, arg OutboxInsertManyPara
 	return result.RowsAffected(), nil
 }
 
-const outboxListByAggregate = `-- name: OutboxListByAggregate :many
-SELECT id, aggregate_type, aggregate_id, event_type, payload, created_at, published_at FROM outbox WHERE aggregate_type = 'order' AND aggregate_id = $1 ORDER BY id
-`
-
-func (q *Queries) OutboxListByAggregate(ctx context.Context, aggregateID uuid.UUID) ([]Outbox, error) {
-	rows, err := q.db.Query(ctx, outboxListByAggregate, aggregateID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []Outbox
-	for rows.Next() {
-		var i Outbox
-		if err := rows.Scan(
-			&i.ID,
-			&i.AggregateType,
-			&i.AggregateID,
-			&i.EventType,
-			&i.Payload,
-			&i.CreatedAt,
-			&i.PublishedAt,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const outboxListen = `-- name: OutboxListen :exec
 LISTEN crowdpass_outbox
 `

@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/crowdpass/crowdpass"
@@ -70,9 +71,8 @@ type Notifier struct {
 	hub      hub
 	ready    atomic.Bool
 
-	kickedCount atomic.Int64
-	stopCtx     context.Context
-	stopAll     context.CancelFunc
+	stopCtx context.Context
+	stopAll context.CancelFunc
 
 	sockets prometheus.Gauge
 	frames  prometheus.Counter
@@ -131,7 +131,13 @@ func (n *Notifier) stopping() context.Context { return n.stopCtx }
 func (n *Notifier) Ready() bool { return n.ready.Load() }
 
 // Kicked is how many sockets were closed for not reading.
-func (n *Notifier) Kicked() int { return int(n.kickedCount.Load()) }
+func (n *Notifier) Kicked() int {
+	var m dto.Metric
+	if err := n.kicked.Write(&m); err != nil {
+		return 0
+	}
+	return int(m.GetCounter().GetValue())
+}
 
 // Run consumes order_events until ctx is done, reconnecting after losses.
 func (n *Notifier) Run(ctx context.Context) error {
@@ -267,7 +273,6 @@ func (n *Notifier) offer(c *client, data []byte, processedAt *crowdpass.Time) {
 	default:
 		c.slowOnce.Do(func() {
 			n.kicked.Inc()
-			n.kickedCount.Add(1)
 			close(c.slow)
 		})
 	}

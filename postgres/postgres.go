@@ -89,7 +89,8 @@ func migrate(ctx context.Context, db *sql.DB, command string, out io.Writer) err
 
 // translate turns driver errors into domain errors; it is the one place that
 // knows pgx's error types. Errors it does not recognize are returned as they
-// are and count as transient: the caller may retry them.
+// are: their code is EInternal, which callers (the worker) treat as
+// transient and retry.
 func translate(err error) error {
 	if err == nil {
 		return nil
@@ -105,12 +106,6 @@ func translate(err error) error {
 		}
 	}
 	return err
-}
-
-// Transient reports whether err may go away if the same work is tried again:
-// a lost connection, a deadlock, a serialization failure, a server restart.
-func Transient(err error) bool {
-	return err != nil && crowdpass.Code(err) == crowdpass.EInternal
 }
 
 // EnsureDatabase creates the database that url names if it does not exist,

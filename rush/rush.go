@@ -163,7 +163,6 @@ type run struct {
 	answers  map[string]int64
 
 	requests, accepted, unanswered, sent atomic.Int64
-	watcherAccepted                      []atomic.Bool
 	watchersNotified, watchersAccepted   atomic.Int64
 	lastOutcome                          atomic.Int64 // unix nanos
 }
@@ -226,7 +225,6 @@ func run1(ctx context.Context, cfg Config, a Auditor) (Report, error) {
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	defer stopWatching()
 	var watchers sync.WaitGroup
-	r.watcherAccepted = make([]atomic.Bool, r.cfg.Watchers)
 	for i := range r.cfg.Watchers {
 		if err := r.watch(watchCtx, &watchers, i); err != nil {
 			stopWatching()
@@ -427,8 +425,7 @@ func (r *run) buy(ctx context.Context, i int) {
 	}
 	if accepted.Load() {
 		r.accepted.Add(1)
-		if i < len(r.watcherAccepted) {
-			r.watcherAccepted[i].Store(true)
+		if i < r.cfg.Watchers {
 			r.watchersAccepted.Add(1)
 		}
 	}

@@ -69,8 +69,17 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	var (
 		authority *auth.Authority
 		rdb       *redis.Client
+		readStore *postgres.Store
 	)
 	if roles["api"] || roles["notifier"] {
+		// GET /orders/{id} and subscribe read on connections of their own,
+		// so that a busy worker never makes a buyer wait for one.
+		readPool, err := postgres.NewPool(cfg.DatabaseURL, 8)
+		if err != nil {
+			return usagef("DATABASE_URL: %v", err)
+		}
+		defer readPool.Close()
+		readStore = postgres.NewStore(readPool, nil)
 		if authority, err = auth.New([]byte(jwtSecret(cfg.JWTSecret, stderr)), nil); err != nil {
 			return err
 		}
@@ -126,14 +135,9 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	}
 	var ws http.Handler
 	if roles["notifier"] {
-		readPool, err := postgres.NewPool(cfg.DatabaseURL, 8)
-		if err != nil {
-			return usagef("DATABASE_URL: %v", err)
-		}
-		defer readPool.Close()
 		n := notifier.New(notifier.Config{
 			AMQPURL: cfg.AMQPURL, Topology: topo, AllowedOrigins: cfg.AllowedOrigins, Logger: log, Registry: registry,
-		}, postgres.NewStore(readPool, nil), redisGate, authority)
+		}, readStore, redisGate, authority)
 		checks = append(checks, api.Check{Name: "notifier", Critical: true, OK: func(context.Context) bool { return n.Ready() }})
 		g.Go(func() error { return n.Run(ctx) })
 		ws = n
@@ -141,16 +145,10 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 
 	var handler http.Handler
 	if roles["api"] {
-		readPool, err := postgres.NewPool(cfg.DatabaseURL, 8)
-		if err != nil {
-			return usagef("DATABASE_URL: %v", err)
-		}
-		defer readPool.Close()
 		publisher := newPublisher("crowdpass-api")
 		server := api.New(api.Config{
 			PublishTimeout: cfg.PublishTimeout, Logger: log, Registry: registry, Checks: checks,
-		}, redisGate, broker.OrderQueue{Publisher: publisher, Topology: topo},
-			postgres.NewStore(readPool, nil), authority)
+		}, redisGate, broker.OrderQueue{Publisher: publisher, Topology: topo}, readStore, authority)
 		g.Go(func() error { return server.Run(ctx) })
 		if ws != nil {
 			server.Router().Get("/ws", ws.ServeHTTP)

@@ -2,9 +2,6 @@
 INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
 SELECT 'order', unnest(@aggregate_ids::uuid[]), unnest(@event_types::text[]), unnest(@payloads::jsonb[]);
 
--- name: OutboxListByAggregate :many
-SELECT * FROM outbox WHERE aggregate_type = 'order' AND aggregate_id = @aggregate_id ORDER BY id;
-
 -- OutboxClaim locks a batch of unpublished rows, oldest first, skipping rows
 -- another relay holds: two relays never publish one row at the same time.
 -- Ids commit out of order, so no "last id seen" cursor could be trusted.
