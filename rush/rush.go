@@ -157,10 +157,11 @@ type run struct {
 	event  crowdpass.Event
 	start  time.Time
 
+	shards [statShards]*stats
+
 	mu       sync.Mutex
-	latency  *hdrhistogram.Histogram
 	notified *hdrhistogram.Histogram
-	answers  map[string]int64
+	answers  map[string]int64 // what happened outside a buyer's requests
 
 	requests, accepted, unanswered, sent atomic.Int64
 	watchersNotified, watchersAccepted   atomic.Int64
@@ -195,13 +196,12 @@ func Run(ctx context.Context, cfg Config, a Auditor) (Report, error) {
 func run1(ctx context.Context, cfg Config, a Auditor) (Report, error) {
 	r := &run{
 		cfg: cfg, id: randomHex(4),
-		latency:  hdrhistogram.New(1, 60_000_000, 3),
 		notified: hdrhistogram.New(1, 60_000_000, 3),
 		answers:  map[string]int64{},
-		client: &http.Client{Timeout: cfg.RequestTimeout, Transport: &http.Transport{
-			MaxIdleConns: cfg.Concurrency * 2, MaxIdleConnsPerHost: cfg.Concurrency * 2, MaxConnsPerHost: cfg.Concurrency * 2,
-			IdleConnTimeout: 90 * time.Second,
-		}},
+		client:   &http.Client{Timeout: cfg.RequestTimeout},
+	}
+	for i := range r.shards {
+		r.shards[i] = &stats{latency: hdrhistogram.New(1, 60_000_000, 3), answers: map[string]int64{}}
 	}
 	defer r.client.CloseIdleConnections()
 	if cfg.Bare {
@@ -237,14 +237,20 @@ func run1(ctx context.Context, cfg Config, a Auditor) (Report, error) {
 	progressDone := r.progress(ctx)
 	var next atomic.Int64
 	var buyers sync.WaitGroup
-	for range r.cfg.Concurrency {
+	for g := range r.cfg.Concurrency {
 		buyers.Go(func() {
+			b, err := r.newBuyer(g)
+			if err != nil {
+				r.count("error")
+				return
+			}
+			defer b.close()
 			for ctx.Err() == nil {
 				i := int(next.Add(1) - 1)
 				if i >= r.cfg.Buyers {
 					return
 				}
-				r.buy(ctx, i)
+				r.buy(ctx, b, i)
 			}
 		})
 	}
@@ -382,9 +388,45 @@ func (r *run) watch(ctx context.Context, wg *sync.WaitGroup, i int) error {
 	return nil
 }
 
-// buy is one buyer's purchase intent: one key, resent on a timeout, a 503
+// buyer is one goroutine of the crowd: it presses Buy for one person after
+// another over its own keep-alive connections, a second one for the double
+// click.
+type buyer struct {
+	clicks [2]*conn
+	stats  *stats
+}
+
+// stats are the latencies and answers recorded by a share of the buyers;
+// sharding them keeps the generator's goroutines from queueing on one lock.
+type stats struct {
+	mu      sync.Mutex
+	latency *hdrhistogram.Histogram
+	answers map[string]int64
+}
+
+const statShards = 16
+
+func (r *run) newBuyer(g int) (*buyer, error) {
+	b := &buyer{stats: r.shards[g%statShards]}
+	for i := range b.clicks {
+		c, err := newConn(r.cfg.Target, r.cfg.RequestTimeout)
+		if err != nil {
+			return nil, err
+		}
+		b.clicks[i] = c
+	}
+	return b, nil
+}
+
+func (b *buyer) close() {
+	for _, c := range b.clicks {
+		c.close()
+	}
+}
+
+// buy is one person's purchase intent: one key, resent on a timeout, a 503
 // or a request_in_progress, sent twice at once by a double-clicker.
-func (r *run) buy(ctx context.Context, i int) {
+func (r *run) buy(ctx context.Context, b *buyer, i int) {
 	var token string
 	if r.auth != nil {
 		var err error
@@ -401,29 +443,19 @@ func (r *run) buy(ctx context.Context, i int) {
 		body = []byte(`{}`)
 	}
 	r.sent.Add(1)
-	clicks := 1
+	status := [2]int{}
 	if r.cfg.DoubleClick > 0 && mrand.Float64() < r.cfg.DoubleClick {
-		clicks = 2
+		var wg sync.WaitGroup
+		wg.Go(func() { status[1] = r.purchase(ctx, b.clicks[1], b.stats, token, key, body) })
+		status[0] = r.purchase(ctx, b.clicks[0], b.stats, token, key, body)
+		wg.Wait()
+	} else {
+		status[0] = r.purchase(ctx, b.clicks[0], b.stats, token, key, body)
 	}
-	var wg sync.WaitGroup
-	var accepted atomic.Bool
-	var answered atomic.Bool
-	for range clicks {
-		wg.Go(func() {
-			status := r.purchase(ctx, token, key, body)
-			if status > 0 {
-				answered.Store(true)
-			}
-			if status == http.StatusAccepted {
-				accepted.Store(true)
-			}
-		})
-	}
-	wg.Wait()
-	if !answered.Load() {
+	if status[0] == 0 && status[1] == 0 {
 		r.unanswered.Add(1)
 	}
-	if accepted.Load() {
+	if status[0] == http.StatusAccepted || status[1] == http.StatusAccepted {
 		r.accepted.Add(1)
 		if i < r.cfg.Watchers {
 			r.watchersAccepted.Add(1)
@@ -433,63 +465,47 @@ func (r *run) buy(ctx context.Context, i int) {
 
 // purchase sends one click, resending as a real app would; it returns the
 // final status, 0 if nothing answered.
-func (r *run) purchase(ctx context.Context, token, key string, body []byte) int {
+func (r *run) purchase(ctx context.Context, c *conn, st *stats, token, key string, body []byte) int {
 	backoff := 50 * time.Millisecond
 	for attempt := 0; attempt <= r.cfg.Retries && ctx.Err() == nil; attempt++ {
-		status, code, retryAfter := r.post(ctx, token, key, body)
-		retry := status == 0 || status == http.StatusServiceUnavailable ||
-			(status == http.StatusConflict && code == string(crowdpass.ERequestInProgress))
+		start := time.Now()
+		a, err := c.post(token, key, body)
+		elapsed := time.Since(start)
+		r.requests.Add(1)
+		st.record(a, err, elapsed)
+		retry := err != nil || a.status == http.StatusServiceUnavailable ||
+			(a.status == http.StatusConflict && a.code == string(crowdpass.ERequestInProgress))
 		if !retry {
-			return status
+			return a.status
 		}
-		wait := max(backoff, retryAfter)
+		wait := max(backoff, a.retryAfter)
 		backoff = min(2*backoff, 2*time.Second)
 		select {
 		case <-ctx.Done():
-			return status
+			return a.status
 		case <-time.After(wait + time.Duration(mrand.Int64N(int64(wait)/2+1))):
 		}
 	}
 	return 0
 }
 
-func (r *run) post(ctx context.Context, token, key string, body []byte) (status int, code string, retryAfter time.Duration) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, r.cfg.Target+"/orders", bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Idempotency-Key", key)
-	req.Header.Set("Content-Type", "application/json")
-	start := time.Now()
-	resp, err := r.client.Do(req)
-	r.requests.Add(1)
-	if err != nil {
-		r.count("error")
-		return 0, "", 0
-	}
-	data, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	elapsed := time.Since(start)
-	if resp.StatusCode >= 400 {
-		var p struct {
-			Code string `json:"code"`
+func (st *stats) record(a answer, err error, elapsed time.Duration) {
+	label := "error"
+	if err == nil {
+		label = strconv.Itoa(a.status)
+		if a.code != "" {
+			label += " " + a.code
 		}
-		_ = json.Unmarshal(data, &p)
-		code = p.Code
+		if a.replayed {
+			label += " (replayed)"
+		}
 	}
-	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
-		retryAfter = time.Duration(s) * time.Second
+	st.mu.Lock()
+	if err == nil {
+		_ = st.latency.RecordValue(max(elapsed.Microseconds(), 1))
 	}
-	label := strconv.Itoa(resp.StatusCode)
-	if code != "" {
-		label += " " + code
-	}
-	if resp.Header.Get("Idempotent-Replayed") == "true" {
-		label += " (replayed)"
-	}
-	r.mu.Lock()
-	_ = r.latency.RecordValue(max(elapsed.Microseconds(), 1))
-	r.answers[label]++
-	r.mu.Unlock()
-	return resp.StatusCode, code, retryAfter
+	st.answers[label]++
+	st.mu.Unlock()
 }
 
 func (r *run) count(label string) {
@@ -499,18 +515,27 @@ func (r *run) count(label string) {
 }
 
 func (r *run) report(elapsed time.Duration) Report {
+	latency := hdrhistogram.New(1, 60_000_000, 3)
+	answers := map[string]int64{}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	answers := make(map[string]int64, len(r.answers))
 	for k, v := range r.answers {
-		answers[k] = v
+		answers[k] += v
+	}
+	r.mu.Unlock()
+	for _, st := range r.shards {
+		st.mu.Lock()
+		latency.Merge(st.latency)
+		for k, v := range st.answers {
+			answers[k] += v
+		}
+		st.mu.Unlock()
 	}
 	return Report{
 		Target: r.cfg.Target, Buyers: r.cfg.Buyers, Tickets: r.cfg.Tickets,
 		EventID:  uuidString(r.event.ID),
 		Requests: r.requests.Load(), Seconds: elapsed.Seconds(),
 		RequestsPerSecond: float64(r.requests.Load()) / elapsed.Seconds(),
-		Latency:           percentiles(r.latency),
+		Latency:           percentiles(latency),
 		Answers:           answers, Accepted: r.accepted.Load(), Unanswered: r.unanswered.Load(),
 		Violations: []string{},
 	}
