@@ -78,8 +78,8 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, err)
 		return
 	}
-	var body orderBody
-	if err := decodeStrict(raw, &body); err != nil {
+	body, err := decodeOrder(raw)
+	if err != nil {
 		problem.WriteError(w, err)
 		return
 	}

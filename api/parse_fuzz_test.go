@@ -34,3 +34,32 @@ func FuzzOrderBody(f *testing.F) {
 		}
 	})
 }
+
+// FuzzScanOrder checks the hand-written scan of the usual body against the
+// strict decoder: whatever the scan accepts, the decoder accepts with the
+// same values.
+func FuzzScanOrder(f *testing.F) {
+	for _, seed := range []string{
+		`{"event_id":"01a2224f-c7ca-7241-b1a7-a1e0845906f4","category_id":"01a2224f-c7ce-7a62-99c8-bec26c7e27f6","quantity":1}`,
+		` { "quantity" : 4 , "event_id":"x" } `, `{}`, `{"quantity":01}`, `{"quantity":1.0}`, `{"quantity":-0}`,
+		`{"quantity":1,"quantity":2}`, `{"event_id":"a\"b"}`, `{"Event_ID":"x"}`, `{"event_id":"x",}`, `{"quantity":1}x`,
+		`{"quantity":99999999999999999999}`, "{\"event_id\":\"\u00e9\"}", `{"event_id":null}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fast, ok := scanOrder(body)
+		if !ok {
+			return
+		}
+		var strict orderBody
+		if err := decodeStrict(body, &strict); err != nil {
+			t.Fatalf("scan accepted %q, the decoder did not: %v", body, err)
+		}
+		same := func(a, b *string) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+		if !same(fast.EventID, strict.EventID) || !same(fast.CategoryID, strict.CategoryID) ||
+			(fast.Quantity == nil) != (strict.Quantity == nil) || (fast.Quantity != nil && *fast.Quantity != *strict.Quantity) {
+			t.Fatalf("%q: scan %+v, decoder %+v", body, fast, strict)
+		}
+	})
+}

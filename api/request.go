@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 
 	"github.com/crowdpass/crowdpass"
@@ -36,9 +37,11 @@ func idempotencyKey(h http.Header) (string, error) {
 
 // readJSONBody checks the media type and size and returns the body.
 func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != "application/json" {
-		return nil, crowdpass.Errorf(crowdpass.EUnsupportedMediaType, "the body must be application/json")
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" { // the usual header, without parsing
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" {
+			return nil, crowdpass.Errorf(crowdpass.EUnsupportedMediaType, "the body must be application/json")
+		}
 	}
 	if r.ContentLength > MaxBody {
 		return nil, crowdpass.Errorf(crowdpass.EPayloadTooLarge, "the body must be at most %d bytes", MaxBody)
@@ -127,4 +130,130 @@ func exactKeys(body []byte, v any) error {
 		}
 	}
 	return nil
+}
+
+// decodeOrder decodes a POST /orders body. The plain shape every client
+// sends (the three members, each once, plain strings and an integer) is
+// scanned by hand; anything else goes through decodeStrict, which describes
+// what is wrong. Both give the same orderBody for what the scan accepts.
+func decodeOrder(body []byte) (orderBody, error) {
+	if b, ok := scanOrder(body); ok {
+		return b, nil
+	}
+	var b orderBody
+	err := decodeStrict(body, &b)
+	return b, err
+}
+
+// scanOrder accepts exactly: whitespace, an object of distinct members
+// event_id and category_id (strings of printable ASCII without escapes) and
+// quantity (an integer without fraction or exponent), whitespace. It
+// reports false for anything else, valid JSON or not.
+func scanOrder(s []byte) (b orderBody, ok bool) {
+	i := skipSpace(s, 0)
+	if i >= len(s) || s[i] != '{' {
+		return b, false
+	}
+	i = skipSpace(s, i+1)
+	if i < len(s) && s[i] == '}' {
+		return b, skipSpace(s, i+1) == len(s)
+	}
+	for {
+		name, next, ok := scanPlainString(s, i)
+		if !ok {
+			return b, false
+		}
+		i = skipSpace(s, next)
+		if i >= len(s) || s[i] != ':' {
+			return b, false
+		}
+		i = skipSpace(s, i+1)
+		switch name {
+		case "event_id", "category_id":
+			dst := &b.EventID
+			if name == "category_id" {
+				dst = &b.CategoryID
+			}
+			if *dst != nil {
+				return b, false
+			}
+			v, next, ok := scanPlainString(s, i)
+			if !ok {
+				return b, false
+			}
+			*dst, i = &v, next
+		case "quantity":
+			if b.Quantity != nil {
+				return b, false
+			}
+			v, next, ok := scanInt(s, i)
+			if !ok {
+				return b, false
+			}
+			b.Quantity, i = &v, next
+		default:
+			return b, false
+		}
+		i = skipSpace(s, i)
+		if i >= len(s) {
+			return b, false
+		}
+		switch s[i] {
+		case ',':
+			i = skipSpace(s, i+1)
+		case '}':
+			return b, skipSpace(s, i+1) == len(s)
+		default:
+			return b, false
+		}
+	}
+}
+
+func skipSpace(s []byte, i int) int {
+	for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// scanPlainString reads a JSON string at s[i] made only of printable ASCII
+// other than the quote and the backslash.
+func scanPlainString(s []byte, i int) (string, int, bool) {
+	if i >= len(s) || s[i] != '"' {
+		return "", i, false
+	}
+	for j := i + 1; j < len(s); j++ {
+		switch c := s[j]; {
+		case c == '"':
+			return string(s[i+1 : j]), j + 1, true
+		case c < 0x20 || c > 0x7e || c == '\\':
+			return "", i, false
+		}
+	}
+	return "", i, false
+}
+
+// scanInt reads a JSON integer at s[i] (no fraction, no exponent, no leading
+// zero) that fits an int64.
+func scanInt(s []byte, i int) (int64, int, bool) {
+	j := i
+	if j < len(s) && s[j] == '-' {
+		j++
+	}
+	start := j
+	for j < len(s) && s[j] >= '0' && s[j] <= '9' {
+		j++
+	}
+	digits := j - start
+	switch {
+	case digits == 0, digits > 18, digits > 1 && s[start] == '0':
+		return 0, i, false
+	case j < len(s) && (s[j] == '.' || s[j] == 'e' || s[j] == 'E'):
+		return 0, i, false
+	}
+	n, err := strconv.ParseInt(string(s[i:j]), 10, 64)
+	if err != nil {
+		return 0, i, false
+	}
+	return n, j, true
 }

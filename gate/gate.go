@@ -84,11 +84,15 @@ return 1`)
 // stock, all in one atomic step. owner identifies this attempt, so that
 // Abort never undoes another attempt's mark.
 func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error) {
-	res, err := g.pipe.do(ctx, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
+	val, err := g.pipe.do(ctx, admitScript, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
 		a.Fingerprint, a.CustomerID, a.Quantity, string(a.Window), g.cfg.InFlightTTL.Milliseconds(),
 		a.SoldOut.Status, a.SoldOut.Body, g.cfg.AnswerTTL.Milliseconds(), owner)
 	if err != nil {
 		return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: %w", err)
+	}
+	res, ok := val.([]any)
+	if !ok || len(res) == 0 {
+		return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: unexpected answer %v", val)
 	}
 	verdict, _ := res[0].(string)
 	switch verdict {
@@ -116,8 +120,8 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 
 // Complete stores the answer to an admitted key for AnswerTTL.
 func (g *Redis) Complete(ctx context.Context, a crowdpass.Admission, answer crowdpass.Answer) error {
-	err := completeScript.Run(ctx, g.rdb, []string{g.keyKey(a.OrderID)},
-		a.Fingerprint, a.CustomerID, answer.Status, answer.Body, g.cfg.AnswerTTL.Milliseconds()).Err()
+	_, err := g.pipe.do(ctx, completeScript, []string{g.keyKey(a.OrderID)},
+		a.Fingerprint, a.CustomerID, answer.Status, answer.Body, g.cfg.AnswerTTL.Milliseconds())
 	if err != nil {
 		return fmt.Errorf("storing answer: %w", err)
 	}

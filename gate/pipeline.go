@@ -8,25 +8,26 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// admitCall is one Admit waiting for its turn in a pipeline.
-type admitCall struct {
-	keys []string
-	args []any
-	done chan admitResult
+// scriptCall is one script call waiting for its turn in a pipeline.
+type scriptCall struct {
+	script *redis.Script
+	keys   []string
+	args   []any
+	done   chan scriptResult
 }
 
-type admitResult struct {
-	vals []any
-	err  error
+type scriptResult struct {
+	val any
+	err error
 }
 
-// pipeliner sends concurrent Admit scripts to Redis in pipelines: one write
+// pipeliner sends concurrent gate scripts to Redis in pipelines: one write
 // and one read carry a whole batch, where each call alone would cost a
 // round trip and two system calls on both sides. Under load the batches grow
 // by themselves while the previous ones are in flight.
 type pipeliner struct {
 	rdb   redis.UniversalClient
-	calls chan *admitCall
+	calls chan *scriptCall
 	stop  chan struct{}
 	wg    sync.WaitGroup
 	once  sync.Once
@@ -38,7 +39,7 @@ const (
 )
 
 func newPipeliner(rdb redis.UniversalClient) *pipeliner {
-	p := &pipeliner{rdb: rdb, calls: make(chan *admitCall, 4096), stop: make(chan struct{})}
+	p := &pipeliner{rdb: rdb, calls: make(chan *scriptCall, 4096), stop: make(chan struct{})}
 	for range pipelineWorkers {
 		p.wg.Go(p.loop)
 	}
@@ -52,9 +53,9 @@ func (p *pipeliner) close() {
 	})
 }
 
-// do queues a call and waits for its result or ctx's end.
-func (p *pipeliner) do(ctx context.Context, keys []string, args ...any) ([]any, error) {
-	c := &admitCall{keys: keys, args: args, done: make(chan admitResult, 1)}
+// do queues a call of script and waits for its result or ctx's end.
+func (p *pipeliner) do(ctx context.Context, script *redis.Script, keys []string, args ...any) (any, error) {
+	c := &scriptCall{script: script, keys: keys, args: args, done: make(chan scriptResult, 1)}
 	select {
 	case p.calls <- c:
 	case <-ctx.Done():
@@ -64,14 +65,14 @@ func (p *pipeliner) do(ctx context.Context, keys []string, args ...any) ([]any, 
 	}
 	select {
 	case r := <-c.done:
-		return r.vals, r.err
+		return r.val, r.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 }
 
 func (p *pipeliner) loop() {
-	batch := make([]*admitCall, 0, pipelineMax)
+	batch := make([]*scriptCall, 0, pipelineMax)
 	for {
 		select {
 		case <-p.stop:
@@ -92,21 +93,21 @@ func (p *pipeliner) loop() {
 	}
 }
 
-func (p *pipeliner) exec(batch []*admitCall) {
+func (p *pipeliner) exec(batch []*scriptCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	pipe := p.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(batch))
 	for i, c := range batch {
-		cmds[i] = admitScript.EvalSha(ctx, pipe, c.keys, c.args...)
+		cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
 	}
 	_, _ = pipe.Exec(ctx) // errors are per command
 	for i, c := range batch {
-		vals, err := cmds[i].Slice()
+		val, err := cmds[i].Result()
 		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 			// A restarted Redis forgot the script: Run loads it again.
-			vals, err = admitScript.Run(ctx, p.rdb, c.keys, c.args...).Slice()
+			val, err = c.script.Run(ctx, p.rdb, c.keys, c.args...).Result()
 		}
-		c.done <- admitResult{vals, err}
+		c.done <- scriptResult{val, err}
 	}
 }

@@ -1,0 +1,54 @@
+package auth
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// FuzzVerifyFast holds the fast path to the general parser: every token it
+// accepts, the parser accepts for the same principal.
+func FuzzVerifyFast(f *testing.F) {
+	now := time.Unix(1_800_000_000, 0)
+	a, _ := New([]byte("secret"), func() time.Time { return now })
+	sign := func(m jwt.MapClaims) string {
+		s, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, m).SignedString([]byte("secret"))
+		return s
+	}
+	good, _ := a.Issue("alice", true, time.Hour)
+	for _, seed := range []string{
+		good, good + "x", strings.Replace(good, ".", "..", 1),
+		sign(jwt.MapClaims{"sub": "bob", "exp": now.Unix() + 3}),
+		sign(jwt.MapClaims{"sub": "bob", "exp": now.Unix() - 3}),
+		sign(jwt.MapClaims{"sub": "bob", "exp": now.Unix() - 30}),
+		sign(jwt.MapClaims{"sub": "bob", "exp": 1.8e9 + 0.5, "nbf": now.Unix() + 4}),
+		sign(jwt.MapClaims{"sub": "bob", "exp": now.Unix() + 60, "nbf": now.Unix() + 60}),
+		sign(jwt.MapClaims{"sub": "bob", "exp": "soon"}),
+		sign(jwt.MapClaims{"sub": "bob", "exp": now.Unix() + 60, "admin": "yes"}),
+		sign(jwt.MapClaims{"sub": "bob", "exp": now.Unix() + 60, "aud": 7}),
+		sign(jwt.MapClaims{"sub": 5, "exp": now.Unix() + 60}),
+		sign(jwt.MapClaims{"exp": now.Unix() + 60}),
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, token string) {
+		p, ok := a.verifyFast(token)
+		if !ok {
+			return
+		}
+		q, err := a.verifyGeneral(token)
+		if err != nil || p != q {
+			t.Fatalf("%q: fast %+v, general %+v %v", token, p, q, err)
+		}
+	})
+}
+
+func TestVerifyFastTakesIssuedTokens(t *testing.T) {
+	a, _ := New([]byte("secret"), nil)
+	tok, _ := a.Issue("alice", false, time.Hour)
+	if p, ok := a.verifyFast(tok); !ok || p.Customer != "alice" || p.Admin {
+		t.Fatalf("verifyFast(issued) = %+v, %v", p, ok)
+	}
+}
