@@ -6,8 +6,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"hash"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // verifyFast verifies the usual token (a known HS256 header, a good
@@ -42,18 +44,145 @@ func (a *Authority) verifyFast(token string) (Principal, bool) {
 	if err != nil {
 		return Principal{}, false
 	}
-	var c claims
-	if err := json.Unmarshal(raw, &c); err != nil || c.ExpiresAt == nil {
-		return Principal{}, false
+	c, ok := scanClaims(raw)
+	if !ok {
+		var full claims
+		if json.Unmarshal(raw, &full) != nil {
+			return Principal{}, false
+		}
+		c = flatClaims{sub: full.Subject, admin: full.Admin}
+		if full.ExpiresAt != nil {
+			c.exp, c.hasExp = full.ExpiresAt.Time, true
+		}
+		if full.NotBefore != nil {
+			c.nbf, c.hasNbf = full.NotBefore.Time, true
+		}
 	}
 	now := a.now()
-	if !now.Before(c.ExpiresAt.Add(leeway)) || (c.NotBefore != nil && now.Before(c.NotBefore.Add(-leeway))) {
+	if !c.hasExp || !now.Before(c.exp.Add(leeway)) || (c.hasNbf && now.Before(c.nbf.Add(-leeway))) {
 		return Principal{}, false
 	}
-	if validCustomer(c.Subject) != nil {
+	if validCustomer(c.sub) != nil {
 		return Principal{}, false
 	}
-	return Principal{Customer: c.Subject, Admin: c.Admin}, true
+	return Principal{Customer: c.sub, Admin: c.admin}, true
+}
+
+// flatClaims are the claims Verify looks at.
+type flatClaims struct {
+	sub            string
+	admin          bool
+	exp, nbf       time.Time
+	hasExp, hasNbf bool
+}
+
+// scanClaims reads the claims every issuer here writes, without
+// reflection: one flat object of distinct members sub (a string of
+// printable ASCII without escapes), exp, nbf and iat (integers of at most
+// 15 digits, exact as the parser's float64 seconds) and admin (true or
+// false). It reports false for anything else.
+func scanClaims(s []byte) (c flatClaims, ok bool) {
+	seen := map[string]bool{}
+	i := skipSpace(s, 0)
+	if i >= len(s) || s[i] != '{' {
+		return c, false
+	}
+	i = skipSpace(s, i+1)
+	if i < len(s) && s[i] == '}' {
+		return c, skipSpace(s, i+1) == len(s)
+	}
+	for {
+		name, next, ok := plainString(s, i)
+		if !ok || seen[name] {
+			return c, false
+		}
+		seen[name] = true
+		i = skipSpace(s, next)
+		if i >= len(s) || s[i] != ':' {
+			return c, false
+		}
+		i = skipSpace(s, i+1)
+		switch name {
+		case "sub":
+			if c.sub, i, ok = plainString(s, i); !ok {
+				return c, false
+			}
+		case "exp", "nbf", "iat":
+			var n int64
+			if n, i, ok = integer(s, i); !ok {
+				return c, false
+			}
+			switch name {
+			case "exp":
+				c.exp, c.hasExp = time.Unix(n, 0), true
+			case "nbf":
+				c.nbf, c.hasNbf = time.Unix(n, 0), true
+			}
+		case "admin":
+			switch {
+			case strings.HasPrefix(string(s[i:min(i+4, len(s))]), "true"):
+				c.admin, i = true, i+4
+			case strings.HasPrefix(string(s[i:min(i+5, len(s))]), "false"):
+				i += 5
+			default:
+				return c, false
+			}
+		default:
+			return c, false
+		}
+		i = skipSpace(s, i)
+		if i >= len(s) {
+			return c, false
+		}
+		switch s[i] {
+		case ',':
+			i = skipSpace(s, i+1)
+		case '}':
+			return c, skipSpace(s, i+1) == len(s)
+		default:
+			return c, false
+		}
+	}
+}
+
+func skipSpace(s []byte, i int) int {
+	for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+func plainString(s []byte, i int) (string, int, bool) {
+	if i >= len(s) || s[i] != '"' {
+		return "", i, false
+	}
+	for j := i + 1; j < len(s); j++ {
+		switch c := s[j]; {
+		case c == '"':
+			return string(s[i+1 : j]), j + 1, true
+		case c < 0x20 || c > 0x7e || c == '\\':
+			return "", i, false
+		}
+	}
+	return "", i, false
+}
+
+func integer(s []byte, i int) (int64, int, bool) {
+	j := i
+	if j < len(s) && s[j] == '-' {
+		j++
+	}
+	start := j
+	for j < len(s) && s[j] >= '0' && s[j] <= '9' {
+		j++
+	}
+	digits := j - start
+	if digits == 0 || digits > 15 || (digits > 1 && s[start] == '0') ||
+		(j < len(s) && (s[j] == '.' || s[j] == 'e' || s[j] == 'E')) {
+		return 0, i, false
+	}
+	n, err := strconv.ParseInt(string(s[i:j]), 10, 64)
+	return n, j, err == nil
 }
 
 // headerCache remembers the few header segments seen that are JSON objects

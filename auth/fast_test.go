@@ -30,6 +30,9 @@ func FuzzVerifyFast(f *testing.F) {
 		sign(jwt.MapClaims{"sub": "bob", "exp": now.Unix() + 60, "aud": 7}),
 		sign(jwt.MapClaims{"sub": 5, "exp": now.Unix() + 60}),
 		sign(jwt.MapClaims{"exp": now.Unix() + 60}),
+		sign(jwt.MapClaims{"sub": "b\u00f6b", "exp": now.Unix() + 60, "admin": false, "iat": -5}),
+		sign(jwt.MapClaims{"sub": "bob", "exp": 1e15, "admin": true}),
+		sign(jwt.MapClaims{"sub": "bob", "exp": now.Unix() + 60, "nbf": nil}),
 	} {
 		f.Add(seed)
 	}

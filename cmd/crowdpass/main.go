@@ -8,10 +8,18 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 )
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		// A server here holds little heap and allocates a little per
+		// request: collecting at 4x the live heap instead of 2x halves the
+		// GC's share of the CPU (15% of serve's under rush) for some
+		// hundreds of MiB. GOGC set in the environment wins.
+		debug.SetGCPercent(400)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
