@@ -7,7 +7,6 @@ package db
 
 import (
 	"context"
-	"time"
 
 	"github.com/google/uuid"
 )
@@ -75,69 +74,6 @@ func (q *Queries) OrderGet(ctx context.Context, id uuid.UUID) (Order, error) {
 	return i, err
 }
 
-const orderInsertMany = `-- name: OrderInsertMany :many
-INSERT INTO orders (id, customer_id, idempotency_key, event_id, category_id, quantity, status, reason, created_at, processed_at)
-SELECT
-    unnest($1::uuid[]),
-    unnest($2::text[]),
-    unnest($3::text[]),
-    unnest($4::uuid[]),
-    unnest($5::uuid[]),
-    unnest($6::integer[]),
-    unnest($7::text[]),
-    NULLIF(unnest($8::text[]), ''),
-    unnest($9::timestamptz[]),
-    $10::timestamptz
-ON CONFLICT DO NOTHING
-RETURNING id
-`
-
-type OrderInsertManyParams struct {
-	Ids             []uuid.UUID
-	CustomerIds     []string
-	IdempotencyKeys []string
-	EventIds        []uuid.UUID
-	CategoryIds     []uuid.UUID
-	Quantities      []int32
-	Statuses        []string
-	Reasons         []string
-	CreatedAts      []time.Time
-	ProcessedAt     time.Time
-}
-
-// OrderInsertMany records decided orders and returns the ids it inserted;
-// an order that exists already (a redelivery) is left out of the answer.
-func (q *Queries) OrderInsertMany(ctx context.Context, arg OrderInsertManyParams) ([]uuid.UUID, error) {
-	rows, err := q.db.Query(ctx, orderInsertMany,
-		arg.Ids,
-		arg.CustomerIds,
-		arg.IdempotencyKeys,
-		arg.EventIds,
-		arg.CategoryIds,
-		arg.Quantities,
-		arg.Statuses,
-		arg.Reasons,
-		arg.CreatedAts,
-		arg.ProcessedAt,
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []uuid.UUID
-	for rows.Next() {
-		var id uuid.UUID
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		items = append(items, id)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const orderLockCustomers = `-- name: OrderLockCustomers :exec
 SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k
 `
@@ -148,29 +84,4 @@ SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k
 func (q *Queries) OrderLockCustomers(ctx context.Context, keys []int64) error {
 	_, err := q.db.Exec(ctx, orderLockCustomers, keys)
 	return err
-}
-
-const orderRedecideMany = `-- name: OrderRedecideMany :execrows
-UPDATE orders o
-SET status = d.status, reason = NULLIF(d.reason, '')
-FROM (
-    SELECT unnest($1::uuid[]) AS id, unnest($2::text[]) AS status, unnest($3::text[]) AS reason
-) d
-WHERE o.id = d.id
-`
-
-type OrderRedecideManyParams struct {
-	Ids      []uuid.UUID
-	Statuses []string
-	Reasons  []string
-}
-
-// OrderRedecideMany corrects the status of orders decided optimistically in
-// the same transaction, when their category turned out not to cover them.
-func (q *Queries) OrderRedecideMany(ctx context.Context, arg OrderRedecideManyParams) (int64, error) {
-	result, err := q.db.Exec(ctx, orderRedecideMany, arg.Ids, arg.Statuses, arg.Reasons)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
 }

@@ -94,25 +94,6 @@ func (q *Queries) OutboxDeletePublished(ctx context.Context, arg OutboxDeletePub
 	return result.RowsAffected(), nil
 }
 
-const outboxInsertMany = `-- name: OutboxInsertMany :execrows
-INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-SELECT 'order', unnest($1::uuid[]), unnest($2::text[]), unnest($3::jsonb[])
-`
-
-type OutboxInsertManyParams struct {
-	AggregateIds []uuid.UUID
-	EventTypes   []string
-	Payloads     [][]byte
-}
-
-func (q *Queries) OutboxInsertMany(ctx context.Context, arg OutboxInsertManyParams) (int64, error) {
-	result, err := q.db.Exec(ctx, outboxInsertMany, arg.AggregateIds, arg.EventTypes, arg.Payloads)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}
-
 const outboxListen = `-- name: OutboxListen :exec
 LISTEN crowdpass_outbox
 `
@@ -132,14 +113,4 @@ func (q *Queries) OutboxMarkPublished(ctx context.Context, ids []int64) (int64, 
 		return 0, err
 	}
 	return result.RowsAffected(), nil
-}
-
-const outboxNotify = `-- name: OutboxNotify :exec
-SELECT pg_notify('crowdpass_outbox', '')
-`
-
-// OutboxNotify wakes the relays when the deciding transaction commits.
-func (q *Queries) OutboxNotify(ctx context.Context) error {
-	_, err := q.db.Exec(ctx, outboxNotify)
-	return err
 }

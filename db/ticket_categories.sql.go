@@ -185,26 +185,3 @@ func (q *Queries) TicketCategoryRulesMany(ctx context.Context, ids []uuid.UUID) 
 	}
 	return items, nil
 }
-
-const ticketCategoryTakeMany = `-- name: TicketCategoryTakeMany :execrows
-UPDATE ticket_categories c
-SET remaining = c.remaining - d.take
-FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::integer[]) AS take) d
-WHERE c.id = d.id AND d.take > 0 AND c.remaining >= d.take
-`
-
-type TicketCategoryTakeManyParams struct {
-	Ids   []uuid.UUID
-	Takes []int32
-}
-
-// TicketCategoryTakeMany is the conditional decrement: a row whose
-// remaining cannot cover its take is left alone, so stock never goes
-// below zero whatever the caller computed.
-func (q *Queries) TicketCategoryTakeMany(ctx context.Context, arg TicketCategoryTakeManyParams) (int64, error) {
-	result, err := q.db.Exec(ctx, ticketCategoryTakeMany, arg.Ids, arg.Takes)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}

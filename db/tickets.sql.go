@@ -11,31 +11,6 @@ import (
 	"github.com/google/uuid"
 )
 
-const ticketInsertMany = `-- name: TicketInsertMany :execrows
-INSERT INTO tickets (id, order_id, category_id, seat)
-SELECT unnest($1::uuid[]), unnest($2::uuid[]), unnest($3::uuid[]), unnest($4::integer[])
-`
-
-type TicketInsertManyParams struct {
-	Ids         []uuid.UUID
-	OrderIds    []uuid.UUID
-	CategoryIds []uuid.UUID
-	Seats       []int32
-}
-
-func (q *Queries) TicketInsertMany(ctx context.Context, arg TicketInsertManyParams) (int64, error) {
-	result, err := q.db.Exec(ctx, ticketInsertMany,
-		arg.Ids,
-		arg.OrderIds,
-		arg.CategoryIds,
-		arg.Seats,
-	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}
-
 const ticketListByOrder = `-- name: TicketListByOrder :many
 SELECT id, order_id, category_id, seat FROM tickets WHERE order_id = $1 ORDER BY seat
 `

@@ -93,9 +93,8 @@ type verdict struct {
 	reason crowdpass.Reason
 }
 
-// plan decides reqs in order against what each holder has confirmed and, if
-// stocks is not nil, against the categories' stock; with stocks nil every
-// category is taken to cover every order. It returns a verdict per request
+// plan decides reqs in order against what each holder has confirmed and
+// against the categories' stock. It returns a verdict per request
 // and the tickets taken per category.
 func plan(reqs []crowdpass.OrderRequest, limits map[uuid.UUID]int, confirmed map[holder]int, stocks map[uuid.UUID]stock) ([]verdict, map[uuid.UUID]int) {
 	held := maps.Clone(confirmed)
@@ -109,7 +108,7 @@ func plan(reqs []crowdpass.OrderRequest, limits map[uuid.UUID]int, confirmed map
 		switch {
 		case held[h]+r.Quantity > limits[r.CategoryID]:
 			verdicts[i] = verdict{crowdpass.StatusRejected, crowdpass.ReasonLimitExceeded}
-		case stocks != nil && stocks[r.CategoryID].remaining-taken[r.CategoryID] < r.Quantity:
+		case stocks[r.CategoryID].remaining-taken[r.CategoryID] < r.Quantity:
 			verdicts[i] = verdict{crowdpass.StatusRejected, crowdpass.ReasonSoldOut}
 		default:
 			verdicts[i] = verdict{status: crowdpass.StatusConfirmed}
@@ -120,10 +119,10 @@ func plan(reqs []crowdpass.OrderRequest, limits map[uuid.UUID]int, confirmed map
 	return verdicts, taken
 }
 
-// decide runs in the batch's transaction. The hot category rows are locked
-// as late as possible: orders are recorded first, decided on the assumption
-// that stock suffices, which is true for all but the last batches of a sale;
-// only when the locked stock says otherwise are the verdicts redone.
+// decide runs in the batch's transaction, in five round trips whatever the
+// batch's size: lock the customers, count their confirmed tickets, lock the
+// categories' rows, write everything (DecisionRecord), commit. Decisions
+// are made in Go between the third and the fourth, against exact stock.
 func (s *Store) decide(ctx context.Context, q *db.Queries, decisions []crowdpass.Decision, before map[uuid.UUID]bool) error {
 	rules, err := s.categoryRules(ctx, q, decisions)
 	if err != nil {
@@ -189,38 +188,6 @@ func (s *Store) decide(ctx context.Context, q *db.Queries, decisions []crowdpass
 	for k, i := range candidates {
 		reqs[k] = decisions[i].Request
 	}
-	verdicts, taken := plan(reqs, limits, confirmed, nil)
-
-	processedAt := crowdpass.NewTime(s.now())
-	insert := db.OrderInsertManyParams{ProcessedAt: processedAt.Time}
-	for k, r := range reqs {
-		insert.Ids = append(insert.Ids, r.OrderID)
-		insert.CustomerIds = append(insert.CustomerIds, r.CustomerID)
-		insert.IdempotencyKeys = append(insert.IdempotencyKeys, r.IdempotencyKey)
-		insert.EventIds = append(insert.EventIds, r.EventID)
-		insert.CategoryIds = append(insert.CategoryIds, r.CategoryID)
-		insert.Quantities = append(insert.Quantities, int32(r.Quantity))
-		insert.Statuses = append(insert.Statuses, string(verdicts[k].status))
-		insert.Reasons = append(insert.Reasons, string(verdicts[k].reason))
-		insert.CreatedAts = append(insert.CreatedAts, r.AcceptedAt.Time)
-	}
-	inserted, err := q.OrderInsertMany(ctx, insert)
-	if err != nil {
-		return fmt.Errorf("recording orders: %w", err)
-	}
-	if len(inserted) != len(reqs) {
-		fresh := make(map[uuid.UUID]bool, len(inserted))
-		for _, id := range inserted {
-			fresh[id] = true
-		}
-		dup := &decidedBeforeError{}
-		for _, r := range reqs {
-			if !fresh[r.OrderID] {
-				dup.ids = append(dup.ids, r.OrderID)
-			}
-		}
-		return dup
-	}
 
 	// Now the hot rows, in id order so that workers never deadlock.
 	var cats []uuid.UUID
@@ -237,31 +204,28 @@ func (s *Store) decide(ctx context.Context, q *db.Queries, decisions []crowdpass
 	for _, c := range stockRows {
 		stocks[c.ID] = stock{capacity: int(c.Capacity), remaining: int(c.Remaining)}
 	}
-	if !covers(stocks, taken) {
-		var exact []verdict
-		exact, taken = plan(reqs, limits, confirmed, stocks)
-		redo := db.OrderRedecideManyParams{}
-		for k, v := range exact {
-			if v != verdicts[k] {
-				redo.Ids = append(redo.Ids, reqs[k].OrderID)
-				redo.Statuses = append(redo.Statuses, string(v.status))
-				redo.Reasons = append(redo.Reasons, string(v.reason))
-			}
-		}
-		if _, err := q.OrderRedecideMany(ctx, redo); err != nil {
-			return fmt.Errorf("correcting sold-out orders: %w", err)
-		}
-		verdicts = exact
-	}
+	verdicts, taken := plan(reqs, limits, confirmed, stocks)
 
+	// Everything is known: one statement writes it all, and the commit
+	// follows. processed_at is taken here, a round trip before the commit.
+	processedAt := crowdpass.NewTime(s.now())
+	rec := db.DecisionRecordParams{ProcessedAt: processedAt.Time}
 	// Seats follow on from those sold: capacity - remaining of them.
 	next := make(map[uuid.UUID]int, len(stocks))
 	for id, st := range stocks {
 		next[id] = st.capacity - st.remaining + 1
 	}
-	var tickets db.TicketInsertManyParams
 	orders := make([]crowdpass.Order, len(reqs))
 	for k, r := range reqs {
+		rec.Ids = append(rec.Ids, r.OrderID)
+		rec.CustomerIds = append(rec.CustomerIds, r.CustomerID)
+		rec.IdempotencyKeys = append(rec.IdempotencyKeys, r.IdempotencyKey)
+		rec.EventIds = append(rec.EventIds, r.EventID)
+		rec.CategoryIds = append(rec.CategoryIds, r.CategoryID)
+		rec.Quantities = append(rec.Quantities, int32(r.Quantity))
+		rec.Statuses = append(rec.Statuses, string(verdicts[k].status))
+		rec.Reasons = append(rec.Reasons, string(verdicts[k].reason))
+		rec.CreatedAts = append(rec.CreatedAts, r.AcceptedAt.Time)
 		order := crowdpass.Order{
 			ID:          r.OrderID,
 			Status:      verdicts[k].status,
@@ -280,61 +244,45 @@ func (s *Store) decide(ctx context.Context, q *db.Queries, decisions []crowdpass
 				seat := next[r.CategoryID]
 				next[r.CategoryID]++
 				order.Tickets = append(order.Tickets, crowdpass.Ticket{ID: id, Seat: seat})
-				tickets.Ids = append(tickets.Ids, id)
-				tickets.OrderIds = append(tickets.OrderIds, r.OrderID)
-				tickets.CategoryIds = append(tickets.CategoryIds, r.CategoryID)
-				tickets.Seats = append(tickets.Seats, int32(seat))
+				rec.TicketIds = append(rec.TicketIds, id)
+				rec.TicketOrderIds = append(rec.TicketOrderIds, r.OrderID)
+				rec.TicketCategoryIds = append(rec.TicketCategoryIds, r.CategoryID)
+				rec.Seats = append(rec.Seats, int32(seat))
 			}
 		}
 		orders[k] = order
 		decisions[candidates[k]].Order = &orders[k]
 	}
-
-	if len(tickets.Ids) > 0 {
-		take := db.TicketCategoryTakeManyParams{}
-		for _, id := range cats {
-			if n := taken[id]; n > 0 {
-				take.Ids = append(take.Ids, id)
-				take.Takes = append(take.Takes, int32(n))
-			}
-		}
-		n, err := q.TicketCategoryTakeMany(ctx, take)
-		if err != nil {
-			return fmt.Errorf("taking tickets: %w", err)
-		}
-		if int(n) != len(take.Ids) {
-			return fmt.Errorf("taking tickets: %d of %d categories could not cover their take", len(take.Ids)-int(n), len(take.Ids))
-		}
-		if _, err := q.TicketInsertMany(ctx, tickets); err != nil {
-			return fmt.Errorf("issuing tickets: %w", err)
+	for _, id := range cats {
+		if n := taken[id]; n > 0 {
+			rec.TakeCategoryIds = append(rec.TakeCategoryIds, id)
+			rec.Takes = append(rec.Takes, int32(n))
 		}
 	}
-
-	types, payloads, err := outcomePayloads(orders)
-	if err != nil {
+	if rec.EventTypes, rec.Payloads, err = outcomePayloads(orders); err != nil {
 		return err
 	}
-	if _, err := q.OutboxInsertMany(ctx, db.OutboxInsertManyParams{
-		AggregateIds: insert.Ids,
-		EventTypes:   types,
-		Payloads:     payloads,
-	}); err != nil {
-		return fmt.Errorf("writing outcomes to the outbox: %w", err)
+	row, err := q.DecisionRecord(ctx, rec)
+	if err != nil {
+		return fmt.Errorf("recording decisions: %w", err)
 	}
-	if err := q.OutboxNotify(ctx); err != nil {
-		return fmt.Errorf("waking the relays: %w", err)
+	if len(row.Inserted) != len(reqs) {
+		fresh := make(map[uuid.UUID]bool, len(row.Inserted))
+		for _, id := range row.Inserted {
+			fresh[id] = true
+		}
+		dup := &decidedBeforeError{}
+		for _, r := range reqs {
+			if !fresh[r.OrderID] {
+				dup.ids = append(dup.ids, r.OrderID)
+			}
+		}
+		return dup
+	}
+	if int(row.CategoriesTaken) != len(rec.TakeCategoryIds) {
+		return fmt.Errorf("taking tickets: %d of %d categories could not cover their take", len(rec.TakeCategoryIds)-int(row.CategoriesTaken), len(rec.TakeCategoryIds))
 	}
 	return nil
-}
-
-// covers reports whether every category has the stock to cover its take.
-func covers(stocks map[uuid.UUID]stock, taken map[uuid.UUID]int) bool {
-	for id, n := range taken {
-		if stocks[id].remaining < n {
-			return false
-		}
-	}
-	return true
 }
 
 type categoryRule struct {

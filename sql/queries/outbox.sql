@@ -1,7 +1,3 @@
--- name: OutboxInsertMany :execrows
-INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-SELECT 'order', unnest(@aggregate_ids::uuid[]), unnest(@event_types::text[]), unnest(@payloads::jsonb[]);
-
 -- OutboxClaim locks a batch of unpublished rows, oldest first, skipping rows
 -- another relay holds: two relays never publish one row at the same time.
 -- Ids commit out of order, so no "last id seen" cursor could be trusted.
@@ -26,10 +22,6 @@ WHERE id IN (
 SELECT count(*)::bigint AS rows, coalesce(min(created_at), now())::timestamptz AS oldest
 FROM outbox
 WHERE published_at IS NULL;
-
--- OutboxNotify wakes the relays when the deciding transaction commits.
--- name: OutboxNotify :exec
-SELECT pg_notify('crowdpass_outbox', '');
 
 -- name: OutboxListen :exec
 LISTEN crowdpass_outbox;

@@ -28,12 +28,3 @@ FROM ticket_categories
 WHERE id = ANY(@ids::uuid[])
 ORDER BY id
 FOR NO KEY UPDATE;
-
--- TicketCategoryTakeMany is the conditional decrement: a row whose
--- remaining cannot cover its take is left alone, so stock never goes
--- below zero whatever the caller computed.
--- name: TicketCategoryTakeMany :execrows
-UPDATE ticket_categories c
-SET remaining = c.remaining - d.take
-FROM (SELECT unnest(@ids::uuid[]) AS id, unnest(@takes::integer[]) AS take) d
-WHERE c.id = d.id AND d.take > 0 AND c.remaining >= d.take;

@@ -1,0 +1,46 @@
+-- DecisionRecord writes a decided batch in one statement, so that the
+-- worker's commit follows its decision by a single round trip: the orders
+-- with their verdicts (an order that exists already, a redelivery, is left
+-- out), the conditional decrement of each category's stock (a row whose
+-- remaining cannot cover its take is left alone, so stock never goes below
+-- zero whatever the caller computed), the tickets, the outcome rows in
+-- outbox, and the relays' wake-up, sent when the transaction commits.
+-- It returns the ids of the orders it inserted and how many categories
+-- covered their take; the caller rolls back unless both are complete.
+-- name: DecisionRecord :one
+WITH inserted AS (
+    INSERT INTO orders (id, customer_id, idempotency_key, event_id, category_id, quantity, status, reason, created_at, processed_at)
+    SELECT
+        unnest(@ids::uuid[]),
+        unnest(@customer_ids::text[]),
+        unnest(@idempotency_keys::text[]),
+        unnest(@event_ids::uuid[]),
+        unnest(@category_ids::uuid[]),
+        unnest(@quantities::integer[]),
+        unnest(@statuses::text[]),
+        NULLIF(unnest(@reasons::text[]), ''),
+        unnest(@created_ats::timestamptz[]),
+        @processed_at::timestamptz
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), taken AS (
+    UPDATE ticket_categories c
+    SET remaining = c.remaining - d.take
+    FROM (SELECT unnest(@take_category_ids::uuid[]) AS id, unnest(@takes::integer[]) AS take) d
+    WHERE c.id = d.id AND d.take > 0 AND c.remaining >= d.take
+    RETURNING c.id
+), issued AS (
+    INSERT INTO tickets (id, order_id, category_id, seat)
+    SELECT unnest(@ticket_ids::uuid[]), unnest(@ticket_order_ids::uuid[]), unnest(@ticket_category_ids::uuid[]), unnest(@seats::integer[])
+    RETURNING id
+), announced AS (
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT 'order', unnest(@ids::uuid[]), unnest(@event_types::text[]), unnest(@payloads::jsonb[])
+    RETURNING id
+)
+SELECT
+    coalesce((SELECT array_agg(id) FROM inserted), '{}')::uuid[] AS inserted,
+    (SELECT count(*) FROM taken)::integer AS categories_taken,
+    (SELECT count(*) FROM issued)::integer AS tickets_issued,
+    (SELECT count(*) FROM announced)::integer AS outcomes_written,
+    pg_notify('crowdpass_outbox', '')::text AS woke;
