@@ -182,19 +182,24 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		log.Info("no HTTP server; set HTTP_ADDR for /healthz, /readyz and /metrics", "role", role)
 	}
 	if cfg.PprofAddr != "" {
-		// Profiles are for operators on the host, never on the public listener.
-		mux := http.NewServeMux()
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		g.Go(func() error { return serveHTTP(ctx, cfg.PprofAddr, mux, log) })
+		g.Go(func() error { return serveHTTP(ctx, cfg.PprofAddr, pprofHandler(), log) })
 	}
 	log.Info("crowdpass started", "role", role, "namespace", cfg.Namespace, "http_addr", cfg.HTTPAddr)
 	err = g.Wait()
 	log.Info("crowdpass stopped", "role", role)
 	return err
+}
+
+// pprofHandler serves net/http/pprof: profiles are for operators on the
+// host, never on the public listener.
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // opsHandler serves /healthz, /readyz and /metrics for roles without the

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/crowdpass/crowdpass/postgres"
@@ -55,6 +56,14 @@ func runRush(ctx context.Context, args []string, getenv func(string) string, std
 				rc.Terminal = true
 			}
 		}
+	}
+
+	if cfg.PprofAddr != "" { // to profile the generator itself
+		var wg sync.WaitGroup
+		pctx, stop := context.WithCancel(ctx)
+		defer wg.Wait()
+		defer stop()
+		wg.Go(func() { _ = serveHTTP(pctx, cfg.PprofAddr, pprofHandler(), cfg.logger(stderr)) })
 	}
 
 	var auditor rush.Auditor
