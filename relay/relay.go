@@ -8,6 +8,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,10 @@ type Config struct {
 	Exchange string
 	// Batch is the most rows claimed and published at once (default 500).
 	Batch int
+	// Loops is how many batches may be in flight at once (default 4): while
+	// one waits for its confirms, another claims the rows committed since.
+	// The claim skips rows another loop holds.
+	Loops int
 	// Poll is the longest wait between looks at the outbox when no
 	// notification comes (default 1s).
 	Poll time.Duration
@@ -59,7 +64,7 @@ type Relay struct {
 	store     Store
 	publisher Publisher
 	log       *slog.Logger
-	wake      chan struct{}
+	wakes     []chan struct{} // one per loop
 	failing   atomic.Bool
 
 	backlog   prometheus.Gauge
@@ -70,6 +75,7 @@ type Relay struct {
 // New returns a relay; Run starts it.
 func New(cfg Config, store Store, publisher Publisher) *Relay {
 	cfg.Batch = cmp.Or(max(cfg.Batch, 0), 500)
+	cfg.Loops = cmp.Or(max(cfg.Loops, 0), 4)
 	cfg.Poll = cmp.Or(cfg.Poll, time.Second)
 	cfg.Retention = cmp.Or(cfg.Retention, 7*24*time.Hour)
 	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, 10*time.Second)
@@ -81,8 +87,8 @@ func New(cfg Config, store Store, publisher Publisher) *Relay {
 	}
 	r := &Relay{
 		cfg: cfg, store: store, publisher: publisher,
-		log:  cfg.Logger.With("role", "relay"),
-		wake: make(chan struct{}, 1),
+		log:   cfg.Logger.With("role", "relay"),
+		wakes: make([]chan struct{}, cfg.Loops),
 		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "crowdpass_outbox_backlog_rows", Help: "Outbox rows not yet published.",
 		}),
@@ -92,6 +98,9 @@ func New(cfg Config, store Store, publisher Publisher) *Relay {
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "crowdpass_outbox_published_total", Help: "Outbox rows published and confirmed.",
 		}),
+	}
+	for i := range r.wakes {
+		r.wakes[i] = make(chan struct{}, 1)
 	}
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(r.backlog, r.oldest, r.published)
@@ -104,28 +113,35 @@ func (r *Relay) Ready() bool { return r.publisher.Ready() && !r.failing.Load() }
 
 // Run relays until ctx is done.
 func (r *Relay) Run(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		r.listen(ctx)
-	}()
-	defer func() { <-done }()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { r.listen(ctx) })
+	for _, wake := range r.wakes {
+		wg.Go(func() { r.loop(ctx, wake) })
+	}
 
-	poll := time.NewTimer(0)
-	defer poll.Stop()
 	housekeeping := time.NewTicker(time.Second)
 	defer housekeeping.Stop()
-	ticks := 0
-	for {
+	for ticks := 1; ; ticks++ {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-r.wake:
-		case <-poll.C:
 		case <-housekeeping.C:
-			ticks++
 			r.housekeep(ctx, ticks%60 == 1)
-			continue
+		}
+	}
+}
+
+// loop publishes batches whenever woken, and at least every Poll.
+func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+		case <-poll.C:
 		}
 		// Drain: a full batch means there may be more right behind it.
 		for ctx.Err() == nil {
@@ -138,16 +154,21 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
+// wakeAll wakes every loop; a loop busy with a batch looks again after it.
+func (r *Relay) wakeAll() {
+	for _, wake := range r.wakes {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // listen turns outbox notifications into wake-ups, reconnecting as needed;
 // polling covers the gaps.
 func (r *Relay) listen(ctx context.Context) {
 	for {
-		err := r.store.ListenOutbox(ctx, func() {
-			select {
-			case r.wake <- struct{}{}:
-			default:
-			}
-		})
+		err := r.store.ListenOutbox(ctx, r.wakeAll)
 		if ctx.Err() != nil {
 			return
 		}

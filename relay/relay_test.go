@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,21 +121,29 @@ func TestTwoRelaysPublishEveryRowOnce(t *testing.T) {
 	}
 }
 
-// crashingStore loses the first batch's marks, as a relay killed between
-// publishing and committing would.
+// crashingStore loses the marks of batches until lose distinct rows have
+// lost theirs, as relays killed between publishing and committing would.
 type crashingStore struct {
 	*postgres.Store
-	crashed atomic.Bool
+	lose int
+
+	mu   sync.Mutex
+	lost map[int64]bool
 }
 
 func (s *crashingStore) PublishOutbox(ctx context.Context, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error) {
-	if s.crashed.CompareAndSwap(false, true) {
-		return s.Store.PublishOutbox(ctx, max, func(ctx context.Context, rows []crowdpass.OutboxMessage) []int64 {
-			publish(ctx, rows)
-			return nil
-		})
-	}
-	return s.Store.PublishOutbox(ctx, max, publish)
+	return s.Store.PublishOutbox(ctx, max, func(ctx context.Context, rows []crowdpass.OutboxMessage) []int64 {
+		confirmed := publish(ctx, rows)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if len(s.lost) >= s.lose {
+			return confirmed
+		}
+		for _, row := range rows {
+			s.lost[row.ID] = true
+		}
+		return nil
+	})
 }
 
 func TestRowsPublishedButNotMarkedArePublishedAgain(t *testing.T) {
@@ -144,7 +151,7 @@ func TestRowsPublishedButNotMarkedArePublishedAgain(t *testing.T) {
 	b := setup(t)
 	b.decide(t, 20)
 	seen := b.listen(t, "order.*")
-	b.start(t, &crashingStore{Store: b.store})
+	b.start(t, &crashingStore{Store: b.store, lose: 20, lost: map[int64]bool{}})
 
 	testkit.Eventually(t, 30*time.Second, func() bool { return b.unpublished(t) == 0 }, "every row published")
 	twice := 0
