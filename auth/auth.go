@@ -57,6 +57,9 @@ func (a *Authority) Issue(customer string, admin bool, ttl time.Duration) (strin
 		return "", errors.New("the token lifetime must be positive")
 	}
 	now := a.now()
+	if t, ok := a.issueFast(customer, admin, now, now.Add(ttl)); ok {
+		return t, nil
+	}
 	c := claims{Admin: admin, RegisteredClaims: jwt.RegisteredClaims{
 		Subject:   customer,
 		IssuedAt:  jwt.NewNumericDate(now),

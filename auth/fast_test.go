@@ -55,3 +55,32 @@ func TestVerifyFastTakesIssuedTokens(t *testing.T) {
 		t.Fatalf("verifyFast(issued) = %+v, %v", p, ok)
 	}
 }
+
+// issueFast writes golang-jwt's token byte for byte.
+func TestIssueFastMatchesGolangJWT(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	a, _ := New([]byte("secret"), func() time.Time { return now })
+	for _, tt := range []struct {
+		customer string
+		admin    bool
+		fast     bool
+	}{
+		{"rush-1a2b-999999", false, true}, {"alice", true, true}, {"a b~!#$%", false, true},
+		{"a<b", false, false}, {`a"b`, false, false}, {"b\u00f6b", false, false}, {"a\tb", false, false},
+	} {
+		want, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims{Admin: tt.admin, RegisteredClaims: jwt.RegisteredClaims{
+			Subject: tt.customer, IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)),
+		}}).SignedString([]byte("secret"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := a.issueFast(tt.customer, tt.admin, now, now.Add(time.Hour))
+		if ok != tt.fast || (ok && got != want) {
+			t.Errorf("issueFast(%q, %v) = %q, %v; want %q, %v", tt.customer, tt.admin, got, ok, want, tt.fast)
+		}
+		if issued, err := a.Issue(tt.customer, tt.admin, time.Hour); err != nil || issued != want {
+			t.Errorf("Issue(%q, %v) = %q, %v; want %q", tt.customer, tt.admin, issued, err, want)
+		}
+	}
+}
