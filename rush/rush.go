@@ -115,17 +115,20 @@ type Percentiles struct {
 
 // Report is what a rush measured and found.
 type Report struct {
-	Target            string           `json:"target"`
-	EventID           string           `json:"event_id,omitempty"`
-	Buyers            int              `json:"buyers"`
-	Tickets           int              `json:"tickets"`
-	Requests          int64            `json:"requests"`
-	Seconds           float64          `json:"seconds"`
-	RequestsPerSecond float64          `json:"requests_per_second"`
-	Latency           Percentiles      `json:"post_orders_latency"`
-	Answers           map[string]int64 `json:"answers"`
-	Accepted          int64            `json:"accepted_orders"`
-	Unanswered        int64            `json:"buyers_without_answer"`
+	Target            string      `json:"target"`
+	EventID           string      `json:"event_id,omitempty"`
+	Buyers            int         `json:"buyers"`
+	Tickets           int         `json:"tickets"`
+	Requests          int64       `json:"requests"`
+	Seconds           float64     `json:"seconds"`
+	RequestsPerSecond float64     `json:"requests_per_second"`
+	Latency           Percentiles `json:"post_orders_latency"`
+	// LatencyAccepted is the share of Latency answered 202 for the first
+	// time: the path that waits for the broker's confirm.
+	LatencyAccepted Percentiles      `json:"post_orders_latency_accepted"`
+	Answers         map[string]int64 `json:"answers"`
+	Accepted        int64            `json:"accepted_orders"`
+	Unanswered      int64            `json:"buyers_without_answer"`
 
 	SecondsToLastTicket  float64     `json:"seconds_to_last_ticket_sold,omitempty"`
 	SecondsToLastOutcome float64     `json:"seconds_to_last_outcome_delivered,omitempty"`
@@ -201,7 +204,10 @@ func run1(ctx context.Context, cfg Config, a Auditor) (Report, error) {
 		client:   &http.Client{Timeout: cfg.RequestTimeout},
 	}
 	for i := range r.shards {
-		r.shards[i] = &stats{latency: hdrhistogram.New(1, 60_000_000, 3), answers: map[string]int64{}}
+		r.shards[i] = &stats{
+			latency: hdrhistogram.New(1, 60_000_000, 3), accepted: hdrhistogram.New(1, 60_000_000, 3),
+			answers: map[string]int64{},
+		}
 	}
 	defer r.client.CloseIdleConnections()
 	if cfg.Bare {
@@ -399,9 +405,10 @@ type buyer struct {
 // stats are the latencies and answers recorded by a share of the buyers;
 // sharding them keeps the generator's goroutines from queueing on one lock.
 type stats struct {
-	mu      sync.Mutex
-	latency *hdrhistogram.Histogram
-	answers map[string]int64
+	mu       sync.Mutex
+	latency  *hdrhistogram.Histogram
+	accepted *hdrhistogram.Histogram // first-time 202s
+	answers  map[string]int64
 }
 
 const statShards = 16
@@ -503,6 +510,9 @@ func (st *stats) record(a answer, err error, elapsed time.Duration) {
 	st.mu.Lock()
 	if err == nil {
 		_ = st.latency.RecordValue(max(elapsed.Microseconds(), 1))
+		if a.status == http.StatusAccepted && !a.replayed {
+			_ = st.accepted.RecordValue(max(elapsed.Microseconds(), 1))
+		}
 	}
 	st.answers[label]++
 	st.mu.Unlock()
@@ -515,7 +525,7 @@ func (r *run) count(label string) {
 }
 
 func (r *run) report(elapsed time.Duration) Report {
-	latency := hdrhistogram.New(1, 60_000_000, 3)
+	latency, accepted := hdrhistogram.New(1, 60_000_000, 3), hdrhistogram.New(1, 60_000_000, 3)
 	answers := map[string]int64{}
 	r.mu.Lock()
 	for k, v := range r.answers {
@@ -525,6 +535,7 @@ func (r *run) report(elapsed time.Duration) Report {
 	for _, st := range r.shards {
 		st.mu.Lock()
 		latency.Merge(st.latency)
+		accepted.Merge(st.accepted)
 		for k, v := range st.answers {
 			answers[k] += v
 		}
@@ -536,6 +547,7 @@ func (r *run) report(elapsed time.Duration) Report {
 		Requests: r.requests.Load(), Seconds: elapsed.Seconds(),
 		RequestsPerSecond: float64(r.requests.Load()) / elapsed.Seconds(),
 		Latency:           percentiles(latency),
+		LatencyAccepted:   percentiles(accepted),
 		Answers:           answers, Accepted: r.accepted.Load(), Unanswered: r.unanswered.Load(),
 		Violations: []string{},
 	}

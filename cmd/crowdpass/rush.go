@@ -102,6 +102,7 @@ func printReport(w io.Writer, r rush.Report) {
 		fmt.Fprintf(w, "  the generator alone against a bare 202 handler: %.0f req/s; this run: %.1f%% of it\n", r.BareRequestsPerSecond, 100*r.RatioToBare)
 	}
 	fmt.Fprintf(w, "  POST /orders latency: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n", r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.Max)
+	fmt.Fprintf(w, "    of which first 202s: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n", r.LatencyAccepted.P50, r.LatencyAccepted.P90, r.LatencyAccepted.P99, r.LatencyAccepted.Max)
 	labels := make([]string, 0, len(r.Answers))
 	for k := range r.Answers {
 		labels = append(labels, k)
