@@ -55,6 +55,10 @@ type AdmissionResult struct {
 	Verdict Verdict
 	Answer  Answer
 	Taken   int
+	// Stock is, for SoldOut found by looking at the stock, the gate's stock
+	// then; StockKnown says it was looked at.
+	Stock      int
+	StockKnown bool
 }
 
 // KeyRecord is what the gate remembers of an idempotency key.

@@ -163,3 +163,88 @@ func TestPendingOrderIsReadableBeforeItIsDecided(t *testing.T) {
 		t.Errorf("accepted_at differs: %s vs %s", a.body, r.body)
 	}
 }
+
+// Once an admission found a category sold out, the next requests for it
+// take the gate's cheaper refusal; it keeps every idempotency promise: an
+// accepted key still replays its 202, a refused key replays its sold_out,
+// and another payload under a refused key is a mismatch.
+func TestSoldOutFastPathKeepsReplaysExact(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(4, 1, 10)
+	h.waitGate(event.Categories[0].ID, 1)
+	accepted := h.order("alice", "a", orderJSON(event, 0, 1))
+	if accepted.status != http.StatusAccepted {
+		t.Fatalf("alice: %d %s", accepted.status, accepted.body)
+	}
+	refusals := func() string {
+		t.Helper()
+		for _, line := range bytes.Split(h.do(http.MethodGet, "/metrics", nil, nil).body, []byte("\n")) {
+			if bytes.HasPrefix(line, []byte("crowdpass_gate_refusals_total ")) {
+				return string(line[len("crowdpass_gate_refusals_total "):])
+			}
+		}
+		return ""
+	}
+	// The script finds the category sold out; the fast path is fresh for a
+	// moment after it, so the checks run until one batch of them has been
+	// answered through it.
+	deadline := time.Now().Add(10 * time.Second)
+	for round := 0; ; round++ {
+		before := refusals()
+		first := h.order("bob", fmt.Sprint("b", round), orderJSON(event, 0, 1))
+		if first.status != http.StatusConflict || first.problem(t)["code"] != string(crowdpass.ESoldOut) {
+			t.Fatalf("bob: %d %s", first.status, first.body)
+		}
+		again := h.order("alice", "a", orderJSON(event, 0, 1))
+		if again.status != http.StatusAccepted || !bytes.Equal(again.body, accepted.body) || again.header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("alice's retry: %d %s %v", again.status, again.body, again.header)
+		}
+		fresh := h.order("carol", fmt.Sprint("c", round), orderJSON(event, 0, 1))
+		if fresh.status != http.StatusConflict || !bytes.Equal(fresh.body, first.body) || fresh.header.Get("Idempotent-Replayed") != "" {
+			t.Errorf("carol: %d %s %v", fresh.status, fresh.body, fresh.header)
+		}
+		replay := h.order("carol", fmt.Sprint("c", round), orderJSON(event, 0, 1))
+		if replay.status != http.StatusConflict || !bytes.Equal(replay.body, fresh.body) || replay.header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("carol's retry: %d %s %v", replay.status, replay.body, replay.header)
+		}
+		other := h.order("carol", fmt.Sprint("c", round), orderJSON(event, 1, 1))
+		if other.status != http.StatusUnprocessableEntity || other.problem(t)["code"] != string(crowdpass.EKeyMismatch) {
+			t.Errorf("carol's other payload: %d %s", other.status, other.body)
+		}
+		if after := refusals(); after != before && after != "" && after != "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no request took the sold-out fast path")
+		}
+	}
+	if n := h.countOrders("customer_id <> 'alice'"); n != 0 {
+		t.Errorf("%d orders created by refused requests", n)
+	}
+}
+
+// Stock that comes back to the gate is sold again: the sold-out view of the
+// fast path is only trusted for a moment.
+func TestStockBackInTheGateIsSoldAgain(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(4, 1)
+	cat := event.Categories[0].ID
+	h.waitGate(cat, 1)
+	if r := h.order("alice", "a", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("alice: %d %s", r.status, r.body)
+	}
+	if r := h.order("bob", "b0", orderJSON(event, 0, 1)); r.status != http.StatusConflict {
+		t.Fatalf("bob: %d %s", r.status, r.body)
+	}
+	// As an aborted admission would give its ticket back.
+	if set, err := h.gate.SetStock(testkit.Context(t), cat, 0, true, 1); err != nil || !set {
+		t.Fatalf("SetStock = %v, %v", set, err)
+	}
+	round := 0
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		round++
+		return h.order("bob", fmt.Sprint("b", round), orderJSON(event, 0, 1)).status == http.StatusAccepted
+	}, "the ticket back in the gate sold")
+}

@@ -12,6 +12,7 @@ type metrics struct {
 	gate      *prometheus.CounterVec
 	confirm   prometheus.Histogram
 	slowPath  prometheus.Counter
+	refused   prometheus.Counter
 	reconcile *prometheus.CounterVec
 }
 
@@ -39,10 +40,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		slowPath: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "crowdpass_gate_bypassed_total", Help: "Orders admitted without the Redis gate because it was unreachable.",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "crowdpass_gate_refusals_total",
+			Help: "POST /orders that a fresh sold-out view sent to the gate's single SET NX GET instead of its admission script.",
+		}),
 		reconcile: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "crowdpass_gate_reconciled_total", Help: "Gate stock keys rebuilt or corrected from PostgreSQL.",
 		}, []string{"why"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.reconcile)
+	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile)
 	return m
 }

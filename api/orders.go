@@ -133,7 +133,16 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		// script may already be queued, and a half-known outcome would leave
 		// the key in flight with its stock taken.
 		admitCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Second)
-		res, err := s.gate.Admit(admitCtx, adm, owner)
+		var res crowdpass.AdmissionResult
+		if adm.Window == "" && s.edge.short(category.ID, adm.Quantity, now) {
+			s.metrics.refused.Inc()
+			res, err = s.gate.Refuse(admitCtx, adm)
+		} else {
+			res, err = s.gate.Admit(admitCtx, adm, owner)
+			if err == nil && res.Verdict == crowdpass.SoldOut && res.StockKnown {
+				s.edge.observe(category.ID, res.Stock, now)
+			}
+		}
 		cancel()
 		if err != nil {
 			// Redis is a cache: without it, orders go the slow path and the

@@ -1,9 +1,12 @@
 -- Undo an admission whose order could not be queued.
 -- KEYS[1] the key's record, KEYS[2] the category's gate stock.
 -- ARGV: owner of the admission, tickets it took.
-local rec = redis.call('HMGET', KEYS[1], 'owner', 'status')
-if rec[1] == ARGV[1] and not rec[2] then
-  redis.call('DEL', KEYS[1])
+local rec = redis.call('GET', KEYS[1])
+if rec then
+  local status, fp, owner = string.match(rec, '^(%d+)\n([^\n]*)\n([^\n]*)\n')
+  if status == '0' and owner == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+  end
 end
 local taken = tonumber(ARGV[2])
 if taken > 0 and redis.call('EXISTS', KEYS[2]) == 1 then

@@ -1,5 +1,6 @@
 // Package gate is the Redis fast path of the API: the idempotency cache and
-// the stock pre-check, each decision one atomic Lua script.
+// the stock pre-check, each decision one atomic step (a Lua script, or a
+// single SET NX GET where the stock is already known not to cover it).
 //
 // Redis holds caches and gates only. A missing idempotency record means "not
 // known here", and a missing stock key means "admit and let the database
@@ -52,7 +53,12 @@ func New(rdb redis.UniversalClient, cfg Config) *Redis {
 // Close stops the gate's pipelines; calls after it fail.
 func (g *Redis) Close() { g.pipe.close() }
 
-func (g *Redis) keyKey(order uuid.UUID) string { return g.cfg.Namespace + "idem:" + order.String() }
+// keyKey is the Redis key of an order's idempotency record. "v2" is the
+// string record of record.go; the hashes of v1 are simply not seen, as if
+// Redis had lost them.
+func (g *Redis) keyKey(order uuid.UUID) string {
+	return g.cfg.Namespace + "idem:v2:" + order.String()
+}
 
 // StockKey is the Redis key of a category's gate stock.
 func (g *Redis) StockKey(category uuid.UUID) string {
@@ -66,14 +72,9 @@ var admitSource string
 var abortSource string
 
 var (
-	admitScript    = redis.NewScript(admitSource)
-	abortScript    = redis.NewScript(abortSource)
-	completeScript = redis.NewScript(`
-redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'cust', ARGV[2], 'status', ARGV[3], 'body', ARGV[4])
-redis.call('HDEL', KEYS[1], 'owner')
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1`)
-	casScript = redis.NewScript(`
+	admitScript = redis.NewScript(admitSource)
+	abortScript = redis.NewScript(abortSource)
+	casScript   = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if (cur or '') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -84,45 +85,69 @@ return 1`)
 // stock, all in one atomic step. owner identifies this attempt, so that
 // Abort never undoes another attempt's mark.
 func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error) {
+	soldOut := record{status: a.SoldOut.Status, fp: a.Fingerprint, customer: a.CustomerID, body: a.SoldOut.Body}
+	inFlight := record{fp: a.Fingerprint, owner: owner, customer: a.CustomerID}
 	val, err := g.pipe.do(ctx, admitScript, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
-		a.Fingerprint, a.CustomerID, a.Quantity, string(a.Window), g.cfg.InFlightTTL.Milliseconds(),
-		a.SoldOut.Status, a.SoldOut.Body, g.cfg.AnswerTTL.Milliseconds(), owner)
+		a.Fingerprint, a.Quantity, string(a.Window), g.cfg.InFlightTTL.Milliseconds(),
+		soldOut.encode(), inFlight.encode(), g.cfg.AnswerTTL.Milliseconds())
 	if err != nil {
 		return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: %w", err)
 	}
-	res, ok := val.([]any)
-	if !ok || len(res) == 0 {
-		return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: unexpected answer %v", val)
+	res, _ := val.([]any)
+	verdict := ""
+	if len(res) > 0 {
+		verdict, _ = res[0].(string)
 	}
-	verdict, _ := res[0].(string)
-	switch verdict {
-	case "admitted":
+	switch {
+	case verdict == "admitted" && len(res) == 2:
 		taken, _ := res[1].(int64)
 		return crowdpass.AdmissionResult{Verdict: crowdpass.Admitted, Taken: int(taken)}, nil
-	case "replay":
-		status, err := strconv.Atoi(fmt.Sprint(res[1]))
-		if err != nil {
-			return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: stored status %v: %w", res[1], err)
+	case verdict == "replay" && len(res) == 2:
+		s, _ := res[1].(string)
+		rec, ok := decodeRecord(s)
+		if !ok {
+			return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: unreadable record %q", s)
 		}
-		body, _ := res[2].(string)
-		return crowdpass.AdmissionResult{Verdict: crowdpass.Replay, Answer: crowdpass.Answer{Status: status, Body: []byte(body)}}, nil
-	case "mismatch":
+		return rec.verdict(a.Fingerprint), nil
+	case verdict == "mismatch":
 		return crowdpass.AdmissionResult{Verdict: crowdpass.Mismatch}, nil
-	case "inflight":
+	case verdict == "inflight":
 		return crowdpass.AdmissionResult{Verdict: crowdpass.InProgress}, nil
-	case "window":
+	case verdict == "window":
 		return crowdpass.AdmissionResult{Verdict: crowdpass.OutsideWindow}, nil
-	case "soldout":
+	case verdict == "soldout" && len(res) == 2:
+		stock, _ := res[1].(int64)
+		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut, Stock: int(stock), StockKnown: true}, nil
+	}
+	return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: unexpected answer %v", val)
+}
+
+// Refuse is Admit for a request the caller already knows the stock cannot
+// cover, in an open sale: a new key gets the sold-out answer stored, and a
+// known key is replayed, mismatched or in progress exactly as Admit would.
+// It is one SET NX GET, a fifth of the script's cost in Redis, and never
+// touches the stock.
+func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission) (crowdpass.AdmissionResult, error) {
+	soldOut := record{status: a.SoldOut.Status, fp: a.Fingerprint, customer: a.CustomerID, body: a.SoldOut.Body}
+	val, err := g.pipe.doCmd(ctx, "set", g.keyKey(a.OrderID), soldOut.encode(), "nx", "get", "px", g.cfg.AnswerTTL.Milliseconds())
+	if errors.Is(err, redis.Nil) {
 		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut}, nil
 	}
-	return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: unexpected answer %v", res)
+	if err != nil {
+		return crowdpass.AdmissionResult{}, fmt.Errorf("refusing order: %w", err)
+	}
+	s, _ := val.(string)
+	rec, ok := decodeRecord(s)
+	if !ok {
+		return crowdpass.AdmissionResult{}, fmt.Errorf("refusing order: unreadable record %q", s)
+	}
+	return rec.verdict(a.Fingerprint), nil
 }
 
 // Complete stores the answer to an admitted key for AnswerTTL.
 func (g *Redis) Complete(ctx context.Context, a crowdpass.Admission, answer crowdpass.Answer) error {
-	_, err := g.pipe.do(ctx, completeScript, []string{g.keyKey(a.OrderID)},
-		a.Fingerprint, a.CustomerID, answer.Status, answer.Body, g.cfg.AnswerTTL.Milliseconds())
-	if err != nil {
+	rec := record{status: answer.Status, fp: a.Fingerprint, customer: a.CustomerID, body: answer.Body}
+	if _, err := g.pipe.doCmd(ctx, "set", g.keyKey(a.OrderID), rec.encode(), "px", g.cfg.AnswerTTL.Milliseconds()); err != nil {
 		return fmt.Errorf("storing answer: %w", err)
 	}
 	return nil
@@ -141,21 +166,22 @@ func (g *Redis) Abort(ctx context.Context, a crowdpass.Admission, owner string, 
 
 // Lookup returns what the gate remembers of an order's key; ErrNotFound if nothing.
 func (g *Redis) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error) {
-	vals, err := g.rdb.HMGet(ctx, g.keyKey(order), "cust", "status", "body").Result()
+	s, err := g.rdb.Get(ctx, g.keyKey(order)).Result()
+	if errors.Is(err, redis.Nil) {
+		return crowdpass.KeyRecord{}, crowdpass.ErrNotFound
+	}
 	if err != nil {
 		return crowdpass.KeyRecord{}, fmt.Errorf("looking up order key: %w", err)
 	}
-	cust, ok := vals[0].(string)
+	rec, ok := decodeRecord(s)
 	if !ok {
-		return crowdpass.KeyRecord{}, crowdpass.ErrNotFound
+		return crowdpass.KeyRecord{}, fmt.Errorf("looking up order key: unreadable record")
 	}
-	rec := crowdpass.KeyRecord{CustomerID: cust, InFlight: vals[1] == nil}
-	if s, ok := vals[1].(string); ok {
-		rec.Answer.Status, _ = strconv.Atoi(s)
-		body, _ := vals[2].(string)
-		rec.Answer.Body = []byte(body)
+	kr := crowdpass.KeyRecord{CustomerID: rec.customer, InFlight: rec.status == 0}
+	if rec.status != 0 {
+		kr.Answer = crowdpass.Answer{Status: rec.status, Body: rec.body}
 	}
-	return rec, nil
+	return kr, nil
 }
 
 // Stock returns a category's gate stock; ok is false when the gate does not know it.

@@ -142,3 +142,64 @@ func TestSetStockIsACompareAndSet(t *testing.T) {
 		t.Errorf("stock %d, want 7", n)
 	}
 }
+
+func TestRefuseStoresSoldOutOnlyForNewKeys(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	ctx := testkit.Context(t)
+	cat := uuid.New()
+	g.SetStock(ctx, cat, 0, false, 5)
+	refuse := func(a crowdpass.Admission) crowdpass.AdmissionResult {
+		t.Helper()
+		r, err := g.Refuse(ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+
+	fresh := admission("alice", "new", cat, 1)
+	if r := refuse(fresh); r.Verdict != crowdpass.SoldOut || string(r.Answer.Body) != string(fresh.SoldOut.Body) {
+		t.Errorf("new key: %+v", r)
+	}
+	if r, _ := g.Admit(ctx, fresh, "o"); r.Verdict != crowdpass.Replay || r.Answer.Status != 409 || string(r.Answer.Body) != string(fresh.SoldOut.Body) {
+		t.Errorf("Admit after Refuse: %+v", r)
+	}
+	if r := refuse(admission("alice", "new", cat, 2)); r.Verdict != crowdpass.Mismatch {
+		t.Errorf("other payload under a refused key: %+v", r)
+	}
+
+	flying := admission("bob", "k", cat, 1)
+	if r, _ := g.Admit(ctx, flying, "o"); r.Verdict != crowdpass.Admitted {
+		t.Fatalf("admission: %+v", r)
+	}
+	if r := refuse(flying); r.Verdict != crowdpass.InProgress {
+		t.Errorf("key in flight: %+v", r)
+	}
+	accepted := crowdpass.Answer{Status: 202, Body: []byte(`{"order_id":"b"}` + "\n")}
+	if err := g.Complete(ctx, flying, accepted); err != nil {
+		t.Fatal(err)
+	}
+	if r := refuse(flying); r.Verdict != crowdpass.Replay || r.Answer.Status != 202 || string(r.Answer.Body) != string(accepted.Body) {
+		t.Errorf("accepted key: %+v, want its 202 replayed", r)
+	}
+	if n, _, _ := g.Stock(ctx, cat); n != 4 {
+		t.Errorf("stock %d, want 4: Refuse must not touch it", n)
+	}
+	rec, err := g.Lookup(ctx, flying.OrderID)
+	if err != nil || rec.CustomerID != "bob" || rec.InFlight || rec.Answer.Status != 202 {
+		t.Errorf("Lookup = %+v, %v", rec, err)
+	}
+}
+
+func TestSoldOutReportsTheStockItSaw(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	ctx := testkit.Context(t)
+	cat := uuid.New()
+	g.SetStock(ctx, cat, 0, false, 1)
+	r, err := g.Admit(ctx, admission("alice", "k", cat, 2), "o")
+	if err != nil || r.Verdict != crowdpass.SoldOut || !r.StockKnown || r.Stock != 1 {
+		t.Errorf("Admit over the stock = %+v, %v; want SoldOut seeing 1", r, err)
+	}
+}

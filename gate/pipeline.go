@@ -8,15 +8,16 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// scriptCall is one script call waiting for its turn in a pipeline.
-type scriptCall struct {
+// call is one script call, or with script nil one plain command
+// (args), waiting for its turn in a pipeline.
+type call struct {
 	script *redis.Script
 	keys   []string
 	args   []any
-	done   chan scriptResult
+	done   chan callResult
 }
 
-type scriptResult struct {
+type callResult struct {
 	val any
 	err error
 }
@@ -27,7 +28,7 @@ type scriptResult struct {
 // by themselves while the previous ones are in flight.
 type pipeliner struct {
 	rdb   redis.UniversalClient
-	calls chan *scriptCall
+	calls chan *call
 	stop  chan struct{}
 	wg    sync.WaitGroup
 	once  sync.Once
@@ -39,7 +40,7 @@ const (
 )
 
 func newPipeliner(rdb redis.UniversalClient) *pipeliner {
-	p := &pipeliner{rdb: rdb, calls: make(chan *scriptCall, 4096), stop: make(chan struct{})}
+	p := &pipeliner{rdb: rdb, calls: make(chan *call, 4096), stop: make(chan struct{})}
 	for range pipelineWorkers {
 		p.wg.Go(p.loop)
 	}
@@ -55,7 +56,15 @@ func (p *pipeliner) close() {
 
 // do queues a call of script and waits for its result or ctx's end.
 func (p *pipeliner) do(ctx context.Context, script *redis.Script, keys []string, args ...any) (any, error) {
-	c := &scriptCall{script: script, keys: keys, args: args, done: make(chan scriptResult, 1)}
+	return p.wait(ctx, &call{script: script, keys: keys, args: args, done: make(chan callResult, 1)})
+}
+
+// doCmd queues one plain command and waits for its result or ctx's end.
+func (p *pipeliner) doCmd(ctx context.Context, args ...any) (any, error) {
+	return p.wait(ctx, &call{args: args, done: make(chan callResult, 1)})
+}
+
+func (p *pipeliner) wait(ctx context.Context, c *call) (any, error) {
 	select {
 	case p.calls <- c:
 	case <-ctx.Done():
@@ -72,7 +81,7 @@ func (p *pipeliner) do(ctx context.Context, script *redis.Script, keys []string,
 }
 
 func (p *pipeliner) loop() {
-	batch := make([]*scriptCall, 0, pipelineMax)
+	batch := make([]*call, 0, pipelineMax)
 	for {
 		select {
 		case <-p.stop:
@@ -93,21 +102,25 @@ func (p *pipeliner) loop() {
 	}
 }
 
-func (p *pipeliner) exec(batch []*scriptCall) {
+func (p *pipeliner) exec(batch []*call) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	pipe := p.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(batch))
 	for i, c := range batch {
-		cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
+		if c.script == nil {
+			cmds[i] = pipe.Do(ctx, c.args...)
+		} else {
+			cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
+		}
 	}
 	_, _ = pipe.Exec(ctx) // errors are per command
 	for i, c := range batch {
 		val, err := cmds[i].Result()
-		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		if err != nil && c.script != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 			// A restarted Redis forgot the script: Run loads it again.
 			val, err = c.script.Run(ctx, p.rdb, c.keys, c.args...).Result()
 		}
-		c.done <- scriptResult{val, err}
+		c.done <- callResult{val, err}
 	}
 }
