@@ -78,6 +78,7 @@ type Notifier struct {
 	frames  prometheus.Counter
 	kicked  prometheus.Counter
 	latency prometheus.Histogram
+	lag     prometheus.Histogram
 }
 
 // New returns a notifier; Run consumes outcomes, ServeHTTP serves /ws.
@@ -117,8 +118,13 @@ func New(cfg Config, orders Orders, pending Pending, verifier Verifier) *Notifie
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}),
 	}
+	n.lag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "crowdpass_notifier_outcome_lag_seconds",
+		Help:    "From an outcome's processed_at to its arrival at this notifier: commit, relay and broker.",
+		Buckets: []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5},
+	})
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(n.sockets, n.frames, n.kicked, n.latency)
+		cfg.Registry.MustRegister(n.sockets, n.frames, n.kicked, n.latency, n.lag)
 	}
 	n.stopCtx, n.stopAll = context.WithCancel(context.Background())
 	return n
@@ -186,6 +192,9 @@ func (n *Notifier) dispatch(d amqp.Delivery) {
 	if err := json.Unmarshal(d.Body, &out); err != nil || out.CustomerID == "" {
 		n.log.Warn("undecodable outcome dropped", "message_id", d.MessageId, "err", err)
 		return
+	}
+	if out.ProcessedAt != nil {
+		n.lag.Observe(n.cfg.Now().Sub(out.ProcessedAt.Time).Seconds())
 	}
 	frame, err := json.Marshal(pushFrame(out))
 	if err != nil {

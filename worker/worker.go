@@ -20,6 +20,9 @@ import (
 	"github.com/crowdpass/crowdpass/broker"
 )
 
+// lagBuckets suit the legs of the notification latency, tens of milliseconds.
+var lagBuckets = []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5}
+
 // Decider decides batches of order requests against the source of truth.
 type Decider interface {
 	DecideOrders(ctx context.Context, reqs []crowdpass.OrderRequest) ([]crowdpass.Decision, error)
@@ -79,6 +82,7 @@ type Worker struct {
 	dbFailing   atomic.Bool
 	afterDecide func() // test hook: runs after a batch committed, before its ack
 	decided     *prometheus.CounterVec
+	commitLag   prometheus.Histogram
 }
 
 // New returns a worker; Run starts it.
@@ -88,9 +92,14 @@ func New(cfg Config, decider Decider) *Worker {
 		decided: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "crowdpass_worker_decided_total", Help: "Orders decided, by outcome.",
 		}, []string{"outcome"}),
+		commitLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "crowdpass_worker_commit_lag_seconds",
+			Help:    "From a batch's processed_at to its commit returning: the first leg of the notification latency.",
+			Buckets: lagBuckets,
+		}),
 	}
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(w.decided)
+		cfg.Registry.MustRegister(w.decided, w.commitLag)
 	}
 	if cfg.Rate > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), cfg.Batch)
@@ -204,6 +213,12 @@ func (w *Worker) process(ctx context.Context, batch []amqp.Delivery) {
 		return
 	}
 	w.log.Debug("batch decided", "orders", len(reqs), "took", time.Since(start))
+	for _, d := range decisions {
+		if d.Order != nil && d.Order.ProcessedAt != nil {
+			w.commitLag.Observe(time.Since(d.Order.ProcessedAt.Time).Seconds())
+			break // one processed_at per batch
+		}
+	}
 	if w.afterDecide != nil {
 		w.afterDecide()
 	}
