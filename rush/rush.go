@@ -46,7 +46,9 @@ type Config struct {
 	Buyers int
 	// Tickets is the event's capacity (default 50,000), split over Categories (default 4).
 	Tickets, Categories int
-	// Concurrency is how many requests are in flight at once (default 512).
+	// Concurrency is how many requests are in flight at once (default 256:
+	// on the 2-core reference machine the system is saturated from about
+	// 256 on, and more in flight only queue; docs/benchmarks.md has the sweep).
 	Concurrency int
 	// DoubleClick is the share of buyers who send their request twice at once.
 	DoubleClick float64
@@ -76,7 +78,7 @@ func (c Config) withDefaults() Config {
 	c.Buyers = cmp.Or(c.Buyers, 1_000_000)
 	c.Tickets = cmp.Or(c.Tickets, 50_000)
 	c.Categories = cmp.Or(c.Categories, 4)
-	c.Concurrency = cmp.Or(c.Concurrency, 512)
+	c.Concurrency = cmp.Or(c.Concurrency, 256)
 	c.Watchers = min(cmp.Or(c.Watchers, 2000), c.Buyers)
 	c.Retries = cmp.Or(c.Retries, 10)
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, 10*time.Second)

@@ -31,7 +31,7 @@ func runRush(ctx context.Context, args []string, getenv func(string) string, std
 	fs.IntVar(&rc.Buyers, "buyers", 1_000_000, "people pressing Buy, one ticket each")
 	fs.IntVar(&rc.Tickets, "tickets", 50_000, "tickets on sale")
 	fs.IntVar(&rc.Categories, "categories", 4, "categories the tickets are split over")
-	fs.IntVar(&rc.Concurrency, "concurrency", 512, "requests in flight at once")
+	fs.IntVar(&rc.Concurrency, "concurrency", 256, "requests in flight at once")
 	fs.Float64Var(&rc.DoubleClick, "double-click", 0.05, "share of buyers who send their purchase twice at once")
 	fs.IntVar(&rc.Watchers, "watchers", 2000, "buyers who keep a WebSocket open to time their notification")
 	fs.IntVar(&rc.Retries, "retries", 10, "resends of one purchase after a timeout, 503 or request_in_progress")
