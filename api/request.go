@@ -9,10 +9,10 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
-	"strconv"
 	"strings"
 
 	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/internal/flatjson"
 )
 
 // MaxBody is the largest request body accepted.
@@ -145,115 +145,22 @@ func decodeOrder(body []byte) (orderBody, error) {
 	return b, err
 }
 
-// scanOrder accepts exactly: whitespace, an object of distinct members
-// event_id and category_id (strings of printable ASCII without escapes) and
-// quantity (an integer without fraction or exponent), whitespace. It
-// reports false for anything else, valid JSON or not.
+// scanOrder accepts exactly: an object of distinct members event_id and
+// category_id (plain strings) and quantity (an integer), in flatjson's
+// plain forms. It reports false for anything else, valid JSON or not.
 func scanOrder(s []byte) (b orderBody, ok bool) {
-	i := skipSpace(s, 0)
-	if i >= len(s) || s[i] != '{' {
-		return b, false
-	}
-	i = skipSpace(s, i+1)
-	if i < len(s) && s[i] == '}' {
-		return b, skipSpace(s, i+1) == len(s)
-	}
-	for {
-		name, next, ok := scanPlainString(s, i)
-		if !ok {
-			return b, false
-		}
-		i = skipSpace(s, next)
-		if i >= len(s) || s[i] != ':' {
-			return b, false
-		}
-		i = skipSpace(s, i+1)
-		switch name {
-		case "event_id", "category_id":
-			dst := &b.EventID
-			if name == "category_id" {
-				dst = &b.CategoryID
-			}
-			if *dst != nil {
-				return b, false
-			}
-			v, next, ok := scanPlainString(s, i)
-			if !ok {
-				return b, false
-			}
-			*dst, i = &v, next
-		case "quantity":
-			if b.Quantity != nil {
-				return b, false
-			}
-			v, next, ok := scanInt(s, i)
-			if !ok {
-				return b, false
-			}
-			b.Quantity, i = &v, next
+	ok = flatjson.Members(s, func(name string, v flatjson.Value) bool {
+		switch {
+		case name == "event_id" && v.Kind == flatjson.String && b.EventID == nil:
+			b.EventID = &v.Str
+		case name == "category_id" && v.Kind == flatjson.String && b.CategoryID == nil:
+			b.CategoryID = &v.Str
+		case name == "quantity" && v.Kind == flatjson.Int && b.Quantity == nil:
+			b.Quantity = &v.Int
 		default:
-			return b, false
+			return false
 		}
-		i = skipSpace(s, i)
-		if i >= len(s) {
-			return b, false
-		}
-		switch s[i] {
-		case ',':
-			i = skipSpace(s, i+1)
-		case '}':
-			return b, skipSpace(s, i+1) == len(s)
-		default:
-			return b, false
-		}
-	}
-}
-
-func skipSpace(s []byte, i int) int {
-	for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// scanPlainString reads a JSON string at s[i] made only of printable ASCII
-// other than the quote and the backslash.
-func scanPlainString(s []byte, i int) (string, int, bool) {
-	if i >= len(s) || s[i] != '"' {
-		return "", i, false
-	}
-	for j := i + 1; j < len(s); j++ {
-		switch c := s[j]; {
-		case c == '"':
-			return string(s[i+1 : j]), j + 1, true
-		case c < 0x20 || c > 0x7e || c == '\\':
-			return "", i, false
-		}
-	}
-	return "", i, false
-}
-
-// scanInt reads a JSON integer at s[i] (no fraction, no exponent, no leading
-// zero) that fits an int64.
-func scanInt(s []byte, i int) (int64, int, bool) {
-	j := i
-	if j < len(s) && s[j] == '-' {
-		j++
-	}
-	start := j
-	for j < len(s) && s[j] >= '0' && s[j] <= '9' {
-		j++
-	}
-	digits := j - start
-	switch {
-	case digits == 0, digits > 18, digits > 1 && s[start] == '0':
-		return 0, i, false
-	case j < len(s) && (s[j] == '.' || s[j] == 'e' || s[j] == 'E'):
-		return 0, i, false
-	}
-	n, err := strconv.ParseInt(string(s[i:j]), 10, 64)
-	if err != nil {
-		return 0, i, false
-	}
-	return n, j, true
+		return true
+	})
+	return b, ok
 }

@@ -6,10 +6,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"hash"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/crowdpass/crowdpass/internal/flatjson"
 )
 
 // verifyFast verifies the usual token (a known HS256 header, a good
@@ -76,113 +79,36 @@ type flatClaims struct {
 	hasExp, hasNbf bool
 }
 
+var claimNames = [...]string{"sub", "exp", "nbf", "iat", "admin"}
+
 // scanClaims reads the claims every issuer here writes, without
-// reflection: one flat object of distinct members sub (a string of
-// printable ASCII without escapes), exp, nbf and iat (integers of at most
-// 15 digits, exact as the parser's float64 seconds) and admin (true or
-// false). It reports false for anything else.
+// reflection: distinct members sub (a plain string), exp, nbf and iat
+// (integers, exact as the parser's float64 seconds) and admin (true or
+// false), in flatjson's plain forms. It reports false for anything else.
 func scanClaims(s []byte) (c flatClaims, ok bool) {
-	seen := map[string]bool{}
-	i := skipSpace(s, 0)
-	if i >= len(s) || s[i] != '{' {
-		return c, false
-	}
-	i = skipSpace(s, i+1)
-	if i < len(s) && s[i] == '}' {
-		return c, skipSpace(s, i+1) == len(s)
-	}
-	for {
-		name, next, ok := plainString(s, i)
-		if !ok || seen[name] {
-			return c, false
+	var seen [len(claimNames)]bool
+	ok = flatjson.Members(s, func(name string, v flatjson.Value) bool {
+		k := slices.Index(claimNames[:], name)
+		if k < 0 || seen[k] {
+			return false
 		}
-		seen[name] = true
-		i = skipSpace(s, next)
-		if i >= len(s) || s[i] != ':' {
-			return c, false
-		}
-		i = skipSpace(s, i+1)
-		switch name {
-		case "sub":
-			if c.sub, i, ok = plainString(s, i); !ok {
-				return c, false
-			}
-		case "exp", "nbf", "iat":
-			var n int64
-			if n, i, ok = integer(s, i); !ok {
-				return c, false
-			}
-			switch name {
-			case "exp":
-				c.exp, c.hasExp = time.Unix(n, 0), true
-			case "nbf":
-				c.nbf, c.hasNbf = time.Unix(n, 0), true
-			}
-		case "admin":
-			switch {
-			case strings.HasPrefix(string(s[i:min(i+4, len(s))]), "true"):
-				c.admin, i = true, i+4
-			case strings.HasPrefix(string(s[i:min(i+5, len(s))]), "false"):
-				i += 5
-			default:
-				return c, false
-			}
+		seen[k] = true
+		switch {
+		case name == "sub" && v.Kind == flatjson.String:
+			c.sub = v.Str
+		case name == "exp" && v.Kind == flatjson.Int:
+			c.exp, c.hasExp = time.Unix(v.Int, 0), true
+		case name == "nbf" && v.Kind == flatjson.Int:
+			c.nbf, c.hasNbf = time.Unix(v.Int, 0), true
+		case name == "iat" && v.Kind == flatjson.Int:
+		case name == "admin" && v.Kind == flatjson.Bool:
+			c.admin = v.Bool
 		default:
-			return c, false
+			return false
 		}
-		i = skipSpace(s, i)
-		if i >= len(s) {
-			return c, false
-		}
-		switch s[i] {
-		case ',':
-			i = skipSpace(s, i+1)
-		case '}':
-			return c, skipSpace(s, i+1) == len(s)
-		default:
-			return c, false
-		}
-	}
-}
-
-func skipSpace(s []byte, i int) int {
-	for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-func plainString(s []byte, i int) (string, int, bool) {
-	if i >= len(s) || s[i] != '"' {
-		return "", i, false
-	}
-	for j := i + 1; j < len(s); j++ {
-		switch c := s[j]; {
-		case c == '"':
-			return string(s[i+1 : j]), j + 1, true
-		case c < 0x20 || c > 0x7e || c == '\\':
-			return "", i, false
-		}
-	}
-	return "", i, false
-}
-
-func integer(s []byte, i int) (int64, int, bool) {
-	j := i
-	if j < len(s) && s[j] == '-' {
-		j++
-	}
-	start := j
-	for j < len(s) && s[j] >= '0' && s[j] <= '9' {
-		j++
-	}
-	digits := j - start
-	if digits == 0 || digits > 15 || (digits > 1 && s[start] == '0') ||
-		(j < len(s) && (s[j] == '.' || s[j] == 'e' || s[j] == 'E')) {
-		return 0, i, false
-	}
-	n, err := strconv.ParseInt(string(s[i:j]), 10, 64)
-	return n, j, err == nil
+		return true
+	})
+	return c, ok
 }
 
 // headerCache remembers the few header segments seen that are JSON objects
