@@ -26,7 +26,7 @@ import (
 // Gate is the fast path in Redis: idempotency and the stock pre-check.
 type Gate interface {
 	Admit(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error)
-	Refuse(ctx context.Context, a crowdpass.Admission) (crowdpass.AdmissionResult, error)
+	Refuse(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error)
 	Complete(ctx context.Context, a crowdpass.Admission, answer crowdpass.Answer) error
 	Abort(ctx context.Context, a crowdpass.Admission, owner string, taken int) error
 	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)

@@ -136,7 +136,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		var res crowdpass.AdmissionResult
 		if adm.Window == "" && s.edge.short(category.ID, adm.Quantity, now) {
 			s.metrics.refused.Inc()
-			res, err = s.gate.Refuse(admitCtx, adm)
+			res, err = s.gate.Refuse(admitCtx, adm, owner)
 		} else {
 			res, err = s.gate.Admit(admitCtx, adm, owner)
 			if err == nil && res.Verdict == crowdpass.SoldOut && res.StockKnown {

@@ -126,12 +126,17 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 // cover, in an open sale: a new key gets the sold-out answer stored, and a
 // known key is replayed, mismatched or in progress exactly as Admit would.
 // It is one SET NX GET, a fifth of the script's cost in Redis, and never
-// touches the stock.
-func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission) (crowdpass.AdmissionResult, error) {
+// touches the stock. A Redis that refuses the command (before 7.0, which
+// added NX with GET) gets the admission script instead, as owner.
+func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error) {
 	soldOut := record{status: a.SoldOut.Status, fp: a.Fingerprint, customer: a.CustomerID, body: a.SoldOut.Body}
 	val, err := g.pipe.doCmd(ctx, "set", g.keyKey(a.OrderID), soldOut.encode(), "nx", "get", "px", g.cfg.AnswerTTL.Milliseconds())
 	if errors.Is(err, redis.Nil) {
 		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut}, nil
+	}
+	var reply redis.Error
+	if errors.As(err, &reply) {
+		return g.Admit(ctx, a, owner)
 	}
 	if err != nil {
 		return crowdpass.AdmissionResult{}, fmt.Errorf("refusing order: %w", err)

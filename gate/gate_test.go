@@ -151,7 +151,7 @@ func TestRefuseStoresSoldOutOnlyForNewKeys(t *testing.T) {
 	g.SetStock(ctx, cat, 0, false, 5)
 	refuse := func(a crowdpass.Admission) crowdpass.AdmissionResult {
 		t.Helper()
-		r, err := g.Refuse(ctx, a)
+		r, err := g.Refuse(ctx, a, "refuser")
 		if err != nil {
 			t.Fatal(err)
 		}
