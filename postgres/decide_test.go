@@ -2,12 +2,14 @@ package postgres_test
 
 import (
 	"fmt"
+	"io/fs"
 	"testing"
 
 	"go.uber.org/goleak"
 
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/postgres"
+	"github.com/crowdpass/crowdpass/sql/migrations"
 	"github.com/crowdpass/crowdpass/testkit"
 )
 
@@ -176,7 +178,11 @@ func TestMigrationsGoDownAndUpAgain(t *testing.T) {
 	db, _ := setup(t)
 	ctx := testkit.Context(t)
 	var out testkitWriter
-	for range 3 {
+	files, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no migrations: %v", err)
+	}
+	for range files {
 		if err := postgres.Migrate(ctx, db.Pool, "down", &out); err != nil {
 			t.Fatalf("down: %v", err)
 		}
