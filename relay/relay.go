@@ -42,8 +42,8 @@ type Config struct {
 	// Batch is the most rows claimed and published at once (default 500).
 	Batch int
 	// Loops is how many batches may be in flight at once (default 4): while
-	// one waits for its confirms, another claims the rows committed since.
-	// The claim skips rows another loop holds.
+	// one waits for its confirms, an idle one claims the rows committed
+	// since. The claim skips rows another loop holds.
 	Loops int
 	// Poll is the longest wait between looks at the outbox when no
 	// notification comes (default 1s).
@@ -64,7 +64,7 @@ type Relay struct {
 	store     Store
 	publisher Publisher
 	log       *slog.Logger
-	wakes     []chan struct{} // one per loop
+	wake      chan struct{} // taken by one idle loop
 	failing   atomic.Bool
 
 	backlog   prometheus.Gauge
@@ -87,8 +87,8 @@ func New(cfg Config, store Store, publisher Publisher) *Relay {
 	}
 	r := &Relay{
 		cfg: cfg, store: store, publisher: publisher,
-		log:   cfg.Logger.With("role", "relay"),
-		wakes: make([]chan struct{}, cfg.Loops),
+		log:  cfg.Logger.With("role", "relay"),
+		wake: make(chan struct{}, 1),
 		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "crowdpass_outbox_backlog_rows", Help: "Outbox rows not yet published.",
 		}),
@@ -98,9 +98,6 @@ func New(cfg Config, store Store, publisher Publisher) *Relay {
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "crowdpass_outbox_published_total", Help: "Outbox rows published and confirmed.",
 		}),
-	}
-	for i := range r.wakes {
-		r.wakes[i] = make(chan struct{}, 1)
 	}
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(r.backlog, r.oldest, r.published)
@@ -116,8 +113,8 @@ func (r *Relay) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { r.listen(ctx) })
-	for _, wake := range r.wakes {
-		wg.Go(func() { r.loop(ctx, wake) })
+	for range r.cfg.Loops {
+		wg.Go(func() { r.loop(ctx) })
 	}
 
 	housekeeping := time.NewTicker(time.Second)
@@ -132,15 +129,17 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
-// loop publishes batches whenever woken, and at least every Poll.
-func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
+// loop publishes batches whenever woken, and at least every Poll. A
+// notification wakes one idle loop; one that arrives while every loop is
+// busy waits in the channel for the first to finish.
+func (r *Relay) loop(ctx context.Context) {
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-wake:
+		case <-r.wake:
 		case <-poll.C:
 		}
 		// Drain: a full batch means there may be more right behind it.
@@ -154,13 +153,11 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 	}
 }
 
-// wakeAll wakes every loop; a loop busy with a batch looks again after it.
-func (r *Relay) wakeAll() {
-	for _, wake := range r.wakes {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
+// wakeOne wakes an idle loop, or the next to become idle.
+func (r *Relay) wakeOne() {
+	select {
+	case r.wake <- struct{}{}:
+	default: // a wake-up is pending already; one claim takes every row
 	}
 }
 
@@ -168,7 +165,7 @@ func (r *Relay) wakeAll() {
 // polling covers the gaps.
 func (r *Relay) listen(ctx context.Context) {
 	for {
-		err := r.store.ListenOutbox(ctx, r.wakeAll)
+		err := r.store.ListenOutbox(ctx, r.wakeOne)
 		if ctx.Err() != nil {
 			return
 		}
