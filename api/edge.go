@@ -8,15 +8,15 @@ import (
 )
 
 // edgeMemory is how long a sold-out admission's view of the gate stock is
-// trusted without asking the gate's script again.
+// used to pick the cheaper script.
 const edgeMemory = 250 * time.Millisecond
 
 // edgeStock remembers, per category, the gate stock an admission last found
 // too low, for edgeMemory. While that view is fresh, a request it cannot
-// cover goes to gate.Refuse (one SET NX GET that stores the sold-out answer
-// or finds the key's record) instead of the admission script, which costs
-// Redis five times as much. Stock that comes back to the gate (an aborted
-// admission, a reconcile) is seen at the latest edgeMemory later.
+// cover goes to gate.Refuse, whose script costs Redis half of the admission
+// script's: it stores the sold-out answer only if the gate stock, read in
+// the same atomic step, is still too low, and admits otherwise. The view
+// only picks the script; it never decides an answer.
 type edgeStock struct {
 	m sync.Map // uuid.UUID → edgeView
 }

@@ -139,9 +139,9 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			res, err = s.gate.Refuse(admitCtx, adm, owner)
 		} else {
 			res, err = s.gate.Admit(admitCtx, adm, owner)
-			if err == nil && res.Verdict == crowdpass.SoldOut && res.StockKnown {
-				s.edge.observe(category.ID, res.Stock, now)
-			}
+		}
+		if err == nil && res.Verdict == crowdpass.SoldOut && res.StockKnown {
+			s.edge.observe(category.ID, res.Stock, now)
 		}
 		cancel()
 		if err != nil {

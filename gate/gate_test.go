@@ -148,7 +148,7 @@ func TestRefuseStoresSoldOutOnlyForNewKeys(t *testing.T) {
 	g := setup(t)
 	ctx := testkit.Context(t)
 	cat := uuid.New()
-	g.SetStock(ctx, cat, 0, false, 5)
+	g.SetStock(ctx, cat, 0, false, 1)
 	refuse := func(a crowdpass.Admission) crowdpass.AdmissionResult {
 		t.Helper()
 		r, err := g.Refuse(ctx, a, "refuser")
@@ -158,14 +158,14 @@ func TestRefuseStoresSoldOutOnlyForNewKeys(t *testing.T) {
 		return r
 	}
 
-	fresh := admission("alice", "new", cat, 1)
+	fresh := admission("alice", "new", cat, 2)
 	if r := refuse(fresh); r.Verdict != crowdpass.SoldOut || string(r.Answer.Body) != string(fresh.SoldOut.Body) {
-		t.Errorf("new key: %+v", r)
+		t.Errorf("new key over the stock: %+v", r)
 	}
 	if r, _ := g.Admit(ctx, fresh, "o"); r.Verdict != crowdpass.Replay || r.Answer.Status != 409 || string(r.Answer.Body) != string(fresh.SoldOut.Body) {
 		t.Errorf("Admit after Refuse: %+v", r)
 	}
-	if r := refuse(admission("alice", "new", cat, 2)); r.Verdict != crowdpass.Mismatch {
+	if r := refuse(admission("alice", "new", cat, 1)); r.Verdict != crowdpass.Mismatch {
 		t.Errorf("other payload under a refused key: %+v", r)
 	}
 
@@ -183,12 +183,28 @@ func TestRefuseStoresSoldOutOnlyForNewKeys(t *testing.T) {
 	if r := refuse(flying); r.Verdict != crowdpass.Replay || r.Answer.Status != 202 || string(r.Answer.Body) != string(accepted.Body) {
 		t.Errorf("accepted key: %+v, want its 202 replayed", r)
 	}
-	if n, _, _ := g.Stock(ctx, cat); n != 4 {
-		t.Errorf("stock %d, want 4: Refuse must not touch it", n)
+	if n, _, _ := g.Stock(ctx, cat); n != 0 {
+		t.Errorf("stock %d, want 0: Refuse must not touch it", n)
 	}
 	rec, err := g.Lookup(ctx, flying.OrderID)
 	if err != nil || rec.CustomerID != "bob" || rec.InFlight || rec.Answer.Status != 202 {
 		t.Errorf("Lookup = %+v, %v", rec, err)
+	}
+}
+
+// Refuse only refuses what the gate's stock cannot cover: with the stock
+// key missing (Redis lost it) or enough stock, the request is admitted.
+func TestRefuseAdmitsWhatTheStockCovers(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	ctx := testkit.Context(t)
+	if r, err := g.Refuse(ctx, admission("alice", "k", uuid.New(), 1), "o"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 0 {
+		t.Errorf("missing stock: %+v, %v; want admitted, nothing taken", r, err)
+	}
+	cat := uuid.New()
+	g.SetStock(ctx, cat, 0, false, 3)
+	if r, err := g.Refuse(ctx, admission("bob", "k", cat, 2), "o"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 2 {
+		t.Errorf("stock 3 for 2: %+v, %v; want admitted, 2 taken", r, err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 // call is one script call, or with script nil one plain command
 // (args), waiting for its turn in a pipeline.
 type call struct {
+	ctx    context.Context // the caller's: a call it gave up on is not sent
 	script *redis.Script
 	keys   []string
 	args   []any
@@ -56,12 +57,12 @@ func (p *pipeliner) close() {
 
 // do queues a call of script and waits for its result or ctx's end.
 func (p *pipeliner) do(ctx context.Context, script *redis.Script, keys []string, args ...any) (any, error) {
-	return p.wait(ctx, &call{script: script, keys: keys, args: args, done: make(chan callResult, 1)})
+	return p.wait(ctx, &call{ctx: ctx, script: script, keys: keys, args: args, done: make(chan callResult, 1)})
 }
 
 // doCmd queues one plain command and waits for its result or ctx's end.
 func (p *pipeliner) doCmd(ctx context.Context, args ...any) (any, error) {
-	return p.wait(ctx, &call{args: args, done: make(chan callResult, 1)})
+	return p.wait(ctx, &call{ctx: ctx, args: args, done: make(chan callResult, 1)})
 }
 
 func (p *pipeliner) wait(ctx context.Context, c *call) (any, error) {
@@ -103,11 +104,25 @@ func (p *pipeliner) loop() {
 }
 
 func (p *pipeliner) exec(batch []*call) {
+	// A call whose caller has given up is answered with its context's error
+	// and never sent: run late, an admission would hold a key its request
+	// already answered otherwise (the slow path, a 503).
+	live := batch[:0]
+	for _, c := range batch {
+		if err := c.ctx.Err(); err != nil {
+			c.done <- callResult{nil, err}
+			continue
+		}
+		live = append(live, c)
+	}
+	if len(live) == 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	pipe := p.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(batch))
-	for i, c := range batch {
+	cmds := make([]*redis.Cmd, len(live))
+	for i, c := range live {
 		if c.script == nil {
 			cmds[i] = pipe.Do(ctx, c.args...)
 		} else {
@@ -115,7 +130,7 @@ func (p *pipeliner) exec(batch []*call) {
 		}
 	}
 	_, _ = pipe.Exec(ctx) // errors are per command
-	for i, c := range batch {
+	for i, c := range live {
 		val, err := cmds[i].Result()
 		if err != nil && c.script != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 			// A restarted Redis forgot the script: Run loads it again.
