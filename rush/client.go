@@ -3,12 +3,15 @@ package rush
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 )
 
@@ -28,6 +31,7 @@ type answer struct {
 // per connection; every buyer goroutine owns its connections.
 type conn struct {
 	addr, host string
+	path       string // the target's path prefix + "/orders"
 	timeout    time.Duration
 	nc         net.Conn
 	br         *bufio.Reader
@@ -43,7 +47,7 @@ func newConn(target string, timeout time.Duration) (*conn, error) {
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
-	return &conn{addr: addr, host: u.Host, timeout: timeout}, nil
+	return &conn{addr: addr, host: u.Host, path: strings.TrimRight(u.Path, "/") + "/orders", timeout: timeout}, nil
 }
 
 func (c *conn) close() {
@@ -53,9 +57,24 @@ func (c *conn) close() {
 	}
 }
 
-// post sends one purchase and reads its answer. Any transport error closes
-// the connection; the next call dials again.
-func (c *conn) post(token, key string, body []byte) (answer, error) {
+// maxBody bounds what the generator reads of one answer.
+const maxBody = 1 << 20
+
+// post sends one purchase and reads its answer, within the timeout and
+// until ctx is done. Any transport error closes the connection. A kept-alive
+// connection the server had closed meanwhile fails before any answer: the
+// purchase is then sent once more on a new one, as net/http's client does
+// (an Idempotency-Key makes the resend safe).
+func (c *conn) post(ctx context.Context, token, key string, body []byte) (answer, error) {
+	reused := c.nc != nil
+	a, err := c.try(ctx, token, key, body)
+	if err != nil && reused && ctx.Err() == nil && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+		a, err = c.try(ctx, token, key, body)
+	}
+	return a, err
+}
+
+func (c *conn) try(ctx context.Context, token, key string, body []byte) (answer, error) {
 	if c.nc == nil {
 		nc, err := net.DialTimeout("tcp", c.addr, c.timeout)
 		if err != nil {
@@ -69,7 +88,9 @@ func (c *conn) post(token, key string, body []byte) (answer, error) {
 		}
 	}
 	req := c.req[:0]
-	req = append(req, "POST /orders HTTP/1.1\r\nHost: "...)
+	req = append(req, "POST "...)
+	req = append(req, c.path...)
+	req = append(req, " HTTP/1.1\r\nHost: "...)
 	req = append(req, c.host...)
 	if token != "" {
 		req = append(req, "\r\nAuthorization: Bearer "...)
@@ -84,6 +105,9 @@ func (c *conn) post(token, key string, body []byte) (answer, error) {
 	c.req = req
 
 	_ = c.nc.SetDeadline(time.Now().Add(c.timeout))
+	nc := c.nc
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	if _, err := c.nc.Write(req); err != nil {
 		c.close()
 		return answer{}, err
@@ -128,7 +152,7 @@ func (c *conn) read() (a answer, keep bool, err error) {
 		value = bytes.TrimSpace(value)
 		switch {
 		case asciiEqualFold(name, "Content-Length"):
-			if length, err = strconv.Atoi(string(value)); err != nil || length < 0 {
+			if length, err = strconv.Atoi(string(value)); err != nil || length < 0 || length > maxBody {
 				return a, false, errMalformed
 			}
 		case asciiEqualFold(name, "Transfer-Encoding"):
@@ -177,8 +201,9 @@ func (c *conn) chunked() ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		size, err := strconv.ParseUint(string(bytes.TrimSpace(line)), 16, 32)
-		if err != nil {
+		digits, _, _ := bytes.Cut(line, []byte(";")) // chunk extensions are ignored
+		size, err := strconv.ParseUint(string(bytes.TrimSpace(digits)), 16, 32)
+		if err != nil || len(body)+int(size) > maxBody {
 			return nil, errMalformed
 		}
 		if size == 0 {

@@ -1,6 +1,7 @@
 package rush
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -55,7 +56,7 @@ func TestConnReadsServerAnswers(t *testing.T) {
 		{"accepted", answer{status: 202, replayed: true}, true}, // dials again
 	}
 	for _, tt := range tests {
-		a, err := c.post("tok", tt.key, []byte(`{"q":1}`))
+		a, err := c.post(t.Context(), "tok", tt.key, []byte(`{"q":1}`))
 		if err != nil {
 			t.Fatalf("%s: %v", tt.key, err)
 		}
@@ -76,5 +77,54 @@ func TestConnRejectsNonHTTPTargets(t *testing.T) {
 		if _, err := newConn(target, time.Second); err == nil {
 			t.Errorf("newConn(%q) succeeded", target)
 		}
+	}
+}
+
+func TestConnResendsOnAConnectionTheServerClosed(t *testing.T) {
+	var paths []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths = append(paths, r.URL.Path)
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer srv.Close()
+	c, err := newConn(srv.URL+"/shop/", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	if a, err := c.post(t.Context(), "tok", "k1", []byte(`{}`)); err != nil || a.status != 202 {
+		t.Fatalf("first: %+v, %v", a, err)
+	}
+	srv.CloseClientConnections() // as a server closing an idle keep-alive connection
+	if a, err := c.post(t.Context(), "tok", "k2", []byte(`{}`)); err != nil || a.status != 202 {
+		t.Fatalf("after the server closed the connection: %+v, %v", a, err)
+	}
+	if len(paths) != 2 || paths[0] != "/shop/orders" || paths[1] != "/shop/orders" {
+		t.Errorf("paths %q, want /shop/orders twice", paths)
+	}
+}
+
+func TestConnGivesUpWhenItsContextEnds(t *testing.T) {
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		<-release
+	}))
+	defer srv.Close()
+	defer close(release)
+	const timeout = time.Minute
+	c, err := newConn(srv.URL, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() { <-started; cancel() }()
+	begin := time.Now()
+	if _, err := c.post(ctx, "tok", "k", []byte(`{}`)); err == nil {
+		t.Fatal("post answered although the server never did")
+	}
+	if took := time.Since(begin); took >= timeout/2 {
+		t.Errorf("post returned after %v: it waited for its timeout, not its context", took)
 	}
 }

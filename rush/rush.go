@@ -478,7 +478,7 @@ func (r *run) purchase(ctx context.Context, c *conn, st *stats, token, key strin
 	backoff := 50 * time.Millisecond
 	for attempt := 0; attempt <= r.cfg.Retries && ctx.Err() == nil; attempt++ {
 		start := time.Now()
-		a, err := c.post(token, key, body)
+		a, err := c.post(ctx, token, key, body)
 		elapsed := time.Since(start)
 		r.requests.Add(1)
 		st.record(a, err, elapsed)
