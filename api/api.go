@@ -290,6 +290,7 @@ func (s *Server) Run(ctx context.Context) error {
 			if s.redisDown.Load() {
 				pingCtx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 				if s.gate.Ping(pingCtx) == nil && s.redisDown.CompareAndSwap(true, false) {
+					s.edge.forgetAll()
 					s.log.Info("redis reachable again; the gate is back on")
 				}
 				cancel()
@@ -349,6 +350,7 @@ func (s *Server) reconcile(ctx context.Context) {
 			return
 		}
 		if set {
+			s.edge.forget(c.ID)
 			why := "missing"
 			if known {
 				why = "drift"

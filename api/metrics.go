@@ -42,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "crowdpass_gate_refusals_total",
-			Help: "POST /orders that a fresh sold-out view sent to the gate's refusal script instead of its admission script.",
+			Help: "POST /orders that a fresh sold-out view sent to the gate's single SET NX GET instead of its admission script.",
 		}),
 		reconcile: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "crowdpass_gate_reconciled_total", Help: "Gate stock keys rebuilt or corrected from PostgreSQL.",

@@ -148,6 +148,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			// Redis is a cache: without it, orders go the slow path and the
 			// database's unique key keeps them exactly-once.
 			if s.redisDown.CompareAndSwap(false, true) {
+				s.edge.forgetAll()
 				s.log.Warn("redis unreachable; admitting orders without the gate", "err", err)
 			}
 			gated = false
@@ -237,6 +238,7 @@ func (s *Server) enqueue(ctx context.Context, req crowdpass.OrderRequest) error 
 }
 
 func (s *Server) abort(adm crowdpass.Admission, owner string, taken int) {
+	s.edge.forget(adm.CategoryID)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := s.gate.Abort(ctx, adm, owner, taken); err != nil {

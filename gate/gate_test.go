@@ -192,19 +192,18 @@ func TestRefuseStoresSoldOutOnlyForNewKeys(t *testing.T) {
 	}
 }
 
-// Refuse only refuses what the gate's stock cannot cover: with the stock
-// key missing (Redis lost it) or enough stock, the request is admitted.
-func TestRefuseAdmitsWhatTheStockCovers(t *testing.T) {
+// Refuse never looks at the stock: the caller decided it is short.
+func TestRefuseLeavesTheStockAlone(t *testing.T) {
 	t.Parallel()
 	g := setup(t)
 	ctx := testkit.Context(t)
-	if r, err := g.Refuse(ctx, admission("alice", "k", uuid.New(), 1), "o"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 0 {
-		t.Errorf("missing stock: %+v, %v; want admitted, nothing taken", r, err)
-	}
 	cat := uuid.New()
 	g.SetStock(ctx, cat, 0, false, 3)
-	if r, err := g.Refuse(ctx, admission("bob", "k", cat, 2), "o"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 2 {
-		t.Errorf("stock 3 for 2: %+v, %v; want admitted, 2 taken", r, err)
+	if r, err := g.Refuse(ctx, admission("bob", "k", cat, 2), "o"); err != nil || r.Verdict != crowdpass.SoldOut {
+		t.Errorf("Refuse = %+v, %v; want SoldOut", r, err)
+	}
+	if n, _, _ := g.Stock(ctx, cat); n != 3 {
+		t.Errorf("stock %d, want 3", n)
 	}
 }
 
