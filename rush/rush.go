@@ -52,7 +52,10 @@ type Config struct {
 	Concurrency int
 	// DoubleClick is the share of buyers who send their request twice at once.
 	DoubleClick float64
-	// Watchers is how many buyers keep a WebSocket open to time their notification (default 2,000).
+	// Watchers is how many buyers keep a WebSocket open to time their
+	// notification (default 2,000). They are spread evenly over the first
+	// Tickets buyers, the ones who can get a ticket, so that their outcomes
+	// sample the whole sale rather than its first second.
 	Watchers int
 	// Retries bounds the resends of one purchase after a timeout, a 503 or a
 	// request_in_progress (default 10).
@@ -233,11 +236,11 @@ func run1(ctx context.Context, cfg Config, a Auditor) (Report, error) {
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	defer stopWatching()
 	var watchers sync.WaitGroup
-	for i := range r.cfg.Watchers {
-		if err := r.watch(watchCtx, &watchers, i); err != nil {
+	for k := range r.cfg.Watchers {
+		if err := r.watch(watchCtx, &watchers, k*r.watchStride()); err != nil {
 			stopWatching()
 			watchers.Wait()
-			return Report{}, fmt.Errorf("opening watcher socket %d: %w", i, err)
+			return Report{}, fmt.Errorf("opening watcher socket %d: %w", k, err)
 		}
 	}
 
@@ -289,6 +292,17 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// watchStride is the distance between two watching buyers.
+func (r *run) watchStride() int {
+	return max(1, min(r.cfg.Tickets, r.cfg.Buyers)/max(r.cfg.Watchers, 1))
+}
+
+// watching reports whether buyer i keeps a socket open.
+func (r *run) watching(i int) bool {
+	stride := r.watchStride()
+	return i%stride == 0 && i/stride < r.cfg.Watchers
 }
 
 func (r *run) customer(i int) string { return fmt.Sprintf("rush-%s-%d", r.id, i) }
@@ -466,7 +480,7 @@ func (r *run) buy(ctx context.Context, b *buyer, i int) {
 	}
 	if status[0] == http.StatusAccepted || status[1] == http.StatusAccepted {
 		r.accepted.Add(1)
-		if i < r.cfg.Watchers {
+		if r.watching(i) {
 			r.watchersAccepted.Add(1)
 		}
 	}
