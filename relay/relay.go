@@ -70,6 +70,7 @@ type Relay struct {
 	backlog   prometheus.Gauge
 	oldest    prometheus.Gauge
 	published prometheus.Counter
+	confirmed prometheus.Histogram
 }
 
 // New returns a relay; Run starts it.
@@ -99,8 +100,13 @@ func New(cfg Config, store Store, publisher Publisher) *Relay {
 			Name: "crowdpass_outbox_published_total", Help: "Outbox rows published and confirmed.",
 		}),
 	}
+	r.confirmed = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "crowdpass_relay_confirm_seconds",
+		Help:    "From a batch's publish to the broker's last confirm of it.",
+		Buckets: []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5},
+	})
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(r.backlog, r.oldest, r.published)
+		cfg.Registry.MustRegister(r.backlog, r.oldest, r.published, r.confirmed)
 	}
 	return r
 }
@@ -221,7 +227,9 @@ func (r *Relay) publish(ctx context.Context, rows []crowdpass.OutboxMessage) []i
 			},
 		}
 	}
+	start := time.Now()
 	errs := r.publisher.PublishBatch(ctx, msgs)
+	r.confirmed.Observe(time.Since(start).Seconds())
 	confirmed := make([]int64, 0, len(rows))
 	for i, err := range errs {
 		if err == nil {
