@@ -12,6 +12,20 @@ import (
 	"github.com/google/uuid"
 )
 
+const outboxAsyncCommit = `-- name: OutboxAsyncCommit :exec
+SELECT set_config('synchronous_commit', 'off', true)
+`
+
+// OutboxAsyncCommit lets the claiming transaction commit without waiting
+// for its WAL to reach the disk. It only marks rows the broker confirmed: a
+// mark lost in a database crash means those outcomes are published again,
+// which at-least-once delivery allows, and the deciding transactions' own
+// flushes no longer queue behind the relays'.
+func (q *Queries) OutboxAsyncCommit(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, outboxAsyncCommit)
+	return err
+}
+
 const outboxBacklog = `-- name: OutboxBacklog :one
 SELECT count(*)::bigint AS rows, coalesce(min(created_at), now())::timestamptz AS oldest
 FROM outbox

@@ -36,6 +36,9 @@ func (s *Store) PublishOutbox(ctx context.Context, max int, publish func(context
 		if len(published) == 0 {
 			return nil
 		}
+		if err := q.OutboxAsyncCommit(ctx); err != nil {
+			return fmt.Errorf("marking outbox rows published: %w", err)
+		}
 		if _, err := q.OutboxMarkPublished(ctx, published); err != nil {
 			return fmt.Errorf("marking outbox rows published: %w", err)
 		}

@@ -9,6 +9,14 @@ ORDER BY id
 LIMIT @max_rows
 FOR UPDATE SKIP LOCKED;
 
+-- OutboxAsyncCommit lets the claiming transaction commit without waiting
+-- for its WAL to reach the disk. It only marks rows the broker confirmed: a
+-- mark lost in a database crash means those outcomes are published again,
+-- which at-least-once delivery allows, and the deciding transactions' own
+-- flushes no longer queue behind the relays'.
+-- name: OutboxAsyncCommit :exec
+SELECT set_config('synchronous_commit', 'off', true);
+
 -- name: OutboxMarkPublished :execrows
 UPDATE outbox SET published_at = now() WHERE id = ANY(@ids::bigint[]);
 
