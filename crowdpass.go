@@ -340,3 +340,8 @@ type OutboxMessage struct {
 	EventType   string
 	Payload     []byte
 }
+
+// NotificationBuckets are the histogram buckets, in seconds, of every leg
+// of a notification's way from the worker's commit to the buyer's socket
+// (worker, relay, notifier), so that the legs' percentiles line up.
+var NotificationBuckets = []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5}

@@ -115,14 +115,14 @@ func New(cfg Config, orders Orders, pending Pending, verifier Verifier) *Notifie
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "crowdpass_notification_latency_seconds",
 			Help:    "From the worker's commit (processed_at) to the frame's write.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+			Buckets: crowdpass.NotificationBuckets,
+		}),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "crowdpass_notifier_outcome_lag_seconds",
+			Help:    "From an outcome's processed_at to its arrival at this notifier: commit, relay and broker.",
+			Buckets: crowdpass.NotificationBuckets,
 		}),
 	}
-	n.lag = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "crowdpass_notifier_outcome_lag_seconds",
-		Help:    "From an outcome's processed_at to its arrival at this notifier: commit, relay and broker.",
-		Buckets: []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5},
-	})
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(n.sockets, n.frames, n.kicked, n.latency, n.lag)
 	}

@@ -99,12 +99,12 @@ func New(cfg Config, store Store, publisher Publisher) *Relay {
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "crowdpass_outbox_published_total", Help: "Outbox rows published and confirmed.",
 		}),
+		confirmed: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "crowdpass_relay_confirm_seconds",
+			Help:    "From a batch's publish to the broker's last confirm of it.",
+			Buckets: crowdpass.NotificationBuckets,
+		}),
 	}
-	r.confirmed = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "crowdpass_relay_confirm_seconds",
-		Help:    "From a batch's publish to the broker's last confirm of it.",
-		Buckets: []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5},
-	})
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(r.backlog, r.oldest, r.published, r.confirmed)
 	}

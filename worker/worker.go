@@ -20,9 +20,6 @@ import (
 	"github.com/crowdpass/crowdpass/broker"
 )
 
-// lagBuckets suit the legs of the notification latency, tens of milliseconds.
-var lagBuckets = []float64{.001, .0025, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5}
-
 // Decider decides batches of order requests against the source of truth.
 type Decider interface {
 	DecideOrders(ctx context.Context, reqs []crowdpass.OrderRequest) ([]crowdpass.Decision, error)
@@ -95,7 +92,7 @@ func New(cfg Config, decider Decider) *Worker {
 		commitLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "crowdpass_worker_commit_lag_seconds",
 			Help:    "From a batch's processed_at to its commit returning: the first leg of the notification latency.",
-			Buckets: lagBuckets,
+			Buckets: crowdpass.NotificationBuckets,
 		}),
 	}
 	if cfg.Registry != nil {
