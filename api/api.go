@@ -46,6 +46,7 @@ type OrderQueue interface {
 type Store interface {
 	Events(ctx context.Context) ([]crowdpass.Event, error)
 	CreateEvent(ctx context.Context, spec crowdpass.EventSpec) (crowdpass.Event, error)
+	Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error)
 	Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error)
 	Ping(ctx context.Context) error
 }
@@ -89,8 +90,11 @@ type Server struct {
 	verifier Verifier
 	catalog  catalog
 	edge     edgeStock
-	metrics  *metrics
-	router   chi.Router
+	// missLookups holds a token per PostgreSQL read of an event the catalog
+	// missed (findEvent).
+	missLookups chan struct{}
+	metrics     *metrics
+	router      chi.Router
 
 	redisDown  atomic.Bool
 	publishing atomic.Int64 // orders between gate and confirm in this process
@@ -113,7 +117,8 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("role", "api"),
 		gate: gate, queue: queue, store: store, verifier: verifier,
-		metrics: newMetrics(cfg.Registry),
+		metrics:     newMetrics(cfg.Registry),
+		missLookups: make(chan struct{}, missLookups),
 	}
 	s.router = s.routes()
 	return s

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +24,10 @@ type catalog struct {
 	// added holds events created through this process, so that a refresh
 	// whose read began before their commit cannot make them vanish again.
 	added map[uuid.UUID]time.Time
+	// missed holds ids PostgreSQL did not know when asked since the last
+	// refresh. An event's id is only known once it is committed, so an id
+	// missed once is unknown until the next refresh shows otherwise.
+	missed map[uuid.UUID]struct{}
 	// soldOut caches each category's stored sold_out answer: it depends only
 	// on the category's name, which never changes, and is sent with every
 	// admission.
@@ -57,6 +63,7 @@ func (c *catalog) replace(events []crowdpass.Event) {
 	}
 	c.mu.Lock()
 	c.events, c.category, c.loaded = byID, byCat, true
+	c.missed = nil
 	c.mu.Unlock()
 }
 
@@ -89,6 +96,27 @@ func (c *catalog) event(id uuid.UUID) (crowdpass.Event, bool) {
 	return *e, true
 }
 
+// wasMissed reports whether PostgreSQL did not know id since the last refresh.
+func (c *catalog) wasMissed(id uuid.UUID) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	_, ok := c.missed[id]
+	return ok
+}
+
+// miss records that PostgreSQL does not know id.
+func (c *catalog) miss(id uuid.UUID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.missed == nil || len(c.missed) >= maxMissed {
+		c.missed = map[uuid.UUID]struct{}{}
+	}
+	c.missed[id] = struct{}{}
+}
+
+// maxMissed bounds the remembered misses between two refreshes.
+const maxMissed = 10_000
+
 func (c *catalog) isLoaded() bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -116,4 +144,45 @@ func (c *catalog) all() []crowdpass.Event {
 	}
 	slices.SortFunc(out, func(a, b crowdpass.Event) int { return strings.Compare(a.ID.String(), b.ID.String()) })
 	return out
+}
+
+// Misses of the catalog are looked up in PostgreSQL, so that an event created
+// through another process (or `crowdpass event create`) can be ordered at
+// once rather than after the next refresh. The lookups are bounded in number
+// and time: the hot path never waits long for the database, and a flood of
+// unknown ids cannot load it.
+const (
+	missLookups = 4
+	missTimeout = 250 * time.Millisecond
+)
+
+// findEvent returns the event from the catalog or, on a miss, from
+// PostgreSQL; ok is false if neither knows it (or the database could not
+// say in time, when the answer is the catalog's: not found).
+func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, bool) {
+	if e, ok := s.catalog.event(id); ok {
+		return e, true
+	}
+	if s.catalog.wasMissed(id) {
+		return crowdpass.Event{}, false
+	}
+	select {
+	case s.missLookups <- struct{}{}:
+		defer func() { <-s.missLookups }()
+	default:
+		return crowdpass.Event{}, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, missTimeout)
+	defer cancel()
+	e, err := s.store.Event(ctx, id)
+	switch {
+	case errors.Is(err, crowdpass.ErrNotFound):
+		s.catalog.miss(id)
+		return crowdpass.Event{}, false
+	case err != nil:
+		s.log.Debug("event lookup failed", "event_id", id, "err", err)
+		return crowdpass.Event{}, false
+	}
+	s.catalog.add(e)
+	return e, true
 }

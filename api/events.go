@@ -21,7 +21,7 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the event catalog is not loaded yet"))
 		return
 	}
-	event, ok := s.catalog.event(id)
+	event, ok := s.findEvent(r.Context(), id)
 	if !ok {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such event"))
 		return

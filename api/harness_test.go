@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -34,6 +35,8 @@ type options struct {
 	workers    int
 	proxyAMQP  bool
 	proxyRedis bool
+	// reconcile is the catalog's refresh interval (default 50ms).
+	reconcile time.Duration
 }
 
 type harness struct {
@@ -88,7 +91,7 @@ func setup(t testing.TB, opts options) *harness {
 	})
 	h.server = api.New(api.Config{
 		PublishTimeout:    2 * time.Second,
-		ReconcileInterval: 50 * time.Millisecond,
+		ReconcileInterval: cmp.Or(opts.reconcile, 50*time.Millisecond),
 		Logger:            log,
 	}, h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, h.store, h.authority)
 

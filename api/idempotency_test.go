@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/testkit"
 )
@@ -247,4 +249,31 @@ func TestStockBackInTheGateIsSoldAgain(t *testing.T) {
 		round++
 		return h.order("bob", fmt.Sprint("b", round), orderJSON(event, 0, 1)).status == http.StatusAccepted
 	}, "the ticket back in the gate sold")
+}
+
+// An event created through another process (or `crowdpass event create`) is
+// known at once, not only after the next catalog refresh.
+func TestEventCreatedElsewhereIsOrderableAtOnce(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{reconcile: time.Hour})
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return h.do(http.MethodGet, "/events/"+uuid.NewString(), nil, nil).status == http.StatusNotFound
+	}, "catalog loaded")
+
+	event := testkit.CreateEvent(t, h.store, 4, 10)
+	if r := h.do(http.MethodGet, "/events/"+event.ID.String(), nil, nil); r.status != http.StatusOK {
+		t.Fatalf("GET /events/{id} of a new event answered %d %s", r.status, r.body)
+	}
+	other := testkit.CreateEvent(t, h.store, 4, 10)
+	if r := h.order("alice", "new-1", orderJSON(other, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("POST /orders for a new event answered %d %s", r.status, r.body)
+	}
+	// An unknown event is still not found, also when asked again (from the
+	// remembered miss).
+	unknown := orderJSON(crowdpass.Event{ID: uuid.New(), Categories: []crowdpass.Category{{ID: uuid.New()}}}, 0, 1)
+	for range 2 {
+		if r := h.order("alice", "new-2", unknown); r.status != http.StatusNotFound {
+			t.Fatalf("POST /orders for an unknown event answered %d %s", r.status, r.body)
+		}
+	}
 }

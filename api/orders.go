@@ -92,7 +92,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the event catalog is not loaded yet"))
 		return
 	}
-	event, ok := s.catalog.event(payload.EventID)
+	event, ok := s.findEvent(r.Context(), payload.EventID)
 	if !ok {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "event %s does not exist", payload.EventID))
 		return
