@@ -42,6 +42,9 @@ type Auditor interface {
 type Config struct {
 	// Target is the base URL of a running deployment (default http://127.0.0.1:8080).
 	Target string
+	// WSTarget is the base URL of the notifier's /ws, where that role runs
+	// apart from the API (default Target).
+	WSTarget string
 	// Buyers is how many people press Buy (default 1,000,000); each buys one ticket.
 	Buyers int
 	// Tickets is the event's capacity (default 50,000), split over Categories (default 4).
@@ -78,6 +81,7 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	c.Target = strings.TrimRight(cmp.Or(c.Target, "http://127.0.0.1:8080"), "/")
+	c.WSTarget = strings.TrimRight(cmp.Or(c.WSTarget, c.Target), "/")
 	c.Buyers = cmp.Or(c.Buyers, 1_000_000)
 	c.Tickets = cmp.Or(c.Tickets, 50_000)
 	c.Categories = cmp.Or(c.Categories, 4)
@@ -369,7 +373,7 @@ func (r *run) watch(ctx context.Context, wg *sync.WaitGroup, i int) error {
 	if err != nil {
 		return err
 	}
-	wsURL := "ws" + strings.TrimPrefix(r.cfg.Target, "http") + "/ws?access_token=" + token
+	wsURL := "ws" + strings.TrimPrefix(r.cfg.WSTarget, "http") + "/ws?access_token=" + token
 	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	conn, _, err := websocket.Dial(dialCtx, wsURL, &websocket.DialOptions{HTTPClient: r.client})

@@ -28,6 +28,7 @@ func runRush(ctx context.Context, args []string, getenv func(string) string, std
 		progress bool
 	)
 	fs.StringVar(&rc.Target, "target", "http://127.0.0.1:8080", "base URL of the running deployment (make run's by default)")
+	fs.StringVar(&rc.WSTarget, "ws-target", "", "base URL of the notifier's /ws when it runs apart from the API (default: -target)")
 	fs.IntVar(&rc.Buyers, "buyers", 1_000_000, "people pressing Buy, one ticket each")
 	fs.IntVar(&rc.Tickets, "tickets", 50_000, "tickets on sale")
 	fs.IntVar(&rc.Categories, "categories", 4, "categories the tickets are split over")
