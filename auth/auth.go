@@ -29,9 +29,6 @@ type Authority struct {
 	headers headerCache
 }
 
-// leeway is the clock skew allowed on exp and nbf.
-const leeway = 5 * time.Second
-
 // New returns an authority for secret; now is its clock (time.Now if nil).
 func New(secret []byte, now func() time.Time) (*Authority, error) {
 	if len(secret) == 0 {
@@ -88,8 +85,7 @@ func (a *Authority) verifyGeneral(token string) (Principal, error) {
 	_, err := jwt.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return a.secret, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
-		jwt.WithTimeFunc(a.now),
-		jwt.WithLeeway(leeway),
+		jwt.WithTimeFunc(a.now), // no leeway: a token past its exp is expired (contract)
 	)
 	if err != nil {
 		return Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "%s", reason(err))

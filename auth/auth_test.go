@@ -39,12 +39,15 @@ func TestBadTokensAreUnauthorized(t *testing.T) {
 	noSub, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"exp": now.Add(time.Hour).Unix()}).SignedString([]byte("secret"))
 	longSub, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": strings.Repeat("x", 256), "exp": now.Add(time.Hour).Unix()}).SignedString([]byte("secret"))
 	nulSub, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "ali\x00ce", "exp": now.Add(time.Hour).Unix()}).SignedString([]byte("secret"))
+	// No leeway: a second past exp, or a second before nbf, is refused.
+	justExpired, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "alice", "exp": now.Add(-time.Second).Unix()}).SignedString([]byte("secret"))
+	justEarly, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "alice", "nbf": now.Add(2 * time.Second).Unix(), "exp": now.Add(time.Hour).Unix()}).SignedString([]byte("secret"))
 	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims{"sub": "alice", "exp": now.Add(time.Hour).Unix()}).SignedString(jwt.UnsafeAllowNoneSignatureType)
 
 	for name, tok := range map[string]string{
 		"empty": "", "garbage": "not.a.token", "foreign signature": foreign, "expired": expired,
 		"not yet valid": notYet, "no exp": noExp, "no sub": noSub, "long sub": longSub, "NUL in sub": nulSub, "alg none": none,
-		"tampered": good[:len(good)-2] + "xx",
+		"tampered": good[:len(good)-2] + "xx", "a second past exp": justExpired, "before nbf": justEarly,
 	} {
 		if _, err := a.Verify(tok); crowdpass.Code(err) != crowdpass.EUnauthorized {
 			t.Errorf("%s: Verify error = %v, want unauthorized", name, err)
