@@ -136,7 +136,8 @@ func (n *Notifier) stopping() context.Context { return n.stopCtx }
 // Ready reports whether the notifier is receiving outcomes.
 func (n *Notifier) Ready() bool { return n.ready.Load() }
 
-// Kicked is how many sockets were closed for not reading.
+// Kicked is how many sockets were closed for not reading: their frame
+// buffer filled, or they stopped answering pings.
 func (n *Notifier) Kicked() int {
 	var m dto.Metric
 	if err := n.kicked.Write(&m); err != nil {
@@ -280,9 +281,14 @@ func (n *Notifier) offer(c *client, data []byte, processedAt *crowdpass.Time) {
 	case c.send <- frame{data, processedAt}:
 		n.frames.Inc()
 	default:
-		c.slowOnce.Do(func() {
-			n.kicked.Inc()
-			close(c.slow)
-		})
+		n.kick(c)
 	}
+}
+
+// kick marks c as not reading, once: its writer closes it with 1008.
+func (n *Notifier) kick(c *client) {
+	c.slowOnce.Do(func() {
+		n.kicked.Inc()
+		close(c.slow)
+	})
 }

@@ -294,3 +294,59 @@ func TestASocketThatStopsReadingIsClosedWith1008(t *testing.T) {
 		}
 	}
 }
+
+// A client answers pings as it reads; one that stops reading, even with no
+// frames for it, is closed with 1008 once a ping goes unanswered, and finds
+// that close when it reads again. A client that reads is left alone.
+func TestASocketThatStopsAnsweringPingsIsClosedWith1008(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	n, url := b.notifier(notifier.Config{PingInterval: 50 * time.Millisecond, WriteTimeout: time.Second}, nil)
+	idle := b.dial(url, "idle")
+	reader := b.dial(url, "reader")
+	frames := make(chan frameMsg, 1)
+	go func() {
+		for {
+			_, data, err := reader.Read(context.Background())
+			if err != nil {
+				return
+			}
+			var f frameMsg
+			json.Unmarshal(data, &f)
+			select {
+			case frames <- f:
+			default:
+			}
+		}
+	}()
+
+	testkit.Eventually(t, 20*time.Second, func() bool { return n.Kicked() == 1 }, "the idle socket kicked")
+
+	// The reading socket still gets its outcomes.
+	now := crowdpass.NewTime(time.Now())
+	body, _ := json.Marshal(crowdpass.Outcome{Type: crowdpass.EventOrderRejected, CustomerID: "reader", Order: crowdpass.Order{
+		ID: crowdpass.OrderID("reader", "1"), Status: crowdpass.StatusRejected, Reason: crowdpass.ReasonSoldOut,
+		ProcessedAt: &now, Tickets: []crowdpass.Ticket{}}})
+	if err := testkit.Channel(t).PublishWithContext(testkit.Context(t), b.topo.Outcomes(), crowdpass.EventOrderRejected, false, false,
+		amqp091Publishing(body)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case f := <-frames:
+		if f.Type != crowdpass.EventOrderRejected {
+			t.Errorf("reading socket got %+v", f)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the reading socket got nothing")
+	}
+	if k := n.Kicked(); k != 1 {
+		t.Errorf("%d sockets kicked, want only the idle one", k)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, _, err := idle.Read(ctx)
+	if got := websocket.CloseStatus(err); got != websocket.StatusPolicyViolation {
+		t.Errorf("idle socket ended with %v (status %d), want 1008", err, got)
+	}
+}

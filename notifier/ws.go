@@ -3,6 +3,7 @@ package notifier
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/url"
 	"path"
@@ -16,6 +17,18 @@ import (
 	"github.com/crowdpass/crowdpass/auth"
 	"github.com/crowdpass/crowdpass/problem"
 )
+
+// sendBuffer is the kernel send buffer asked for each socket (Linux doubles
+// it): some hundreds of frames.
+const sendBuffer = 32 << 10
+
+type connKey struct{}
+
+// ConnContext, set as an http.Server's ConnContext, lets ServeHTTP size the
+// socket's kernel buffer.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
 
 // ServeHTTP serves GET /ws: authenticated before the upgrade (401 otherwise),
 // a browser origin outside AllowedOrigins gets 403.
@@ -32,6 +45,12 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !n.originAllowed(r) {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EForbidden, "this origin may not open a WebSocket here"))
 		return
+	}
+	// A socket's kernel send buffer is kept small, so that a client that
+	// stops reading fills it, then its frame buffer, soon, and is closed
+	// with 1008 rather than allowed to pin megabytes of kernel memory.
+	if tc, ok := r.Context().Value(connKey{}).(*net.TCPConn); ok {
+		tc.SetWriteBuffer(sendBuffer)
 	}
 	// The origin is checked above, so that its 403 is a problem document too.
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
@@ -101,7 +120,10 @@ func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client) {
 			err := conn.Ping(pctx)
 			cancel()
 			if err != nil {
-				conn.CloseNow()
+				// A client answers pings as it reads: one that stopped reading
+				// finds this close after the frames it left unread.
+				n.kick(c)
+				conn.Close(websocket.StatusPolicyViolation, "the client is not reading")
 				return
 			}
 		}
