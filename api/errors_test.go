@@ -97,6 +97,9 @@ func TestEveryProblemHasItsStatusAndCode(t *testing.T) {
 		{"order id not a uuid", "GET", "/orders/nope", hdr("Authorization", "Bearer "+good), nil, 404, crowdpass.ENotFound},
 		{"unknown event page", "GET", "/events/" + event.Categories[0].ID.String(), nil, nil, 404, crowdpass.ENotFound},
 		{"unknown route", "GET", "/nowhere", nil, nil, 404, crowdpass.ENotFound},
+		{"event category key in capitals", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"X","categories":[{"NAME":"A","capacity":1}]}`), 400, crowdpass.EMalformedBody},
+		{"event category key twice", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"X","categories":[{"name":"A","capacity":1,"capacity":2}]}`), 400, crowdpass.EMalformedBody},
+		{"event category unknown key", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"X","categories":[{"name":"A","capacity":1,"seats":3}]}`), 400, crowdpass.EMalformedBody},
 		{"bad event spec", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"","opens_at":"soon","categories":[]}`), 422, crowdpass.EValidation},
 	}
 	for _, c := range cases {

@@ -93,40 +93,78 @@ func jsonProblem(err error) string {
 	}
 }
 
-// exactKeys rejects top-level keys that are not spelled exactly as v's json
-// tags, and keys sent twice: encoding/json would accept "EVENT_ID" for
+// exactKeys rejects keys, at any depth, that are not spelled exactly as v's
+// json tags, and keys sent twice: encoding/json would accept "EVENT_ID" for
 // "event_id" and keep the last of two values.
 func exactKeys(body []byte, v any) error {
-	allowed := map[string]bool{}
-	t := reflect.TypeOf(v)
+	return exactKeysOf(body, reflect.TypeOf(v), "")
+}
+
+// exactKeysOf checks body against t; path names body in messages. A value
+// of the wrong kind is left for the decoder to describe.
+func exactKeysOf(body []byte, t reflect.Type, path string) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	for i := range t.NumField() {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		allowed[name] = true
+	shapeErr := func(err error) error {
+		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body is not of the documented shape: %s", jsonProblem(err))
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
+	switch t.Kind() {
+	case reflect.Slice:
+		if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+			return nil
+		}
+		for i := 0; dec.More(); i++ {
+			var elem json.RawMessage
+			if err := dec.Decode(&elem); err != nil {
+				return shapeErr(err)
+			}
+			if err := exactKeysOf(elem, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	case reflect.Struct:
+	default:
+		return nil
+	}
+	fields := map[string]reflect.Type{}
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		fields[name] = t.Field(i).Type
+	}
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body must be one JSON object")
+		if path == "" {
+			return crowdpass.Errorf(crowdpass.EMalformedBody, "the body must be one JSON object")
+		}
+		return nil
 	}
 	seen := map[string]bool{}
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return crowdpass.Errorf(crowdpass.EMalformedBody, "the body is not of the documented shape: %s", jsonProblem(err))
+			return shapeErr(err)
 		}
 		key, _ := tok.(string)
+		name := key
+		if path != "" {
+			name = path + "." + key
+		}
+		ft, ok := fields[key]
 		switch {
-		case !allowed[key]:
-			return crowdpass.Errorf(crowdpass.EMalformedBody, "unknown field %q", key)
+		case !ok:
+			return crowdpass.Errorf(crowdpass.EMalformedBody, "unknown field %q", name)
 		case seen[key]:
-			return crowdpass.Errorf(crowdpass.EMalformedBody, "field %q sent twice", key)
+			return crowdpass.Errorf(crowdpass.EMalformedBody, "field %q sent twice", name)
 		}
 		seen[key] = true
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return crowdpass.Errorf(crowdpass.EMalformedBody, "the body is not of the documented shape: %s", jsonProblem(err))
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return shapeErr(err)
+		}
+		if err := exactKeysOf(value, ft, name); err != nil {
+			return err
 		}
 	}
 	return nil
