@@ -229,6 +229,32 @@ func TestAuthenticationAndOriginAreCheckedBeforeTheUpgrade(t *testing.T) {
 	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden || resp.Header.Get("Content-Type") != "application/problem+json" {
 		t.Errorf("foreign origin: err %v, response %+v", err, resp)
 	}
+	own := "http://" + strings.TrimPrefix(strings.TrimSuffix(url, "/ws"), "ws://")
+	if c, _, err := websocket.Dial(testkit.Context(t), url+"?access_token="+tok, &websocket.DialOptions{
+		HTTPHeader: http.Header{"Origin": {own}},
+	}); err != nil {
+		t.Errorf("own origin refused by default: %v", err)
+	} else {
+		c.CloseNow()
+	}
+
+	// With ALLOWED_ORIGINS set, exactly the listed origins may connect.
+	_, listed := b.notifier(notifier.Config{AllowedOrigins: []string{"https://shop.example", "*.fans.example"}}, nil)
+	for origin, want := range map[string]int{
+		"https://shop.example": http.StatusSwitchingProtocols, "https://a.fans.example": http.StatusSwitchingProtocols,
+		"http://shop.example": http.StatusForbidden, "https://evil.example": http.StatusForbidden,
+		"http://" + strings.TrimPrefix(strings.TrimSuffix(listed, "/ws"), "ws://"): http.StatusForbidden,
+	} {
+		c, resp, _ := websocket.Dial(testkit.Context(t), listed+"?access_token="+tok, &websocket.DialOptions{
+			HTTPHeader: http.Header{"Origin": {origin}},
+		})
+		if c != nil {
+			c.CloseNow()
+		}
+		if resp == nil || resp.StatusCode != want {
+			t.Errorf("origin %s: response %+v, want %d", origin, resp, want)
+		}
+	}
 }
 
 // smallBuffers shrinks the send buffer of accepted connections, so that a

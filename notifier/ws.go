@@ -204,7 +204,8 @@ func (n *Notifier) offerJSON(c *client, v any) {
 }
 
 // originAllowed applies the browser origin rule: no Origin header (not a
-// browser), the API's own host, or a host matching ALLOWED_ORIGINS.
+// browser), or an origin matching ALLOWED_ORIGINS; with none set, the API's
+// own host.
 func (n *Notifier) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
@@ -214,8 +215,8 @@ func (n *Notifier) originAllowed(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	if strings.EqualFold(u.Host, r.Host) {
-		return true
+	if len(n.cfg.AllowedOrigins) == 0 {
+		return strings.EqualFold(u.Host, r.Host)
 	}
 	for _, pattern := range n.cfg.AllowedOrigins {
 		target := u.Host
