@@ -78,6 +78,9 @@ type Config struct {
 	Registry    *prometheus.Registry
 	// Checks are added to /readyz, for the other roles of the process.
 	Checks []Check
+	// Recent remembers the orders accepted here (default: its own); share
+	// it with the process's notifier through Recent.Pending.
+	Recent *Recent
 }
 
 // Server is the API role.
@@ -113,6 +116,9 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.Recent == nil {
+		cfg.Recent = NewRecent(0)
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("role", "api"),

@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"sync"
@@ -219,4 +220,32 @@ func TestRedisDownOrdersTakeTheSlowPath(t *testing.T) {
 		return h.order("bob", "k", orderJSON(event, 0, 1)).status == http.StatusAccepted &&
 			h.order("bob", "k", orderJSON(event, 0, 1)).header.Get("Idempotent-Replayed") == "true"
 	}, "the gate back on")
+}
+
+// An order accepted while Redis is down reads as pending, by its owner
+// only, until a worker decides it (here none runs).
+func TestOrderAcceptedWithoutRedisReadsAsPending(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{proxyRedis: true})
+	event := h.event(4, 10)
+	h.redisProxy.Refuse()
+	accepted := h.order("alice", "k", orderJSON(event, 0, 2))
+	if accepted.status != http.StatusAccepted {
+		t.Fatalf("slow path: %d %s", accepted.status, accepted.body)
+	}
+	id := orderID(t, accepted)
+	r := h.do(http.MethodGet, "/orders/"+id, http.Header{"Authorization": {"Bearer " + h.token("alice")}}, nil)
+	var got struct {
+		OrderID    string `json:"order_id"`
+		Status     string `json:"status"`
+		Quantity   int    `json:"quantity"`
+		AcceptedAt string `json:"accepted_at"`
+	}
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &got) != nil ||
+		got.OrderID != id || got.Status != "pending" || got.Quantity != 2 || got.AcceptedAt == "" {
+		t.Errorf("GET /orders/{id} of a pending order without redis: %d %s", r.status, r.body)
+	}
+	if r := h.do(http.MethodGet, "/orders/"+id, http.Header{"Authorization": {"Bearer " + h.token("bob")}}, nil); r.status != http.StatusNotFound {
+		t.Errorf("another customer read the order: %d %s", r.status, r.body)
+	}
 }

@@ -208,6 +208,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		CategoryID: req.CategoryID, Quantity: req.Quantity, AcceptedAt: req.AcceptedAt,
 	})
 	answer := crowdpass.Answer{Status: http.StatusAccepted, Body: append(answerBody, '\n')}
+	s.cfg.Recent.add(req.OrderID, crowdpass.KeyRecord{CustomerID: customer, Answer: answer})
 	if gated {
 		// The order is queued whatever happens now; if the answer cannot be
 		// stored, the in-flight mark expires and a retry is queued again,
@@ -265,7 +266,7 @@ func verdictName(v crowdpass.Verdict) string {
 }
 
 // getOrder answers from PostgreSQL, or, for an order accepted but not yet
-// decided, from the answer the gate stored.
+// decided, from its 202: remembered by this process, or stored by the gate.
 func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	customer := principal(r).Customer
 	id, err := uuid.Parse(chi.URLParam(r, "id"))
@@ -286,7 +287,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	lookupCtx, cancelLookup := context.WithTimeout(r.Context(), s.cfg.ReadTimeout)
 	defer cancelLookup()
-	rec, err := s.gate.Lookup(lookupCtx, id)
+	rec, err := s.cfg.Recent.Pending(s.gate).Lookup(lookupCtx, id)
 	if err == nil && rec.CustomerID == customer && rec.Answer.Status == http.StatusAccepted {
 		var a accepted
 		if json.Unmarshal(rec.Answer.Body, &a) == nil {

@@ -133,11 +133,18 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		checks = append(checks, api.Check{Name: "relay", Critical: true, OK: func(context.Context) bool { return r.Ready() }})
 		g.Go(func() error { return r.Run(ctx) })
 	}
+	// The orders this process accepts lately, for reads of pending orders
+	// that Redis does not hold (it was down, or lost them).
+	recent := api.NewRecent(0)
 	var ws http.Handler
 	if roles["notifier"] {
+		pending := recent.Pending(nil)
+		if redisGate != nil {
+			pending = recent.Pending(redisGate)
+		}
 		n := notifier.New(notifier.Config{
 			AMQPURL: cfg.AMQPURL, Topology: topo, AllowedOrigins: cfg.AllowedOrigins, Logger: log, Registry: registry,
-		}, readStore, redisGate, authority)
+		}, readStore, pending, authority)
 		checks = append(checks, api.Check{Name: "notifier", Critical: true, OK: func(context.Context) bool { return n.Ready() }})
 		g.Go(func() error { return n.Run(ctx) })
 		ws = n
@@ -147,7 +154,7 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	if roles["api"] {
 		publisher := newPublisher("crowdpass-api")
 		server := api.New(api.Config{
-			PublishTimeout: cfg.PublishTimeout, Logger: log, Registry: registry, Checks: checks,
+			PublishTimeout: cfg.PublishTimeout, Logger: log, Registry: registry, Checks: checks, Recent: recent,
 		}, redisGate, broker.OrderQueue{Publisher: publisher, Topology: topo}, readStore, authority)
 		g.Go(func() error { return server.Run(ctx) })
 		if ws != nil {

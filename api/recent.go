@@ -1,0 +1,80 @@
+package api
+
+import (
+	"context"
+	"sync"
+
+	"github.com/google/uuid"
+
+	"github.com/crowdpass/crowdpass"
+)
+
+// Recent remembers the orders this process accepted lately, with their 202
+// answers, so that an order accepted while Redis was down, or whose record
+// Redis has lost, still reads as pending (GET /orders/{id}, a WebSocket
+// subscribe) until a worker has decided it and PostgreSQL knows it.
+//
+// It holds between size and 2×size orders: two generations, the older
+// dropped whole when the newer fills.
+type Recent struct {
+	mu        sync.Mutex
+	size      int
+	cur, prev map[uuid.UUID]crowdpass.KeyRecord
+}
+
+// NewRecent returns a Recent of the given size (default 1<<15: at about
+// 400 bytes an order, 13 to 26 MB once full). A pending order needs it only
+// until a worker decides it, seconds at most unless PostgreSQL is down.
+func NewRecent(size int) *Recent {
+	if size <= 0 {
+		size = 1 << 15
+	}
+	return &Recent{size: size, cur: make(map[uuid.UUID]crowdpass.KeyRecord)}
+}
+
+func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.cur) >= r.size {
+		r.prev, r.cur = r.cur, make(map[uuid.UUID]crowdpass.KeyRecord, r.size)
+	}
+	r.cur[id] = rec
+}
+
+func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rec, ok := r.cur[id]; ok {
+		return rec, true
+	}
+	rec, ok := r.prev[id]
+	return rec, ok
+}
+
+// Pending looks an order up among the recent ones, then in next (the
+// gate; may be nil). It is what the notifier's subscribe and GET
+// /orders/{id} use for orders not yet in PostgreSQL.
+func (r *Recent) Pending(next interface {
+	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
+}) PendingLookup {
+	return PendingLookup{recent: r, next: next}
+}
+
+// PendingLookup finds an accepted, undecided order; see Recent.Pending.
+type PendingLookup struct {
+	recent *Recent
+	next   interface {
+		Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
+	}
+}
+
+// Lookup returns the order's record, or crowdpass.ErrNotFound.
+func (p PendingLookup) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error) {
+	if rec, ok := p.recent.get(order); ok {
+		return rec, nil
+	}
+	if p.next == nil {
+		return crowdpass.KeyRecord{}, crowdpass.ErrNotFound
+	}
+	return p.next.Lookup(ctx, order)
+}
