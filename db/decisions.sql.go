@@ -48,7 +48,7 @@ SELECT
     (SELECT count(*) FROM taken)::integer AS categories_taken,
     (SELECT count(*) FROM issued)::integer AS tickets_issued,
     (SELECT count(*) FROM announced)::integer AS outcomes_written,
-    pg_notify('crowdpass_outbox', '')::text AS woke
+    pg_notify('crowdpass_outbox', coalesce((SELECT min(id) FROM announced)::text, ''))::text AS woke
 `
 
 type DecisionRecordParams struct {
@@ -86,7 +86,8 @@ type DecisionRecordRow struct {
 // out), the conditional decrement of each category's stock (a row whose
 // remaining cannot cover its take is left alone, so stock never goes below
 // zero whatever the caller computed), the tickets, the outcome rows in
-// outbox, and the relays' wake-up, sent when the transaction commits.
+// outbox, and the relays' wake-up, sent when the transaction commits and
+// carrying the lowest outbox id written, from which a relay claims.
 // It returns the ids of the orders it inserted and how many categories
 // covered their take; the caller rolls back unless both are complete.
 func (q *Queries) DecisionRecord(ctx context.Context, arg DecisionRecordParams) (DecisionRecordRow, error) {

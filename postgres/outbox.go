@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -11,16 +12,17 @@ import (
 	"github.com/crowdpass/crowdpass/db"
 )
 
-// PublishOutbox claims up to max unpublished rows, oldest first, hands them
+// PublishOutbox claims up to max unpublished rows with ids from from on
+// (0: all), oldest first, hands them
 // to publish and marks published the ids publish returns, all in one
 // transaction: the rows stay locked while they are published, so two relays
 // never publish one row at once, and a relay that dies before the commit
 // leaves them unpublished, to be published again. It returns the rows claimed.
-func (s *Store) PublishOutbox(ctx context.Context, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error) {
+func (s *Store) PublishOutbox(ctx context.Context, from int64, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error) {
 	claimed := 0
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := db.New(tx)
-		rows, err := q.OutboxClaim(ctx, int32(max))
+		rows, err := q.OutboxClaim(ctx, db.OutboxClaimParams{MinID: from, MaxRows: int32(max)})
 		if err != nil {
 			return fmt.Errorf("claiming outbox rows: %w", err)
 		}
@@ -59,9 +61,10 @@ func (s *Store) OutboxBacklog(ctx context.Context) (rows int64, oldest time.Time
 	return b.Rows, b.Oldest, translate(err)
 }
 
-// ListenOutbox calls wake for every outbox notification until ctx is done
-// or the connection fails. It holds one connection of its own.
-func (s *Store) ListenOutbox(ctx context.Context, wake func()) error {
+// ListenOutbox calls wake for every outbox notification, with the lowest
+// outbox id the notifying commit wrote (0 if unknown), until ctx is done or
+// the connection fails. It holds one connection of its own.
+func (s *Store) ListenOutbox(ctx context.Context, wake func(from int64)) error {
 	pooled, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("acquiring a connection to listen on: %w", err)
@@ -72,14 +75,19 @@ func (s *Store) ListenOutbox(ctx context.Context, wake func()) error {
 	if err := db.New(conn).OutboxListen(ctx); err != nil {
 		return fmt.Errorf("listening for outbox rows: %w", err)
 	}
-	wake() // rows may have come while we were not listening
+	wake(0) // rows may have come while we were not listening
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("waiting for outbox notifications: %w", err)
 		}
-		wake()
+		from, err := strconv.ParseInt(n.Payload, 10, 64)
+		if err != nil {
+			from = 0 // an older or a foreign notification: look at every row
+		}
+		wake(from)
 	}
 }

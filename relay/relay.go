@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"context"
 	"log/slog"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -21,10 +22,10 @@ import (
 
 // Store is the outbox as the relay sees it.
 type Store interface {
-	PublishOutbox(ctx context.Context, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error)
+	PublishOutbox(ctx context.Context, from int64, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error)
 	DeletePublishedOutbox(ctx context.Context, before time.Time, max int) (int64, error)
 	OutboxBacklog(ctx context.Context) (rows int64, oldest time.Time, err error)
-	ListenOutbox(ctx context.Context, wake func()) error
+	ListenOutbox(ctx context.Context, wake func(from int64)) error
 }
 
 // Publisher publishes batches with confirms.
@@ -65,7 +66,10 @@ type Relay struct {
 	publisher Publisher
 	log       *slog.Logger
 	wake      chan struct{} // taken by one idle loop
-	failing   atomic.Bool
+	// from is the lowest outbox id announced since a loop last took a
+	// wake-up (noFloor: none), where that loop's claims start.
+	from    atomic.Int64
+	failing atomic.Bool
 
 	backlog   prometheus.Gauge
 	oldest    prometheus.Gauge
@@ -108,6 +112,7 @@ func New(cfg Config, store Store, publisher Publisher) *Relay {
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(r.backlog, r.oldest, r.published, r.confirmed)
 	}
+	r.from.Store(noFloor)
 	return r
 }
 
@@ -135,22 +140,41 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
+// noFloor marks that no notification is waiting for a loop.
+const noFloor = math.MaxInt64
+
 // loop publishes batches whenever woken, and at least every Poll. A
 // notification wakes one idle loop; one that arrives while every loop is
-// busy waits in the channel for the first to finish.
+// busy waits in the channel for the first to finish. A notified loop claims
+// from the lowest id announced since; at least every Poll a loop claims from
+// the start instead, which picks up whatever a lost notification or a
+// failed publish left behind.
 func (r *Relay) loop(ctx context.Context) {
 	poll := time.NewTimer(0)
 	defer poll.Stop()
+	var lastFull time.Time
 	for {
+		var from int64
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
+			if from = r.from.Swap(noFloor); from == noFloor {
+				// The loop that took this wake-up's id claimed after the
+				// notifying commits: nothing announced is left.
+				continue
+			}
 		case <-poll.C:
+		}
+		if time.Since(lastFull) >= r.cfg.Poll {
+			from = 0
+		}
+		if from == 0 {
+			lastFull = time.Now()
 		}
 		// Drain: a full batch means there may be more right behind it.
 		for ctx.Err() == nil {
-			n := r.relayBatch(ctx)
+			n := r.relayBatch(ctx, from)
 			if n < r.cfg.Batch {
 				break
 			}
@@ -159,11 +183,18 @@ func (r *Relay) loop(ctx context.Context) {
 	}
 }
 
-// wakeOne wakes an idle loop, or the next to become idle.
-func (r *Relay) wakeOne() {
+// wakeOne wakes an idle loop, or the next to become idle, to claim from the
+// outbox id from on (0: all).
+func (r *Relay) wakeOne(from int64) {
+	for {
+		cur := r.from.Load()
+		if from >= cur || r.from.CompareAndSwap(cur, from) {
+			break
+		}
+	}
 	select {
 	case r.wake <- struct{}{}:
-	default: // a wake-up is pending already; one claim takes every row
+	default: // a wake-up is pending already; it claims from the lowest id
 	}
 }
 
@@ -184,14 +215,15 @@ func (r *Relay) listen(ctx context.Context) {
 	}
 }
 
-// relayBatch publishes one batch and returns how many rows it claimed.
-func (r *Relay) relayBatch(ctx context.Context) int {
+// relayBatch publishes one batch of rows from the outbox id from on and
+// returns how many rows it claimed.
+func (r *Relay) relayBatch(ctx context.Context, from int64) int {
 	if !r.publisher.Ready() {
 		return 0
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout+5*time.Second)
 	defer cancel()
-	n, err := r.store.PublishOutbox(ctx, r.cfg.Batch, r.publish)
+	n, err := r.store.PublishOutbox(ctx, from, r.cfg.Batch, r.publish)
 	if err != nil {
 		if r.failing.CompareAndSwap(false, true) {
 			r.log.Warn("outbox unavailable; retrying", "err", err)

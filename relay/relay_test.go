@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -87,8 +88,16 @@ func (b *bundle) listen(t *testing.T, key string) func() map[string]int {
 
 func (b *bundle) start(t *testing.T, store relay.Store) *relay.Relay {
 	t.Helper()
+	return b.startWith(t, store, relay.Config{})
+}
+
+// startWith starts a relay configured by cfg where it sets a field.
+func (b *bundle) startWith(t *testing.T, store relay.Store, cfg relay.Config) *relay.Relay {
+	t.Helper()
 	pub := broker.NewPublisher(broker.PublisherConfig{URL: testkit.AMQPURL(), Name: "relay-test", Declare: b.topo.Declare, Logger: testkit.Logger(t)})
-	r := relay.New(relay.Config{Exchange: b.topo.Outcomes(), Batch: 50, Poll: 200 * time.Millisecond, Logger: testkit.Logger(t)}, store, pub)
+	cfg.Exchange, cfg.Logger = b.topo.Outcomes(), testkit.Logger(t)
+	cfg.Batch, cfg.Poll = cmp.Or(cfg.Batch, 50), cmp.Or(cfg.Poll, 200*time.Millisecond)
+	r := relay.New(cfg, store, pub)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { pub.Run(ctx) })
@@ -131,8 +140,8 @@ type crashingStore struct {
 	lost map[int64]bool
 }
 
-func (s *crashingStore) PublishOutbox(ctx context.Context, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error) {
-	return s.Store.PublishOutbox(ctx, max, func(ctx context.Context, rows []crowdpass.OutboxMessage) []int64 {
+func (s *crashingStore) PublishOutbox(ctx context.Context, from int64, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error) {
+	return s.Store.PublishOutbox(ctx, from, max, func(ctx context.Context, rows []crowdpass.OutboxMessage) []int64 {
 		confirmed := publish(ctx, rows)
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -195,4 +204,39 @@ func TestPublishedRowsPastRetentionAreDeleted(t *testing.T) {
 		}
 		return n == 5
 	}, "the five old rows deleted, the five recent kept")
+}
+
+// A row whose commit sent no notification (or whose publish failed) lies
+// below the ids later notifications announce; a relay kept busy by them
+// still publishes it, within about Poll, even with no loop ever idle that
+// long.
+func TestARowNoNotificationAnnouncedIsPublishedWhileOthersKeepComing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	seen := b.listen(t, "order.*")
+	b.startWith(t, b.store, relay.Config{Loops: 1, Poll: time.Second})
+	event := testkit.CreateEvent(t, b.store, 4, 1000)
+	next := 0
+	decide := func() {
+		next++
+		if _, err := b.store.DecideOrders(testkit.Context(t), []crowdpass.OrderRequest{
+			testkit.OrderRequest(fmt.Sprintf("c%d", next), "k", event, 0, 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	decide()
+	testkit.Eventually(t, 30*time.Second, func() bool { return b.unpublished(t) == 0 }, "the first outcome published")
+
+	var silent int64
+	if err := b.db.Pool.QueryRow(testkit.Context(t), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+		VALUES ('order', gen_random_uuid(), 'order.rejected', '{}') RETURNING id`).Scan(&silent); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for seen()[fmt.Sprint(silent)] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("outbox row %d, never announced, not published while others were", silent)
+		}
+		decide() // notifications with higher ids keep the loop busy
+	}
 }
