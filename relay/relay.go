@@ -166,14 +166,20 @@ func (r *Relay) loop(ctx context.Context) {
 			}
 		case <-poll.C:
 		}
-		if time.Since(lastFull) >= r.cfg.Poll {
-			from = 0
-		}
-		if from == 0 {
-			lastFull = time.Now()
-		}
 		// Drain: a full batch means there may be more right behind it.
+		// Each pass takes any lower id announced meanwhile (its wake-up
+		// then finds nothing left), and starts from the beginning once
+		// per Poll, so that a long drain holds nothing back.
 		for ctx.Err() == nil {
+			if f := r.from.Swap(noFloor); f < from {
+				from = f
+			}
+			if time.Since(lastFull) >= r.cfg.Poll {
+				from = 0
+			}
+			if from == 0 {
+				lastFull = time.Now()
+			}
 			n := r.relayBatch(ctx, from)
 			if n < r.cfg.Batch {
 				break
