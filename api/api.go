@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/auth"
@@ -73,6 +74,9 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// ReadTimeout bounds PostgreSQL reads of GET /orders/{id} (default 2s).
 	ReadTimeout time.Duration
+	// MissTimeout bounds the PostgreSQL read of an event the catalog does
+	// not hold yet (default 250ms).
+	MissTimeout time.Duration
 	Logger      *slog.Logger
 	Now         func() time.Time
 	Registry    *prometheus.Registry
@@ -93,9 +97,9 @@ type Server struct {
 	verifier Verifier
 	catalog  catalog
 	edge     edgeStock
-	// missLookups holds a token per PostgreSQL read of an event the catalog
-	// missed (findEvent).
-	missLookups chan struct{}
+	// missLookups paces the PostgreSQL reads of events the catalog missed
+	// (findEvent).
+	missLookups *rate.Limiter
 	metrics     *metrics
 	router      chi.Router
 
@@ -108,6 +112,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, 5*time.Second)
 	cfg.ReconcileInterval = cmp.Or(cfg.ReconcileInterval, time.Second)
 	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, 2*time.Second)
+	cfg.MissTimeout = cmp.Or(cfg.MissTimeout, 250*time.Millisecond)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -124,7 +129,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 		cfg: cfg, log: cfg.Logger.With("role", "api"),
 		gate: gate, queue: queue, store: store, verifier: verifier,
 		metrics:     newMetrics(cfg.Registry),
-		missLookups: make(chan struct{}, missLookups),
+		missLookups: rate.NewLimiter(missRate, missBurst),
 	}
 	s.router = s.routes()
 	return s

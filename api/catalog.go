@@ -114,7 +114,8 @@ func (c *catalog) miss(id uuid.UUID) {
 	c.missed[id] = struct{}{}
 }
 
-// maxMissed bounds the remembered misses between two refreshes.
+// maxMissed bounds the remembered misses between two refreshes; past it
+// they are forgotten and start again.
 const maxMissed = 10_000
 
 func (c *catalog) isLoaded() bool {
@@ -148,12 +149,13 @@ func (c *catalog) all() []crowdpass.Event {
 
 // Misses of the catalog are looked up in PostgreSQL, so that an event created
 // through another process (or `crowdpass event create`) can be ordered at
-// once rather than after the next refresh. The lookups are bounded in number
-// and time: the hot path never waits long for the database, and a flood of
-// unknown ids cannot load it.
+// once rather than after the next refresh. The lookups are bounded in rate
+// and time (Config.MissTimeout): the hot path never waits long for the
+// database, and a flood of unknown ids, on the public GET /events/{id}
+// too, costs it at most missRate cheap reads a second.
 const (
-	missLookups = 4
-	missTimeout = 250 * time.Millisecond
+	missRate  = 20
+	missBurst = 5
 )
 
 // findEvent returns the event from the catalog or, on a miss, from
@@ -166,13 +168,10 @@ func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, 
 	if s.catalog.wasMissed(id) {
 		return crowdpass.Event{}, false
 	}
-	select {
-	case s.missLookups <- struct{}{}:
-		defer func() { <-s.missLookups }()
-	default:
+	if !s.missLookups.Allow() {
 		return crowdpass.Event{}, false
 	}
-	ctx, cancel := context.WithTimeout(ctx, missTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.MissTimeout)
 	defer cancel()
 	e, err := s.store.Event(ctx, id)
 	switch {

@@ -92,6 +92,7 @@ func setup(t testing.TB, opts options) *harness {
 	h.server = api.New(api.Config{
 		PublishTimeout:    2 * time.Second,
 		ReconcileInterval: cmp.Or(opts.reconcile, 50*time.Millisecond),
+		MissTimeout:       10 * time.Second, // a loaded CI machine's first read may be slow
 		Logger:            log,
 	}, h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, h.store, h.authority)
 

@@ -36,7 +36,7 @@ func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.cur) >= r.size {
-		r.prev, r.cur = r.cur, make(map[uuid.UUID]crowdpass.KeyRecord, r.size)
+		r.prev, r.cur = r.cur, make(map[uuid.UUID]crowdpass.KeyRecord)
 	}
 	r.cur[id] = rec
 }
@@ -51,21 +51,22 @@ func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
 	return rec, ok
 }
 
+// Lookuper finds an order's record by its id, as the gate does.
+type Lookuper interface {
+	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
+}
+
 // Pending looks an order up among the recent ones, then in next (the
 // gate; may be nil). It is what the notifier's subscribe and GET
 // /orders/{id} use for orders not yet in PostgreSQL.
-func (r *Recent) Pending(next interface {
-	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
-}) PendingLookup {
+func (r *Recent) Pending(next Lookuper) PendingLookup {
 	return PendingLookup{recent: r, next: next}
 }
 
 // PendingLookup finds an accepted, undecided order; see Recent.Pending.
 type PendingLookup struct {
 	recent *Recent
-	next   interface {
-		Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
-	}
+	next   Lookuper
 }
 
 // Lookup returns the order's record, or crowdpass.ErrNotFound.

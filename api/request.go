@@ -109,9 +109,11 @@ func exactKeysOf(body []byte, t reflect.Type, path string) error {
 	shapeErr := func(err error) error {
 		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body is not of the documented shape: %s", jsonProblem(err))
 	}
+	if k := t.Kind(); k != reflect.Slice && k != reflect.Struct {
+		return nil
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	switch t.Kind() {
-	case reflect.Slice:
+	if t.Kind() == reflect.Slice {
 		if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
 			return nil
 		}
@@ -124,9 +126,6 @@ func exactKeysOf(body []byte, t reflect.Type, path string) error {
 				return err
 			}
 		}
-		return nil
-	case reflect.Struct:
-	default:
 		return nil
 	}
 	fields := map[string]reflect.Type{}

@@ -166,8 +166,6 @@ func (a *Authority) issueFast(customer string, admin bool, now, exp time.Time) (
 	claims = append(claims, customer...)
 	claims = append(claims, `","exp":`...)
 	claims = strconv.AppendInt(claims, exp.Unix(), 10)
-	claims = append(claims, `,"nbf":`...)
-	claims = strconv.AppendInt(claims, now.Unix(), 10)
 	claims = append(claims, `,"iat":`...)
 	claims = strconv.AppendInt(claims, now.Unix(), 10)
 	claims = append(claims, '}')

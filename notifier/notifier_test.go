@@ -327,7 +327,7 @@ func TestASocketThatStopsReadingIsClosedWith1008(t *testing.T) {
 func TestASocketThatStopsAnsweringPingsIsClosedWith1008(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	n, url := b.notifier(notifier.Config{PingInterval: 50 * time.Millisecond, WriteTimeout: time.Second}, nil)
+	n, url := b.notifier(notifier.Config{PingInterval: 50 * time.Millisecond, WriteTimeout: 5 * time.Second}, nil)
 	idle := b.dial(url, "idle")
 	reader := b.dial(url, "reader")
 	frames := make(chan frameMsg, 1)

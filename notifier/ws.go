@@ -3,6 +3,7 @@ package notifier
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"net/url"
@@ -119,9 +120,15 @@ func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client) {
 			pctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
 			err := conn.Ping(pctx)
 			cancel()
-			if err != nil {
-				// A client answers pings as it reads: one that stopped reading
-				// finds this close after the frames it left unread.
+			switch {
+			case err == nil:
+			case ctx.Err() != nil:
+				continue // the client left or the notifier stops: closed as such above
+			case errors.Is(err, net.ErrClosed):
+				return
+			default:
+				// No pong in time. A client answers pings as it reads: one that
+				// stopped reading finds this close after the frames it left unread.
 				n.kick(c)
 				conn.Close(websocket.StatusPolicyViolation, "the client is not reading")
 				return

@@ -373,7 +373,10 @@ func (r *run) watch(ctx context.Context, wg *sync.WaitGroup, i int) error {
 	if err != nil {
 		return err
 	}
-	wsURL := "ws" + strings.TrimPrefix(r.cfg.WSTarget, "http") + "/ws?access_token=" + token
+	wsURL := r.cfg.WSTarget + "/ws?access_token=" + token
+	if strings.HasPrefix(wsURL, "http") { // http → ws, https → wss
+		wsURL = "ws" + strings.TrimPrefix(wsURL, "http")
+	}
 	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	conn, _, err := websocket.Dial(dialCtx, wsURL, &websocket.DialOptions{HTTPClient: r.client})
