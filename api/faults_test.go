@@ -249,3 +249,43 @@ func TestOrderAcceptedWithoutRedisReadsAsPending(t *testing.T) {
 		t.Errorf("another customer read the order: %d %s", r.status, r.body)
 	}
 }
+
+// An API that dies after queueing an order but before answering leaves its
+// key in flight. A retry after the in-flight time (3 s here) takes the key
+// over and gets a 202 for the one order, even though the gate has no stock
+// left by then: never a sold_out for a key whose order exists.
+func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 1})
+	event := h.event(4, 1)
+	cat := event.Categories[0]
+	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: cat.ID, Quantity: 1}
+	adm := crowdpass.Admission{
+		OrderID: crowdpass.OrderID("alice", "k"), CustomerID: "alice", Fingerprint: payload.Fingerprint(),
+		CategoryID: cat.ID, Quantity: 1, SoldOut: crowdpass.Answer{Status: http.StatusConflict, Body: []byte("{}\n")},
+	}
+	// What the dead process did: admit (taking the last ticket at the gate)
+	// and queue the order; it never stored an answer.
+	if r, err := h.gate.Admit(testkit.Context(t), adm, "dead"); err != nil || r.Verdict != crowdpass.Admitted {
+		t.Fatalf("admission %+v, %v", r, err)
+	}
+	queue := broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}
+	if err := queue.Enqueue(testkit.Context(t), crowdpass.OrderRequest{
+		OrderID: adm.OrderID, CustomerID: "alice", IdempotencyKey: "k", EventID: event.ID, CategoryID: cat.ID,
+		Quantity: 1, AcceptedAt: crowdpass.NewTime(time.Now()),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var r reply
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		r = h.order("alice", "k", orderJSON(event, 0, 1))
+		return !(r.status == http.StatusConflict && r.problem(t)["code"] == string(crowdpass.ERequestInProgress))
+	}, "the key out of flight")
+	if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() {
+		t.Fatalf("retry after the API died: %d %s, want 202 for order %s", r.status, r.body, adm.OrderID)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
+	if n := h.countOrders("customer_id = 'alice' AND status = 'confirmed'"); n != 1 {
+		t.Errorf("%d confirmed orders for one key, want 1", n)
+	}
+}

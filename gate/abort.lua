@@ -3,7 +3,7 @@
 -- ARGV: owner of the admission, tickets it took.
 local rec = redis.call('GET', KEYS[1])
 if rec then
-  local status, fp, owner = string.match(rec, '^(%d+)\n([^\n]*)\n([^\n]*)\n')
+  local status, fp, owner = string.match(rec, '^(%d+)\n([^\n]*)\n([^@\n]*)')
   if status == '0' and owner == ARGV[1] then
     redis.call('DEL', KEYS[1])
   end

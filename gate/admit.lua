@@ -1,13 +1,29 @@
 -- Admit one order request in one atomic step.
 -- KEYS[1] the key's record (a string, see record.go), KEYS[2] the category's gate stock.
--- ARGV: fingerprint, quantity, window ('' when the sale is open), in-flight ttl ms,
---       sold-out record, in-flight record, answer ttl ms.
+-- ARGV: fingerprint, quantity, window ('' when the sale is open), in-flight ms,
+--       sold-out record, in-flight record up to its owner's '@', answer ttl ms,
+--       in-flight record after its deadline.
+-- An in-flight record's owner ends in '@' and the time (Redis's, in ms) after
+-- which its attempt cannot be publishing any more. It is kept as long as an
+-- answer: if the attempt's process died before answering, its order may be
+-- queued or not, and a retry after that time takes the key over and queues
+-- the order again (the workers recognise it by its id), whatever the stock
+-- says now, so that a key whose order exists is never answered sold_out.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function mark()
+  local deadline = string.format('%.0f', now + tonumber(ARGV[4]))
+  redis.call('SET', KEYS[1], ARGV[6] .. deadline .. ARGV[8], 'PX', ARGV[7])
+end
 local rec = redis.call('GET', KEYS[1])
 if rec then
-  local status, fp = string.match(rec, '^(%d+)\n([^\n]*)\n')
+  local status, fp, owner = string.match(rec, '^(%d+)\n([^\n]*)\n([^\n]*)\n')
   if fp ~= ARGV[1] then return {'mismatch'} end
   if status ~= '0' then return {'replay', rec} end
-  return {'inflight'}
+  local deadline = tonumber(string.match(owner, '@(%d+)$') or '')
+  if deadline == nil or now < deadline then return {'inflight'} end
+  mark()
+  return {'admitted', 0}
 end
 if ARGV[3] ~= '' then return {'window'} end
 local qty = tonumber(ARGV[2])
@@ -23,5 +39,5 @@ if stock then
   taken = qty
 end
 -- A missing stock key means the gate does not know: admit, the database decides.
-redis.call('SET', KEYS[1], ARGV[6], 'PX', ARGV[4])
+mark()
 return {'admitted', taken}

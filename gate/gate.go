@@ -29,6 +29,8 @@ type Config struct {
 	AnswerTTL time.Duration
 	// InFlightTTL bounds how long a key stays in flight if its request's
 	// process dies before answering; it must outlast the publish timeout.
+	// After it a retry takes the key over and queues the order again (see
+	// admit.lua); the mark itself is kept for AnswerTTL.
 	InFlightTTL time.Duration
 }
 
@@ -86,10 +88,10 @@ return 1`)
 // Abort never undoes another attempt's mark.
 func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error) {
 	soldOut := record{status: a.SoldOut.Status, fp: a.Fingerprint, customer: a.CustomerID, body: a.SoldOut.Body}
-	inFlight := record{fp: a.Fingerprint, owner: owner, customer: a.CustomerID}
+	head, tail := record{fp: a.Fingerprint, owner: owner + "@", customer: a.CustomerID}.split()
 	val, err := g.pipe.do(ctx, admitScript, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
 		a.Fingerprint, a.Quantity, string(a.Window), g.cfg.InFlightTTL.Milliseconds(),
-		soldOut.encode(), inFlight.encode(), g.cfg.AnswerTTL.Milliseconds())
+		soldOut.encode(), head, g.cfg.AnswerTTL.Milliseconds(), tail)
 	if err != nil {
 		return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: %w", err)
 	}
@@ -147,6 +149,11 @@ func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission, owner string)
 	rec, ok := decodeRecord(s)
 	if !ok {
 		return crowdpass.AdmissionResult{}, fmt.Errorf("refusing order: unreadable record %q", s)
+	}
+	if rec.status == 0 && rec.fp == a.Fingerprint {
+		// In flight, or left by an attempt that died: the script tells
+		// which, and takes the key over in the second case.
+		return g.Admit(ctx, a, owner)
 	}
 	return rec.verdict(a.Fingerprint), nil
 }

@@ -218,3 +218,57 @@ func TestSoldOutReportsTheStockItSaw(t *testing.T) {
 		t.Errorf("Admit over the stock = %+v, %v; want SoldOut seeing 1", r, err)
 	}
 }
+
+// A key whose attempt died before answering stays in flight for
+// InFlightTTL; after that a retry takes it over and is admitted again
+// without taking stock, even with none left: the dead attempt's order may be
+// queued, and its key must not be answered sold_out.
+func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
+	t.Parallel()
+	opts, err := redis.ParseURL(testkit.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	g := gate.New(rdb, gate.Config{Namespace: testkit.Namespace(t), InFlightTTL: 300 * time.Millisecond})
+	t.Cleanup(g.Close)
+	ctx := testkit.Context(t)
+	cat := uuid.New()
+	if set, err := g.SetStock(ctx, cat, 0, false, 1); err != nil || !set {
+		t.Fatalf("SetStock = %v, %v", set, err)
+	}
+	a := admission("alice", "k", cat, 1)
+	if r, err := g.Admit(ctx, a, "dead"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 1 {
+		t.Fatalf("first admission %+v, %v", r, err)
+	}
+	if r, err := g.Admit(ctx, a, "early"); err != nil || r.Verdict != crowdpass.InProgress {
+		t.Fatalf("retry within the attempt's time: %+v, %v", r, err)
+	}
+	if r, err := g.Refuse(ctx, a, "early"); err != nil || r.Verdict != crowdpass.InProgress {
+		t.Fatalf("refusal within the attempt's time: %+v, %v", r, err)
+	}
+	var took crowdpass.AdmissionResult
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		r, err := g.Refuse(ctx, a, "late")
+		if err != nil {
+			t.Fatal(err)
+		}
+		took = r
+		return r.Verdict != crowdpass.InProgress
+	}, "the key taken over")
+	if took.Verdict != crowdpass.Admitted || took.Taken != 0 {
+		t.Fatalf("retry after the attempt's time: %+v, want admitted without stock", took)
+	}
+	if n, _, _ := g.Stock(ctx, cat); n != 0 {
+		t.Errorf("stock %d after the takeover, want 0", n)
+	}
+	// The new attempt owns the key: the dead one's mark is gone, its own
+	// abort frees the key, and a new admission sees the stock again.
+	if err := g.Abort(ctx, a, "late", 0); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := g.Admit(ctx, a, "after"); err != nil || r.Verdict != crowdpass.SoldOut {
+		t.Errorf("admission after the takeover's abort: %+v, %v", r, err)
+	}
+}

@@ -12,9 +12,11 @@ import (
 //
 //	<status>\n<fingerprint>\n<owner>\n<len(customer)>\n<customer><body>
 //
-// status 0 is a key in flight, with owner the attempt that holds it; any
-// other status is the stored answer, body its bytes. The scripts read the
-// first three lines; the customer may hold any byte but NUL.
+// status 0 is a key in flight, with owner the attempt that holds it followed
+// by '@' and the time (Redis's, in ms) after which that attempt cannot be
+// publishing any more; any other status is the stored answer, body its
+// bytes. The scripts read the first three lines; the customer may hold any
+// byte but NUL.
 type record struct {
 	status   int
 	fp       string
@@ -37,6 +39,14 @@ func (r record) encode() string {
 	b.WriteString(r.customer)
 	b.Write(r.body)
 	return b.String()
+}
+
+// split encodes r in two, around the end of its owner line, where the
+// admission script writes the in-flight deadline.
+func (r record) split() (head, tail string) {
+	s := r.encode()
+	i := len(strconv.Itoa(r.status)) + 1 + len(r.fp) + 1 + len(r.owner)
+	return s[:i], s[i:]
 }
 
 func decodeRecord(s string) (record, bool) {
