@@ -145,7 +145,7 @@ func (c *config) roleFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (PPROF_ADDR)")
 	fs.Float64Var(&c.WorkerRate, "worker-rate", c.WorkerRate, "orders decided per second per worker, 0 = unlimited (WORKER_RATE)")
 	fs.IntVar(&c.WorkerPrefetch, "worker-prefetch", c.WorkerPrefetch, "unacknowledged orders per worker, 0 = 2x batch (WORKER_PREFETCH)")
-	fs.IntVar(&c.WorkerBatch, "worker-batch", c.WorkerBatch, "orders per decision transaction, 0 = 100 (WORKER_BATCH)")
+	fs.IntVar(&c.WorkerBatch, "worker-batch", c.WorkerBatch, "orders per decision transaction, 0 = 50 (WORKER_BATCH)")
 }
 
 func (c config) validateRole() error {
