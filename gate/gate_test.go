@@ -17,13 +17,19 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func setup(t *testing.T) *gate.Redis {
 	t.Helper()
+	return setupInFlight(t, time.Minute)
+}
+
+// setupInFlight returns a gate whose keys stay in flight for ttl.
+func setupInFlight(t *testing.T, ttl time.Duration) *gate.Redis {
+	t.Helper()
 	opts, err := redis.ParseURL(testkit.RedisURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	rdb := redis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
-	g := gate.New(rdb, gate.Config{Namespace: testkit.Namespace(t), InFlightTTL: time.Minute})
+	g := gate.New(rdb, gate.Config{Namespace: testkit.Namespace(t), InFlightTTL: ttl})
 	t.Cleanup(g.Close)
 	return g
 }
@@ -225,14 +231,7 @@ func TestSoldOutReportsTheStockItSaw(t *testing.T) {
 // queued, and its key must not be answered sold_out.
 func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 	t.Parallel()
-	opts, err := redis.ParseURL(testkit.RedisURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
-	g := gate.New(rdb, gate.Config{Namespace: testkit.Namespace(t), InFlightTTL: 300 * time.Millisecond})
-	t.Cleanup(g.Close)
+	g := setupInFlight(t, 300*time.Millisecond)
 	ctx := testkit.Context(t)
 	cat := uuid.New()
 	if set, err := g.SetStock(ctx, cat, 0, false, 1); err != nil || !set {
