@@ -9,10 +9,13 @@
 -- queued or not, and a retry after that time takes the key over and queues
 -- the order again (the workers recognise it by its id), whatever the stock
 -- says now, so that a key whose order exists is never answered sold_out.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Redis's clock in ms, read only by the paths that need it.
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function mark()
-  local deadline = string.format('%.0f', now + tonumber(ARGV[4]))
+  local deadline = string.format('%.0f', now() + tonumber(ARGV[4]))
   redis.call('SET', KEYS[1], ARGV[6] .. deadline .. ARGV[8], 'PX', ARGV[7])
 end
 local rec = redis.call('GET', KEYS[1])
@@ -21,7 +24,7 @@ if rec then
   if fp ~= ARGV[1] then return {'mismatch'} end
   if status ~= '0' then return {'replay', rec} end
   local deadline = tonumber(string.match(owner, '@(%d+)$') or '')
-  if deadline == nil or now < deadline then return {'inflight'} end
+  if deadline == nil or now() < deadline then return {'inflight'} end
   mark()
   return {'admitted', 0}
 end
