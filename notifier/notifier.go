@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,7 +79,9 @@ type Notifier struct {
 	frames  prometheus.Counter
 	kicked  prometheus.Counter
 	latency prometheus.Histogram
-	lag     prometheus.Histogram
+	lag     *prometheus.HistogramVec // by path: local or broker
+
+	handed handedOver
 }
 
 // New returns a notifier; Run consumes outcomes, ServeHTTP serves /ws.
@@ -117,11 +120,13 @@ func New(cfg Config, orders Orders, pending Pending, verifier Verifier) *Notifie
 			Help:    "From the worker's commit (processed_at) to the frame's write.",
 			Buckets: crowdpass.NotificationBuckets,
 		}),
-		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "crowdpass_notifier_outcome_lag_seconds",
-			Help:    "From an outcome's processed_at to its arrival at this notifier: commit, relay and broker.",
+		lag: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "crowdpass_notifier_outcome_lag_seconds",
+			Help: "From an outcome's processed_at to its arrival at this notifier, by path: " +
+				"local (handed over by this process's relay) or broker (commit, relay and broker).",
 			Buckets: crowdpass.NotificationBuckets,
-		}),
+		}, []string{"path"}),
+		handed: handedOver{size: 1 << 16},
 	}
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(n.sockets, n.frames, n.kicked, n.latency, n.lag)
@@ -182,26 +187,104 @@ func (n *Notifier) session(ctx context.Context, onConnected func()) error {
 			if !ok {
 				return errors.New("outcome deliveries stopped")
 			}
-			n.dispatch(d)
+			n.fromBroker(d)
 		}
 	}
 }
 
-// dispatch sends one outcome to every socket of its customer.
-func (n *Notifier) dispatch(d amqp.Delivery) {
-	var out crowdpass.Outcome
-	if err := json.Unmarshal(d.Body, &out); err != nil || out.CustomerID == "" {
-		n.log.Warn("undecodable outcome dropped", "message_id", d.MessageId, "err", err)
+// Deliver pushes outcomes that the relay of this process has just claimed
+// from the outbox, without waiting for their round trip through the broker,
+// and drops the broker's copy of each when it comes. They are committed
+// outcomes, so they may go out before the broker has confirmed them; one
+// that fails to publish stays in the outbox and is handed over again, which
+// at-least-once delivery allows. The relay's own path (publish, route,
+// consume) is still measured on the broker's copies.
+func (n *Notifier) Deliver(rows []crowdpass.OutboxMessage) {
+	for _, row := range rows {
+		out, ok := n.decode(row.Payload, row.ID)
+		if !ok {
+			continue
+		}
+		n.observeLag(out, "local")
+		n.handed.add(row.ID)
+		n.push(out)
+	}
+}
+
+// fromBroker pushes one outcome the broker delivered, unless this process's
+// relay handed it over first.
+func (n *Notifier) fromBroker(d amqp.Delivery) {
+	id, err := strconv.ParseInt(d.MessageId, 10, 64)
+	if err != nil {
+		id = 0 // not the relay's: pushed all the same
+	}
+	out, ok := n.decode(d.Body, id)
+	if !ok {
 		return
 	}
-	if out.ProcessedAt != nil {
-		n.lag.Observe(n.cfg.Now().Sub(out.ProcessedAt.Time).Seconds())
+	n.observeLag(out, "broker")
+	if id != 0 && n.handed.take(id) {
+		return
 	}
+	n.push(out)
+}
+
+func (n *Notifier) decode(payload []byte, id int64) (crowdpass.Outcome, bool) {
+	var out crowdpass.Outcome
+	if err := json.Unmarshal(payload, &out); err != nil || out.CustomerID == "" {
+		n.log.Warn("undecodable outcome dropped", "outbox_id", id, "err", err)
+		return out, false
+	}
+	return out, true
+}
+
+func (n *Notifier) observeLag(out crowdpass.Outcome, path string) {
+	if out.ProcessedAt != nil {
+		n.lag.WithLabelValues(path).Observe(n.cfg.Now().Sub(out.ProcessedAt.Time).Seconds())
+	}
+}
+
+// push sends one outcome to every socket of its customer.
+func (n *Notifier) push(out crowdpass.Outcome) {
 	frame, err := json.Marshal(pushFrame(out))
 	if err != nil {
 		return
 	}
 	n.hub.each(out.CustomerID, func(c *client) { n.offer(c, frame, out.ProcessedAt) })
+}
+
+// handedOver remembers the outbox ids the local relay handed over whose
+// broker copies have not come yet: between size and 2×size of them, in two
+// generations, the older dropped whole when the newer fills. A copy that
+// comes later than that is pushed again, which clients dedupe.
+type handedOver struct {
+	mu        sync.Mutex
+	size      int
+	cur, prev map[int64]struct{}
+}
+
+func (h *handedOver) add(id int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.cur == nil || len(h.cur) >= h.size {
+		h.prev, h.cur = h.cur, make(map[int64]struct{})
+	}
+	h.cur[id] = struct{}{}
+}
+
+// take reports whether id was handed over and forgets it.
+func (h *handedOver) take(id int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.cur[id]; ok {
+		delete(h.cur, id)
+		return true
+	}
+	if _, ok := h.prev[id]; ok {
+		delete(h.prev, id)
+		return true
+	}
+	return false
 }
 
 // pushFrame is an outcome as the contract pushes it: no customer id.

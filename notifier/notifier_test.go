@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/crowdpass/crowdpass"
@@ -52,11 +53,15 @@ func setup(t *testing.T) *bundle {
 }
 
 // pipeline starts a worker and a relay: published orders become outcomes.
-func (b *bundle) pipeline() {
+func (b *bundle) pipeline() { b.pipelineWith(nil) }
+
+// pipelineWith starts a worker and a relay that hands what it claims to
+// local, as a relay does in the notifier's own process.
+func (b *bundle) pipelineWith(local func([]crowdpass.OutboxMessage)) {
 	log := testkit.Logger(b.t)
 	w := worker.New(worker.Config{AMQPURL: testkit.AMQPURL(), Topology: b.topo, Logger: log}, b.store)
 	pub := broker.NewPublisher(broker.PublisherConfig{URL: testkit.AMQPURL(), Name: "notifier-test-relay", Declare: b.topo.Declare, Logger: log})
-	r := relay.New(relay.Config{Exchange: b.topo.Outcomes(), Poll: 200 * time.Millisecond, Logger: log}, b.store, pub)
+	r := relay.New(relay.Config{Exchange: b.topo.Outcomes(), Poll: 200 * time.Millisecond, Logger: log, Local: local}, b.store, pub)
 	b.wg.Go(func() { w.Run(b.ctx) })
 	b.wg.Go(func() { pub.Run(b.ctx) })
 	b.wg.Go(func() { r.Run(b.ctx) })
@@ -159,6 +164,60 @@ func TestWorkerRejectionArrivesWithItsReason(t *testing.T) {
 	if f := read(t, alice); f.Type != crowdpass.EventOrderRejected || f.Status != "rejected" || f.Reason != "limit_exceeded" || f.ProcessedAt == "" {
 		t.Errorf("got %+v", f)
 	}
+}
+
+func TestARelayInTheSameProcessHandsOutcomesOverOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	reg := prometheus.NewRegistry()
+	local, url1 := b.notifier(notifier.Config{Name: "n1", Registry: reg}, nil)
+	_, url2 := b.notifier(notifier.Config{Name: "n2"}, nil)
+	b.pipelineWith(local.Deliver)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	alice, bob := b.dial(url1, "alice"), b.dial(url2, "bob")
+	a, c := testkit.OrderRequest("alice", "k", event, 0, 1), testkit.OrderRequest("bob", "k", event, 0, 1)
+	b.pub.Orders(a, c)
+	if f := read(t, alice); f.OrderID != a.OrderID.String() {
+		t.Errorf("alice on the relay's notifier got %+v", f)
+	}
+	if f := read(t, bob); f.OrderID != c.OrderID.String() {
+		t.Errorf("bob on another notifier got %+v", f)
+	}
+	// Both outcomes reached the local notifier twice: from its relay and
+	// from the broker.
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		return lagCount(t, reg, "local") == 2 && lagCount(t, reg, "broker") == 2
+	}, "both outcomes handed over and their broker copies in")
+	// The broker's copy of alice's outcome was dropped: the next frame she
+	// gets is the answer to this subscribe.
+	if err := alice.Write(testkit.Context(t), websocket.MessageText, []byte(`{"type":"subscribe","order_id":"not-an-id"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if f := read(t, alice); f.Type != "error" {
+		t.Errorf("alice got %+v again before her subscribe's answer", f)
+	}
+}
+
+// lagCount is how many outcomes reached a notifier by path.
+func lagCount(t *testing.T, reg *prometheus.Registry, path string) uint64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "crowdpass_notifier_outcome_lag_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "path" && l.GetValue() == path {
+					return m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 func TestSubscribeAnswersAtOnceWithTheCurrentState(t *testing.T) {

@@ -54,9 +54,14 @@ type Config struct {
 	Retention time.Duration
 	// PublishTimeout bounds the wait for a batch's confirms (default 10s).
 	PublishTimeout time.Duration
-	Logger         *slog.Logger
-	Registry       prometheus.Registerer
-	Now            func() time.Time
+	// Local, when set, is handed every batch of claimed rows just before it
+	// is published: the notifier of the same process (notifier.Deliver),
+	// which pushes those outcomes to its sockets without waiting for the
+	// broker's round trip. Every other notifier gets them from the broker.
+	Local    func([]crowdpass.OutboxMessage)
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+	Now      func() time.Time
 }
 
 // Relay is the outbox relay role; any number may run at once.
@@ -264,6 +269,9 @@ func (r *Relay) publish(ctx context.Context, rows []crowdpass.OutboxMessage) []i
 				Body:         row.Payload,
 			},
 		}
+	}
+	if r.cfg.Local != nil {
+		r.cfg.Local(rows)
 	}
 	start := time.Now()
 	errs := r.publisher.PublishBatch(ctx, msgs)

@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/api"
 	"github.com/crowdpass/crowdpass/auth"
 	"github.com/crowdpass/crowdpass/broker"
@@ -126,17 +127,13 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		checks = append(checks, api.Check{Name: "worker", Critical: true, OK: func(context.Context) bool { return w.Ready() }})
 		g.Go(func() error { return w.Run(ctx) })
 	}
-	if roles["relay"] {
-		r := relay.New(relay.Config{
-			Exchange: topo.Outcomes(), Retention: cfg.OutboxRetention, Logger: log, Registry: registry,
-		}, store, newPublisher("crowdpass-relay"))
-		checks = append(checks, api.Check{Name: "relay", Critical: true, OK: func(context.Context) bool { return r.Ready() }})
-		g.Go(func() error { return r.Run(ctx) })
-	}
 	// The orders this process accepts lately, for reads of pending orders
 	// that Redis does not hold (it was down, or lost them).
 	recent := api.NewRecent(0)
-	var ws http.Handler
+	var (
+		ws    http.Handler
+		local func([]crowdpass.OutboxMessage) // the notifier, for a relay in the same process
+	)
 	if roles["notifier"] {
 		pending := recent.Pending(nil)
 		if redisGate != nil {
@@ -147,7 +144,15 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		}, readStore, pending, authority)
 		checks = append(checks, api.Check{Name: "notifier", Critical: true, OK: func(context.Context) bool { return n.Ready() }})
 		g.Go(func() error { return n.Run(ctx) })
-		ws = n
+		ws, local = n, n.Deliver
+	}
+	if roles["relay"] {
+		r := relay.New(relay.Config{
+			Exchange: topo.Outcomes(), Retention: cfg.OutboxRetention, Logger: log, Registry: registry,
+			Local: local,
+		}, store, newPublisher("crowdpass-relay"))
+		checks = append(checks, api.Check{Name: "relay", Critical: true, OK: func(context.Context) bool { return r.Ready() }})
+		g.Go(func() error { return r.Run(ctx) })
 	}
 
 	var handler http.Handler
