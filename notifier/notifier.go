@@ -128,6 +128,9 @@ func New(cfg Config, orders Orders, pending Pending, verifier Verifier) *Notifie
 		}, []string{"path"}),
 		handed: handedOver{size: 1 << 16},
 	}
+	for _, path := range []string{"local", "broker"} {
+		n.lag.WithLabelValues(path) // both series from the start
+	}
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(n.sockets, n.frames, n.kicked, n.latency, n.lag)
 	}
@@ -195,18 +198,20 @@ func (n *Notifier) session(ctx context.Context, onConnected func()) error {
 // Deliver pushes outcomes that the relay of this process has just claimed
 // from the outbox, without waiting for their round trip through the broker,
 // and drops the broker's copy of each when it comes. They are committed
-// outcomes, so they may go out before the broker has confirmed them; one
-// that fails to publish stays in the outbox and is handed over again, which
-// at-least-once delivery allows. The relay's own path (publish, route,
-// consume) is still measured on the broker's copies.
+// outcomes, so they may go out before the broker has confirmed them. A row
+// handed over again before its broker copy came (its publish failed and is
+// retried) is not pushed twice. The relay's own path (publish, route,
+// consume) is still measured, on the broker's copies.
 func (n *Notifier) Deliver(rows []crowdpass.OutboxMessage) {
 	for _, row := range rows {
-		out, ok := n.decode(row.Payload, row.ID)
+		if !n.handed.add(row.ID, row.AggregateID) {
+			continue
+		}
+		out, ok := n.decode(row.Payload, strconv.FormatInt(row.ID, 10))
 		if !ok {
 			continue
 		}
 		n.observeLag(out, "local")
-		n.handed.add(row.ID)
 		n.push(out)
 	}
 }
@@ -214,25 +219,21 @@ func (n *Notifier) Deliver(rows []crowdpass.OutboxMessage) {
 // fromBroker pushes one outcome the broker delivered, unless this process's
 // relay handed it over first.
 func (n *Notifier) fromBroker(d amqp.Delivery) {
-	id, err := strconv.ParseInt(d.MessageId, 10, 64)
-	if err != nil {
-		id = 0 // not the relay's: pushed all the same
-	}
-	out, ok := n.decode(d.Body, id)
+	out, ok := n.decode(d.Body, d.MessageId)
 	if !ok {
 		return
 	}
 	n.observeLag(out, "broker")
-	if id != 0 && n.handed.take(id) {
+	if id, err := strconv.ParseInt(d.MessageId, 10, 64); err == nil && n.handed.take(id, out.ID) {
 		return
 	}
 	n.push(out)
 }
 
-func (n *Notifier) decode(payload []byte, id int64) (crowdpass.Outcome, bool) {
+func (n *Notifier) decode(payload []byte, messageID string) (crowdpass.Outcome, bool) {
 	var out crowdpass.Outcome
 	if err := json.Unmarshal(payload, &out); err != nil || out.CustomerID == "" {
-		n.log.Warn("undecodable outcome dropped", "outbox_id", id, "err", err)
+		n.log.Warn("undecodable outcome dropped", "message_id", messageID, "err", err)
 		return out, false
 	}
 	return out, true
@@ -244,43 +245,58 @@ func (n *Notifier) observeLag(out crowdpass.Outcome, path string) {
 	}
 }
 
-// push sends one outcome to every socket of its customer.
+// push sends one outcome to every socket of its customer; its frame is
+// built only if the customer has a socket here.
 func (n *Notifier) push(out crowdpass.Outcome) {
-	frame, err := json.Marshal(pushFrame(out))
-	if err != nil {
-		return
-	}
-	n.hub.each(out.CustomerID, func(c *client) { n.offer(c, frame, out.ProcessedAt) })
+	var frame []byte
+	n.hub.each(out.CustomerID, func(c *client) {
+		if frame == nil {
+			var err error
+			if frame, err = json.Marshal(pushFrame(out)); err != nil {
+				return
+			}
+		}
+		n.offer(c, frame, out.ProcessedAt)
+	})
 }
 
-// handedOver remembers the outbox ids the local relay handed over whose
-// broker copies have not come yet: between size and 2×size of them, in two
-// generations, the older dropped whole when the newer fills. A copy that
-// comes later than that is pushed again, which clients dedupe.
+// handedOver remembers the outbox rows the local relay handed over whose
+// broker copies have not come yet, by outbox id with the order each
+// announces: between size and 2×size of them, in two generations, the
+// older dropped whole when the newer fills. A copy that comes later than
+// that is pushed again, which clients dedupe.
 type handedOver struct {
 	mu        sync.Mutex
 	size      int
-	cur, prev map[int64]struct{}
+	cur, prev map[int64]uuid.UUID
 }
 
-func (h *handedOver) add(id int64) {
+// add remembers a handed-over row; it reports false if the row is held already.
+func (h *handedOver) add(id int64, order uuid.UUID) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.cur == nil || len(h.cur) >= h.size {
-		h.prev, h.cur = h.cur, make(map[int64]struct{})
+	if held, ok := h.cur[id]; ok && held == order {
+		return false
 	}
-	h.cur[id] = struct{}{}
+	if held, ok := h.prev[id]; ok && held == order {
+		return false
+	}
+	if h.cur == nil || len(h.cur) >= h.size {
+		h.prev, h.cur = h.cur, make(map[int64]uuid.UUID)
+	}
+	h.cur[id] = order
+	return true
 }
 
-// take reports whether id was handed over and forgets it.
-func (h *handedOver) take(id int64) bool {
+// take reports whether the row was handed over and forgets it.
+func (h *handedOver) take(id int64, order uuid.UUID) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.cur[id]; ok {
+	if held, ok := h.cur[id]; ok && held == order {
 		delete(h.cur, id)
 		return true
 	}
-	if _, ok := h.prev[id]; ok {
+	if held, ok := h.prev[id]; ok && held == order {
 		delete(h.prev, id)
 		return true
 	}
