@@ -150,6 +150,8 @@ func (s *EventSpec) Validate() error {
 		v.add("name", "is required")
 	} else if len(s.Name) > MaxNameLen {
 		v.add("name", fmt.Sprintf("must be at most %d bytes", MaxNameLen))
+	} else if strings.IndexByte(s.Name, 0) >= 0 {
+		v.add("name", "must not contain a NUL character") // PostgreSQL text cannot hold one
 	}
 	if s.MaxPerCustomer != nil && (*s.MaxPerCustomer < 1 || *s.MaxPerCustomer > MaxPerCustomerCap) {
 		v.add("max_per_customer", fmt.Sprintf("must be between 1 and %d", MaxPerCustomerCap))
@@ -177,6 +179,8 @@ func (s *EventSpec) Validate() error {
 			v.add(field+".name", "is required")
 		case len(c.Name) > MaxCategoryName:
 			v.add(field+".name", fmt.Sprintf("must be at most %d bytes", MaxCategoryName))
+		case strings.IndexByte(c.Name, 0) >= 0:
+			v.add(field+".name", "must not contain a NUL character")
 		case seen[c.Name]:
 			v.add(field+".name", "is used by another category of this event")
 		}

@@ -100,6 +100,8 @@ func TestEveryProblemHasItsStatusAndCode(t *testing.T) {
 		{"event category key in capitals", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"X","categories":[{"NAME":"A","capacity":1}]}`), 400, crowdpass.EMalformedBody},
 		{"event category key twice", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"X","categories":[{"name":"A","capacity":1,"capacity":2}]}`), 400, crowdpass.EMalformedBody},
 		{"event category unknown key", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"X","categories":[{"name":"A","capacity":1,"seats":3}]}`), 400, crowdpass.EMalformedBody},
+		{"NUL in an event name", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"a\u0000b","categories":[{"name":"A","capacity":1}]}`), 422, crowdpass.EValidation},
+		{"NUL in a category name", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"X","categories":[{"name":"\u0000","capacity":1}]}`), 422, crowdpass.EValidation},
 		{"bad event spec", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"","opens_at":"soon","categories":[]}`), 422, crowdpass.EValidation},
 	}
 	for _, c := range cases {
