@@ -4,6 +4,7 @@ package broker
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"time"
@@ -29,6 +30,12 @@ func (t Topology) DeadLetters() string { return t.Namespace + "ticket_orders.dlq
 
 // Outcomes is the topic exchange of decided orders.
 func (t Topology) Outcomes() string { return t.Namespace + "order_events" }
+
+// NotifierQueue is a name for one notifier's own queue on order_events:
+// namespaced like every other, and unique to the connection that declares it.
+func (t Topology) NotifierQueue() string {
+	return t.Namespace + "order_events.notifier." + rand.Text()
+}
 
 // Declare declares everything idempotently; declaring twice is harmless.
 func (t Topology) Declare(ch *amqp.Channel) error {

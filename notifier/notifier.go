@@ -169,7 +169,7 @@ func (n *Notifier) session(ctx context.Context, onConnected func()) error {
 	defer conn.Close()
 	// A queue of our own, gone with us: outcomes for sockets that are not
 	// here are not kept; a client that reconnects subscribes again.
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	q, err := ch.QueueDeclare(n.cfg.Topology.NotifierQueue(), false, true, true, false, nil)
 	if err != nil {
 		return fmt.Errorf("declaring notifier queue: %w", err)
 	}
