@@ -64,8 +64,11 @@ type AdmissionResult struct {
 // KeyRecord is what the gate remembers of an idempotency key.
 type KeyRecord struct {
 	CustomerID string
-	Answer     Answer
-	InFlight   bool
+	// Fingerprint is the payload's (OrderPayload.Fingerprint) the key was
+	// first used with.
+	Fingerprint string
+	Answer      Answer
+	InFlight    bool
 }
 
 // OrderPayload is what POST /orders asks for.

@@ -186,6 +186,40 @@ func TestRedisWipedMidSaleNeitherOversellsNorStrandsTickets(t *testing.T) {
 	testkit.CheckInvariants(t, h.db.Pool)
 }
 
+// Once Redis has lost a key, a retry of it on the API that accepted its
+// order gets that order's 202 again, byte for byte and marked replayed,
+// whatever its payload; nothing is queued again, and the key's answer is
+// back in Redis.
+func TestAKeyRedisLostIsAnsweredWithItsOrder(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{}) // no workers: the queue shows what was sent
+	event := h.event(4, 10, 10)
+	first := h.order("alice", "k", orderJSON(event, 0, 1))
+	if first.status != http.StatusAccepted {
+		t.Fatalf("first order: %d %s", first.status, first.body)
+	}
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	other := h.order("alice", "k", orderJSON(event, 1, 2))
+	same := h.order("alice", "k", orderJSON(event, 0, 1))
+	for name, r := range map[string]reply{"another payload": other, "the same payload": same} {
+		if r.status != http.StatusAccepted || !bytes.Equal(r.body, first.body) || r.header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("%s after Redis lost the key: %d %s %v, want the first 202 replayed (%s)", name, r.status, r.body, r.header, first.body)
+		}
+	}
+	if r := h.order("alice", "k", orderJSON(event, 1, 2)); r.status != http.StatusUnprocessableEntity {
+		t.Errorf("another payload once the answer is stored again: %d %s", r.status, r.body)
+	}
+	q, err := testkit.Channel(t).QueueDeclarePassive(h.topo.Orders(), true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Messages != 1 {
+		t.Errorf("%d orders queued for one key", q.Messages)
+	}
+}
+
 // acceptedCount is the orders the broker confirmed, counted from the queue's
 // side: those decided plus those still waiting.
 func (h *harness) acceptedCount() int {
@@ -206,6 +240,9 @@ func TestRedisDownOrdersTakeTheSlowPath(t *testing.T) {
 	again := h.order("alice", "k", orderJSON(event, 0, 1))
 	if first.status != http.StatusAccepted || again.status != http.StatusAccepted || orderID(t, first) != orderID(t, again) {
 		t.Fatalf("slow path: %d %s / %d %s", first.status, first.body, again.status, again.body)
+	}
+	if !bytes.Equal(again.body, first.body) || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("a retry on the slow path was not the first answer replayed: %s / %s", first.body, again.body)
 	}
 	r := h.do(http.MethodGet, "/readyz", nil, nil)
 	if r.status != http.StatusOK || !bytes.Contains(r.body, []byte(`"degraded"`)) {

@@ -155,12 +155,21 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		} else {
 			s.metrics.gate.WithLabelValues(verdictName(res.Verdict)).Inc()
 			switch res.Verdict {
-			case crowdpass.Replay:
-				if res.Answer.Status == http.StatusAccepted {
-					w.Header().Set("Location", "/orders/"+adm.OrderID.String())
+			case crowdpass.Admitted, crowdpass.SoldOut, crowdpass.OutsideWindow:
+				// Redis held no answer for the key: it may have lost the
+				// one this process gave.
+				if rec, ok := s.forgotten(customer, adm.OrderID); ok {
+					if res.Verdict == crowdpass.Admitted {
+						s.abort(adm, owner, res.Taken)
+					}
+					s.restore(r.Context(), adm, rec)
+					replay(w, adm.OrderID, rec.Answer)
+					return
 				}
-				w.Header().Set("Idempotent-Replayed", "true")
-				problem.WriteAnswer(w, res.Answer)
+			}
+			switch res.Verdict {
+			case crowdpass.Replay:
+				replay(w, adm.OrderID, res.Answer)
 				return
 			case crowdpass.Mismatch:
 				problem.WriteError(w, crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload"))
@@ -180,6 +189,10 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	if !gated {
 		s.metrics.slowPath.Inc()
+		if rec, ok := s.forgotten(customer, adm.OrderID); ok {
+			replay(w, adm.OrderID, rec.Answer)
+			return
+		}
 		if adm.Window != "" {
 			problem.WriteError(w, windowErr())
 			return
@@ -208,7 +221,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		CategoryID: req.CategoryID, Quantity: req.Quantity, AcceptedAt: req.AcceptedAt,
 	})
 	answer := crowdpass.Answer{Status: http.StatusAccepted, Body: append(answerBody, '\n')}
-	s.cfg.Recent.add(req.OrderID, crowdpass.KeyRecord{CustomerID: customer, Answer: answer})
+	s.cfg.Recent.add(req.OrderID, crowdpass.KeyRecord{CustomerID: customer, Fingerprint: adm.Fingerprint, Answer: answer})
 	if gated {
 		// The order is queued whatever happens now; if the answer cannot be
 		// stored, the in-flight mark expires and a retry is queued again,
@@ -221,6 +234,39 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/orders/"+req.OrderID.String())
 	problem.WriteAnswer(w, answer)
+}
+
+// replay writes a key's stored answer again.
+func replay(w http.ResponseWriter, order uuid.UUID, answer crowdpass.Answer) {
+	if answer.Status == http.StatusAccepted {
+		w.Header().Set("Location", "/orders/"+order.String())
+	}
+	w.Header().Set("Idempotent-Replayed", "true")
+	problem.WriteAnswer(w, answer)
+}
+
+// forgotten returns the record of an order this process accepted lately
+// (Recent), for a key Redis holds no answer for: Redis lost it, or was down.
+// The order exists, so its 202 is the key's answer whatever the payload now:
+// the contract resolves a forgotten key to its original order. Keys accepted
+// by another process, or long ago, are not known here.
+func (s *Server) forgotten(customer string, order uuid.UUID) (crowdpass.KeyRecord, bool) {
+	rec, ok := s.cfg.Recent.get(order)
+	if !ok || rec.CustomerID != customer || rec.Answer.Status != http.StatusAccepted {
+		return crowdpass.KeyRecord{}, false
+	}
+	return rec, true
+}
+
+// restore stores a forgotten key's answer in Redis again, under its
+// original payload's fingerprint.
+func (s *Server) restore(ctx context.Context, adm crowdpass.Admission, rec crowdpass.KeyRecord) {
+	adm.Fingerprint = rec.Fingerprint
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if err := s.gate.Complete(ctx, adm, rec.Answer); err != nil {
+		s.log.Warn("answer not stored again", "order_id", adm.OrderID, "err", err)
+	}
 }
 
 // enqueue publishes and waits for the confirm, bounded by PublishTimeout

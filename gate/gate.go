@@ -191,7 +191,7 @@ func (g *Redis) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecor
 	if !ok {
 		return crowdpass.KeyRecord{}, fmt.Errorf("looking up order key: unreadable record")
 	}
-	kr := crowdpass.KeyRecord{CustomerID: rec.customer, InFlight: rec.status == 0}
+	kr := crowdpass.KeyRecord{CustomerID: rec.customer, Fingerprint: rec.fp, InFlight: rec.status == 0}
 	if rec.status != 0 {
 		kr.Answer = crowdpass.Answer{Status: rec.status, Body: rec.body}
 	}
