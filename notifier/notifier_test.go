@@ -173,16 +173,7 @@ func TestARelayInTheSameProcessHandsOutcomesOverOnce(t *testing.T) {
 	local, url1 := b.notifier(notifier.Config{Name: "n1", Registry: reg}, nil)
 	_, url2 := b.notifier(notifier.Config{Name: "n2"}, nil)
 	b.pipelineWith(local.Deliver)
-	event := testkit.CreateEvent(t, b.store, 4, 10)
-	alice, bob := b.dial(url1, "alice"), b.dial(url2, "bob")
-	a, c := testkit.OrderRequest("alice", "k", event, 0, 1), testkit.OrderRequest("bob", "k", event, 0, 1)
-	b.pub.Orders(a, c)
-	if f := read(t, alice); f.OrderID != a.OrderID.String() {
-		t.Errorf("alice on the relay's notifier got %+v", f)
-	}
-	if f := read(t, bob); f.OrderID != c.OrderID.String() {
-		t.Errorf("bob on another notifier got %+v", f)
-	}
+	alice := b.aliceAndBob(url1, url2)
 	// Both outcomes reached the local notifier twice: from its relay and
 	// from the broker.
 	testkit.Eventually(t, 20*time.Second, func() bool {
@@ -256,16 +247,25 @@ func TestABuyerOnEitherNotifierGetsTheOutcome(t *testing.T) {
 	b.pipeline()
 	_, url1 := b.notifier(notifier.Config{Name: "n1"}, nil)
 	_, url2 := b.notifier(notifier.Config{Name: "n2"}, nil)
-	event := testkit.CreateEvent(t, b.store, 4, 10)
+	b.aliceAndBob(url1, url2)
+}
+
+// aliceAndBob connects alice to the notifier at url1 and bob to the one at
+// url2, orders one ticket for each, checks that each gets their own outcome,
+// and returns alice's socket.
+func (b *bundle) aliceAndBob(url1, url2 string) *websocket.Conn {
+	b.t.Helper()
+	event := testkit.CreateEvent(b.t, b.store, 4, 10)
 	alice, bob := b.dial(url1, "alice"), b.dial(url2, "bob")
 	a, c := testkit.OrderRequest("alice", "k", event, 0, 1), testkit.OrderRequest("bob", "k", event, 0, 1)
 	b.pub.Orders(a, c)
-	if f := read(t, alice); f.OrderID != a.OrderID.String() {
-		t.Errorf("alice on notifier 1 got %+v", f)
+	if f := read(b.t, alice); f.OrderID != a.OrderID.String() {
+		b.t.Errorf("alice on notifier 1 got %+v", f)
 	}
-	if f := read(t, bob); f.OrderID != c.OrderID.String() {
-		t.Errorf("bob on notifier 2 got %+v", f)
+	if f := read(b.t, bob); f.OrderID != c.OrderID.String() {
+		b.t.Errorf("bob on notifier 2 got %+v", f)
 	}
+	return alice
 }
 
 func TestAuthenticationAndOriginAreCheckedBeforeTheUpgrade(t *testing.T) {
