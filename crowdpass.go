@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -199,7 +200,12 @@ func (s *EventSpec) Validate() error {
 // key, so a retried request gets the same id even when every cache forgot it.
 func OrderID(customerID, key string) uuid.UUID {
 	// Length-prefixing the customer keeps ("ab","c") and ("a","bc") apart.
-	data := fmt.Appendf(nil, "%d:%s:%s", len(customerID), customerID, key)
+	data := make([]byte, 0, 8+len(customerID)+len(key))
+	data = strconv.AppendInt(data, int64(len(customerID)), 10)
+	data = append(data, ':')
+	data = append(data, customerID...)
+	data = append(data, ':')
+	data = append(data, key...)
 	return uuid.NewHash(sha256.New(), orderIDSpace, data, 8)
 }
 

@@ -1,8 +1,13 @@
 package crowdpass_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/google/uuid"
 
 	"github.com/crowdpass/crowdpass"
 )
@@ -30,6 +35,27 @@ func FuzzParseIdempotencyKey(f *testing.F) {
 			t.Fatalf("%q and %q name different keys", key, quoted)
 		}
 	})
+}
+
+// Order ids and fingerprints are stored (orders, Redis records): a build
+// that derived them differently would see every earlier key as new.
+func TestOrderIDsAndFingerprintsNeverChange(t *testing.T) {
+	t.Parallel()
+	if got := crowdpass.OrderID("alice", "k").String(); got != "bbd603f0-6a88-8379-ae7b-1902ec74a7d5" {
+		t.Errorf("OrderID(alice, k) = %s", got)
+	}
+	for i := range 200 {
+		customer, key := fmt.Sprintf("c%d\x00é", i), fmt.Sprintf("key-%d", i*7919)
+		want := uuid.NewHash(sha256.New(), uuid.MustParse("6f1c4d3e-2b7a-4f0e-9c55-0a7d3e1b9c42"), fmt.Appendf(nil, "%d:%s:%s", len(customer), customer, key), 8)
+		if got := crowdpass.OrderID(customer, key); got != want {
+			t.Fatalf("OrderID(%q, %q) = %s, was %s", customer, key, got, want)
+		}
+		p := crowdpass.OrderPayload{EventID: uuid.New(), CategoryID: uuid.New(), Quantity: i%4 + 1}
+		sum := sha256.Sum256(fmt.Appendf(nil, "%s|%s|%d", p.EventID, p.CategoryID, p.Quantity))
+		if got, was := p.Fingerprint(), hex.EncodeToString(sum[:16]); got != was {
+			t.Fatalf("fingerprint of %+v = %s, was %s", p, got, was)
+		}
+	}
 }
 
 func TestOrderIDIsDeterministicAndScopedPerCustomer(t *testing.T) {

@@ -236,12 +236,14 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	problem.WriteAnswer(w, answer)
 }
 
+var replayedTrue = []string{"true"} // shared: see problem.WriteAnswer
+
 // replay writes a key's stored answer again.
 func replay(w http.ResponseWriter, order uuid.UUID, answer crowdpass.Answer) {
 	if answer.Status == http.StatusAccepted {
 		w.Header().Set("Location", "/orders/"+order.String())
 	}
-	w.Header().Set("Idempotent-Replayed", "true")
+	w.Header()["Idempotent-Replayed"] = replayedTrue
 	problem.WriteAnswer(w, answer)
 }
 

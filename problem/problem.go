@@ -96,12 +96,22 @@ func Answer(err error) crowdpass.Answer {
 	return crowdpass.Answer{Status: p.Status, Body: append(body, '\n')}
 }
 
+// Header values set on every answer, shared: assigned to a response's
+// header map directly, they spare Set's canonicalisation and a slice per
+// response on the hot path. Nothing appends to them in place (their
+// capacity is their length), so a later Add copies.
+var (
+	problemJSON = []string{"application/problem+json"}
+	plainJSON   = []string{"application/json"}
+	retryAfter  = []string{"1"}
+)
+
 // WriteAnswer writes a status and body; problem statuses get the problem media type.
 func WriteAnswer(w http.ResponseWriter, a crowdpass.Answer) {
 	if a.Status >= 400 {
-		w.Header().Set("Content-Type", "application/problem+json")
+		w.Header()["Content-Type"] = problemJSON
 	} else {
-		w.Header().Set("Content-Type", "application/json")
+		w.Header()["Content-Type"] = plainJSON
 	}
 	w.WriteHeader(a.Status)
 	w.Write(a.Body)
@@ -111,7 +121,7 @@ func WriteAnswer(w http.ResponseWriter, a crowdpass.Answer) {
 func WriteError(w http.ResponseWriter, err error) {
 	a := Answer(err)
 	if a.Status == http.StatusServiceUnavailable || crowdpass.Code(err) == crowdpass.ERequestInProgress {
-		w.Header().Set("Retry-After", "1")
+		w.Header()["Retry-After"] = retryAfter
 	}
 	WriteAnswer(w, a)
 }
