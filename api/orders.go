@@ -126,6 +126,9 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		return crowdpass.Errorf(crowdpass.ESaleClosed, "the sale closed at %s", event.ClosesAt)
 	}
 
+	if rec, ok := s.remembered(customer, adm.OrderID); ok && s.answerRemembered(r.Context(), w, adm, rec) {
+		return
+	}
 	owner, taken, gated := "", 0, !s.redisDown.Load()
 	if gated {
 		owner = newOwner()
@@ -155,19 +158,6 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		} else {
 			s.metrics.gate.WithLabelValues(verdictName(res.Verdict)).Inc()
 			switch res.Verdict {
-			case crowdpass.Admitted, crowdpass.SoldOut, crowdpass.OutsideWindow:
-				// Redis held no answer for the key: it may have lost the
-				// one this process gave.
-				if rec, ok := s.forgotten(customer, adm.OrderID); ok {
-					if res.Verdict == crowdpass.Admitted {
-						s.abort(adm, owner, res.Taken)
-					}
-					s.restore(r.Context(), adm, rec)
-					replay(w, adm.OrderID, rec.Answer)
-					return
-				}
-			}
-			switch res.Verdict {
 			case crowdpass.Replay:
 				replay(w, adm.OrderID, res.Answer)
 				return
@@ -189,10 +179,6 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	if !gated {
 		s.metrics.slowPath.Inc()
-		if rec, ok := s.forgotten(customer, adm.OrderID); ok {
-			replay(w, adm.OrderID, rec.Answer)
-			return
-		}
 		if adm.Window != "" {
 			problem.WriteError(w, windowErr())
 			return
@@ -247,12 +233,9 @@ func replay(w http.ResponseWriter, order uuid.UUID, answer crowdpass.Answer) {
 	problem.WriteAnswer(w, answer)
 }
 
-// forgotten returns the record of an order this process accepted lately
-// (Recent), for a key Redis holds no answer for: Redis lost it, or was down.
-// The order exists, so its 202 is the key's answer whatever the payload now:
-// the contract resolves a forgotten key to its original order. Keys accepted
-// by another process, or long ago, are not known here.
-func (s *Server) forgotten(customer string, order uuid.UUID) (crowdpass.KeyRecord, bool) {
+// remembered returns the record of an order this process accepted lately
+// (Recent) under the customer's key.
+func (s *Server) remembered(customer string, order uuid.UUID) (crowdpass.KeyRecord, bool) {
 	rec, ok := s.cfg.Recent.get(order)
 	if !ok || rec.CustomerID != customer || rec.Answer.Status != http.StatusAccepted {
 		return crowdpass.KeyRecord{}, false
@@ -260,15 +243,41 @@ func (s *Server) forgotten(customer string, order uuid.UUID) (crowdpass.KeyRecor
 	return rec, true
 }
 
-// restore stores a forgotten key's answer in Redis again, under its
-// original payload's fingerprint.
-func (s *Server) restore(ctx context.Context, adm crowdpass.Admission, rec crowdpass.KeyRecord) {
-	adm.Fingerprint = rec.Fingerprint
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-	defer cancel()
-	if err := s.gate.Complete(ctx, adm, rec.Answer); err != nil {
-		s.log.Warn("answer not stored again", "order_id", adm.OrderID, "err", err)
+// answerRemembered answers a key whose order this process accepted lately.
+// Redis may have lost the key's record, or be unreachable: the order must
+// then be neither queued again nor answered sold_out. The remembered answer
+// goes back into Redis where Redis holds none for the key (one SET NX GET,
+// so a record written meanwhile is never overwritten), and the key is
+// answered as it was first used: its 202 replayed, or a mismatch for
+// another payload. A record Redis still holds answers as usual. It reports
+// false, leaving the request to the admission script, when Redis holds an
+// in-flight mark for the key's payload (an attempt, perhaps dead, that the
+// script settles).
+func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, adm crowdpass.Admission, rec crowdpass.KeyRecord) bool {
+	res := crowdpass.AdmissionResult{Verdict: crowdpass.Replay, Answer: rec.Answer}
+	if adm.Fingerprint != rec.Fingerprint {
+		res = crowdpass.AdmissionResult{Verdict: crowdpass.Mismatch}
 	}
+	if !s.redisDown.Load() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		stored, err := s.gate.Remember(ctx, adm, rec)
+		cancel()
+		switch {
+		case err != nil:
+			s.log.Warn("remembered answer not stored again", "order_id", adm.OrderID, "err", err)
+		case stored.Verdict == crowdpass.InProgress:
+			return false
+		default:
+			res = stored
+		}
+		s.metrics.gate.WithLabelValues(verdictName(res.Verdict)).Inc()
+	}
+	if res.Verdict == crowdpass.Mismatch {
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload"))
+		return true
+	}
+	replay(w, adm.OrderID, res.Answer)
+	return true
 }
 
 // enqueue publishes and waits for the confirm, bounded by PublishTimeout

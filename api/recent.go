@@ -17,7 +17,7 @@ import (
 // It holds between size and 2×size orders: two generations, the older
 // dropped whole when the newer fills.
 type Recent struct {
-	mu        sync.Mutex
+	mu        sync.RWMutex // read for every POST /orders, written per 202
 	size      int
 	cur, prev map[uuid.UUID]crowdpass.KeyRecord
 }
@@ -42,8 +42,8 @@ func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
 }
 
 func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	if rec, ok := r.cur[id]; ok {
 		return rec, true
 	}

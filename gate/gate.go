@@ -134,28 +134,55 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 // before 7.0, which refuses SET with both NX and GET, gets Admit, as owner.
 func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error) {
 	soldOut := record{status: a.SoldOut.Status, fp: a.Fingerprint, customer: a.CustomerID, body: a.SoldOut.Body}
-	val, err := g.pipe.doCmd(ctx, "set", g.keyKey(a.OrderID), soldOut.encode(), "nx", "get", "px", g.cfg.AnswerTTL.Milliseconds())
-	if errors.Is(err, redis.Nil) {
-		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut}, nil
-	}
+	held, stored, err := g.setNX(ctx, a.OrderID, soldOut)
 	var reply redis.Error
-	if errors.As(err, &reply) {
-		return g.Admit(ctx, a, owner)
-	}
-	if err != nil {
+	switch {
+	case errors.As(err, &reply):
+		return g.Admit(ctx, a, owner) // a Redis before 7.0: no SET NX GET
+	case err != nil:
 		return crowdpass.AdmissionResult{}, fmt.Errorf("refusing order: %w", err)
-	}
-	s, _ := val.(string)
-	rec, ok := decodeRecord(s)
-	if !ok {
-		return crowdpass.AdmissionResult{}, fmt.Errorf("refusing order: unreadable record %q", s)
-	}
-	if rec.status == 0 && rec.fp == a.Fingerprint {
+	case stored:
+		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut}, nil
+	case held.status == 0 && held.fp == a.Fingerprint:
 		// In flight, or left by an attempt that died: the script tells
 		// which, and takes the key over in the second case.
 		return g.Admit(ctx, a, owner)
 	}
-	return rec.verdict(a.Fingerprint), nil
+	return held.verdict(a.Fingerprint), nil
+}
+
+// Remember stores rec, the answer this process gave the key, unless Redis
+// holds a record for it, and answers a from the record Redis then holds: a
+// replay, a mismatch, or InProgress for an in-flight mark (which only the
+// admission script may settle).
+func (g *Redis) Remember(ctx context.Context, a crowdpass.Admission, rec crowdpass.KeyRecord) (crowdpass.AdmissionResult, error) {
+	answer := record{status: rec.Answer.Status, fp: rec.Fingerprint, customer: a.CustomerID, body: rec.Answer.Body}
+	held, stored, err := g.setNX(ctx, a.OrderID, answer)
+	if err != nil {
+		return crowdpass.AdmissionResult{}, fmt.Errorf("remembering answer: %w", err)
+	}
+	if stored {
+		held = answer
+	}
+	return held.verdict(a.Fingerprint), nil
+}
+
+// setNX stores rec under the order's key unless a record is there, in one
+// SET NX GET: stored reports whether it was, held is the record found.
+func (g *Redis) setNX(ctx context.Context, order uuid.UUID, rec record) (held record, stored bool, err error) {
+	val, err := g.pipe.doCmd(ctx, "set", g.keyKey(order), rec.encode(), "nx", "get", "px", g.cfg.AnswerTTL.Milliseconds())
+	if errors.Is(err, redis.Nil) {
+		return record{}, true, nil
+	}
+	if err != nil {
+		return record{}, false, err
+	}
+	s, _ := val.(string)
+	held, ok := decodeRecord(s)
+	if !ok {
+		return record{}, false, fmt.Errorf("unreadable record %q", s)
+	}
+	return held, false, nil
 }
 
 // Complete stores the answer to an admitted key for AnswerTTL.
