@@ -245,3 +245,46 @@ func TestARowNoNotificationAnnouncedIsPublishedWhileOthersKeepComing(t *testing.
 		<-pace.C
 	}
 }
+
+// sweepCounter records when the relay claims from the start of the outbox.
+type sweepCounter struct {
+	*postgres.Store
+	mu    sync.Mutex
+	times []time.Time
+}
+
+func (s *sweepCounter) PublishOutbox(ctx context.Context, from int64, max int, publish func(context.Context, []crowdpass.OutboxMessage) []int64) (int, error) {
+	if from == 0 {
+		s.mu.Lock()
+		s.times = append(s.times, time.Now())
+		s.mu.Unlock()
+	}
+	return s.Store.PublishOutbox(ctx, from, max, publish)
+}
+
+// Claims from the start (which walk every dead index entry of a table not
+// vacuumed) come once per Poll from the whole relay, not once per loop.
+func TestOnlyOneLoopClaimsFromTheStartEachPoll(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	store := &sweepCounter{Store: b.store}
+	const poll = 100 * time.Millisecond
+	b.startWith(t, store, relay.Config{Loops: 4, Poll: poll})
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return len(store.times) >= 12
+	}, "a dozen claims from the start")
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	short := 0
+	for i := 1; i < 12; i++ {
+		if store.times[i].Sub(store.times[i-1]) < poll*9/10 {
+			short++
+		}
+	}
+	// One may come from the listener's wake-up when it connects.
+	if short > 2 {
+		t.Errorf("%d of 11 claims from the start came sooner than Poll after the one before", short)
+	}
+}
