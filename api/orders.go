@@ -296,7 +296,9 @@ func (s *Server) enqueue(ctx context.Context, req crowdpass.OrderRequest) error 
 }
 
 func (s *Server) abort(adm crowdpass.Admission, owner string, taken int) {
-	s.edge.forget(adm.CategoryID)
+	if taken > 0 {
+		s.edge.forget(adm.CategoryID) // stock comes back: the sold-out view is stale
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := s.gate.Abort(ctx, adm, owner, taken); err != nil {
