@@ -29,9 +29,9 @@ type Gate interface {
 	Admit(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error)
 	Refuse(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error)
 	Complete(ctx context.Context, a crowdpass.Admission, answer crowdpass.Answer) error
-	// Remember stores rec as the key's record unless Redis holds one, and
-	// answers the key from whichever record it then holds.
-	Remember(ctx context.Context, a crowdpass.Admission, rec crowdpass.KeyRecord) (crowdpass.AdmissionResult, error)
+	// Remember stores rec, the 202 this process gave the key, where Redis
+	// lost it, and answers the key from the record Redis then holds.
+	Remember(ctx context.Context, a crowdpass.Admission, rec crowdpass.KeyRecord) (res crowdpass.AdmissionResult, stored bool, err error)
 	Abort(ctx context.Context, a crowdpass.Admission, owner string, taken int) error
 	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
 	Stock(ctx context.Context, category uuid.UUID) (n int, known bool, err error)

@@ -222,6 +222,11 @@ func TestAKeyRedisLostIsAnsweredWithItsOrder(t *testing.T) {
 	if r := h.order("alice", "k", orderJSON(event, 0, 2)); r.status != http.StatusUnprocessableEntity {
 		t.Errorf("another payload under the key: %d %s", r.status, r.body)
 	}
+	// The 202 is back in Redis, for every API process to replay.
+	rec, err := h.gate.Lookup(testkit.Context(t), crowdpass.OrderID("alice", "k"))
+	if err != nil || rec.InFlight || !bytes.Equal(rec.Answer.Body, first.body) {
+		t.Errorf("alice's record in Redis: %+v, %v", rec, err)
+	}
 	q, err := testkit.Channel(t).QueueDeclarePassive(h.topo.Orders(), true, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)

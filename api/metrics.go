@@ -6,14 +6,15 @@ import (
 
 // metrics are the API's Prometheus series.
 type metrics struct {
-	requests  *prometheus.CounterVec
-	latency   *prometheus.HistogramVec
-	inFlight  prometheus.Gauge
-	gate      *prometheus.CounterVec
-	confirm   prometheus.Histogram
-	slowPath  prometheus.Counter
-	refused   prometheus.Counter
-	reconcile *prometheus.CounterVec
+	requests   *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	inFlight   prometheus.Gauge
+	gate       *prometheus.CounterVec
+	confirm    prometheus.Histogram
+	slowPath   prometheus.Counter
+	refused    prometheus.Counter
+	reconcile  *prometheus.CounterVec
+	remembered *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -47,7 +48,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reconcile: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "crowdpass_gate_reconciled_total", Help: "Gate stock keys rebuilt or corrected from PostgreSQL.",
 		}, []string{"why"}),
+		remembered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "crowdpass_gate_remembered_total",
+			Help: "POST /orders for a key whose 202 this process remembers, by what Redis held: " +
+				"held (its record), restored (the 202 written back: Redis had lost it), error or redis_down (answered from memory).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile)
+	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered)
 	return m
 }

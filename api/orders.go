@@ -126,7 +126,8 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		return crowdpass.Errorf(crowdpass.ESaleClosed, "the sale closed at %s", event.ClosesAt)
 	}
 
-	if rec, ok := s.remembered(customer, adm.OrderID); ok && s.answerRemembered(r.Context(), w, adm, rec) {
+	if rec, ok := s.remembered(customer, adm.OrderID); ok {
+		s.answerRemembered(r.Context(), w, adm, rec)
 		return
 	}
 	owner, taken, gated := "", 0, !s.redisDown.Load()
@@ -245,39 +246,38 @@ func (s *Server) remembered(customer string, order uuid.UUID) (crowdpass.KeyReco
 
 // answerRemembered answers a key whose order this process accepted lately.
 // Redis may have lost the key's record, or be unreachable: the order must
-// then be neither queued again nor answered sold_out. The remembered answer
-// goes back into Redis where Redis holds none for the key (one SET NX GET,
-// so a record written meanwhile is never overwritten), and the key is
-// answered as it was first used: its 202 replayed, or a mismatch for
-// another payload. A record Redis still holds answers as usual. It reports
-// false, leaving the request to the admission script, when Redis holds an
-// in-flight mark for the key's payload (an attempt, perhaps dead, that the
-// script settles).
-func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, adm crowdpass.Admission, rec crowdpass.KeyRecord) bool {
+// then be neither queued again nor answered sold_out. The remembered 202
+// goes back into Redis where Redis lost it (gate/remember.lua), and the key
+// is answered as it was first used: its 202 replayed, or a mismatch for
+// another payload, as while Redis held the key. A 202 that Redis holds for
+// the key stands, and is replayed. With Redis unreachable the memory answers
+// alone.
+func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, adm crowdpass.Admission, rec crowdpass.KeyRecord) {
 	res := crowdpass.AdmissionResult{Verdict: crowdpass.Replay, Answer: rec.Answer}
 	if adm.Fingerprint != rec.Fingerprint {
 		res = crowdpass.AdmissionResult{Verdict: crowdpass.Mismatch}
 	}
+	how := "redis_down"
 	if !s.redisDown.Load() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		stored, err := s.gate.Remember(ctx, adm, rec)
+		held, stored, err := s.gate.Remember(ctx, adm, rec)
 		cancel()
 		switch {
 		case err != nil:
+			how = "error"
 			s.log.Warn("remembered answer not stored again", "order_id", adm.OrderID, "err", err)
-		case stored.Verdict == crowdpass.InProgress:
-			return false
+		case stored:
+			how, res = "restored", held
 		default:
-			res = stored
+			how, res = "held", held
 		}
-		s.metrics.gate.WithLabelValues(verdictName(res.Verdict)).Inc()
 	}
+	s.metrics.remembered.WithLabelValues(how).Inc()
 	if res.Verdict == crowdpass.Mismatch {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload"))
-		return true
+		return
 	}
 	replay(w, adm.OrderID, res.Answer)
-	return true
 }
 
 // enqueue publishes and waits for the confirm, bounded by PublishTimeout

@@ -23,8 +23,10 @@ type Recent struct {
 }
 
 // NewRecent returns a Recent of the given size (default 1<<15: at about
-// 400 bytes an order, 13 to 26 MB once full). A pending order needs it only
-// until a worker decides it, seconds at most unless PostgreSQL is down.
+// 400 bytes an order, 13 to 26 MB once full). A pending order needs it
+// until a worker decides it, seconds at most unless PostgreSQL is down; a
+// key whose record Redis lost is answered from it as long as it is held
+// (postOrder's answerRemembered), which a sale of 50,000 orders covers.
 func NewRecent(size int) *Recent {
 	if size <= 0 {
 		size = 1 << 15

@@ -73,10 +73,14 @@ var admitSource string
 //go:embed abort.lua
 var abortSource string
 
+//go:embed remember.lua
+var rememberSource string
+
 var (
-	admitScript = redis.NewScript(admitSource)
-	abortScript = redis.NewScript(abortSource)
-	casScript   = redis.NewScript(`
+	admitScript    = redis.NewScript(admitSource)
+	abortScript    = redis.NewScript(abortSource)
+	rememberScript = redis.NewScript(rememberSource)
+	casScript      = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if (cur or '') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -151,20 +155,25 @@ func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission, owner string)
 	return held.verdict(a.Fingerprint), nil
 }
 
-// Remember stores rec, the answer this process gave the key, unless Redis
-// holds a record for it, and answers a from the record Redis then holds: a
-// replay, a mismatch, or InProgress for an in-flight mark (which only the
-// admission script may settle).
-func (g *Redis) Remember(ctx context.Context, a crowdpass.Admission, rec crowdpass.KeyRecord) (crowdpass.AdmissionResult, error) {
+// Remember stores rec, the 202 this process gave the key, where Redis lost
+// it (see remember.lua for what it replaces), and answers a from the record
+// Redis then holds: a replay or a mismatch. stored reports whether rec was
+// written.
+func (g *Redis) Remember(ctx context.Context, a crowdpass.Admission, rec crowdpass.KeyRecord) (res crowdpass.AdmissionResult, stored bool, err error) {
 	answer := record{status: rec.Answer.Status, fp: rec.Fingerprint, customer: a.CustomerID, body: rec.Answer.Body}
-	held, stored, err := g.setNX(ctx, a.OrderID, answer)
+	val, err := g.pipe.do(ctx, rememberScript, []string{g.keyKey(a.OrderID)}, answer.encode(), g.cfg.AnswerTTL.Milliseconds(), rec.Fingerprint)
+	if errors.Is(err, redis.Nil) {
+		return answer.verdict(a.Fingerprint), true, nil
+	}
 	if err != nil {
-		return crowdpass.AdmissionResult{}, fmt.Errorf("remembering answer: %w", err)
+		return crowdpass.AdmissionResult{}, false, fmt.Errorf("remembering answer: %w", err)
 	}
-	if stored {
-		held = answer
+	s, _ := val.(string)
+	held, ok := decodeRecord(s)
+	if !ok {
+		return crowdpass.AdmissionResult{}, false, fmt.Errorf("remembering answer: unreadable record %q", s)
 	}
-	return held.verdict(a.Fingerprint), nil
+	return held.verdict(a.Fingerprint), false, nil
 }
 
 // setNX stores rec under the order's key unless a record is there, in one

@@ -271,3 +271,66 @@ func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 		t.Errorf("admission after the takeover's abort: %+v, %v", r, err)
 	}
 }
+
+// Remember writes the 202 a process gave a key back where Redis lost it:
+// over no record, an in-flight mark or a sold_out of the same payload, and
+// never over a stored 202 or another payload's record.
+func TestRememberRestoresA202WhereRedisLostIt(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	ctx := testkit.Context(t)
+	cat := uuid.New()
+	if set, err := g.SetStock(ctx, cat, 0, false, 10); err != nil || !set {
+		t.Fatalf("SetStock = %v, %v", set, err)
+	}
+	ours := crowdpass.Answer{Status: 202, Body: []byte(`{"ours":true}`)}
+	remember := func(a crowdpass.Admission, rec crowdpass.KeyRecord) (crowdpass.AdmissionResult, bool) {
+		t.Helper()
+		res, stored, err := g.Remember(ctx, a, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, stored
+	}
+	for name, prepare := range map[string]func(a crowdpass.Admission){
+		"no record":             func(crowdpass.Admission) {},
+		"an in-flight mark":     func(a crowdpass.Admission) { g.Admit(ctx, a, "elsewhere") },
+		"a sold_out of its own": func(a crowdpass.Admission) { g.Refuse(ctx, a, "elsewhere") },
+	} {
+		a := admission("alice", name, cat, 1)
+		prepare(a)
+		rec := crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: a.Fingerprint, Answer: ours}
+		if res, stored := remember(a, rec); !stored || res.Verdict != crowdpass.Replay || string(res.Answer.Body) != string(ours.Body) {
+			t.Errorf("over %s: stored %v, %+v", name, stored, res)
+		}
+		if res, stored := remember(a, rec); stored || res.Verdict != crowdpass.Replay || string(res.Answer.Body) != string(ours.Body) {
+			t.Errorf("over %s, again: stored %v, %+v", name, stored, res)
+		}
+		other := admission("alice", name, cat, 2) // the same key, another payload
+		if res, stored := remember(other, rec); stored || res.Verdict != crowdpass.Mismatch {
+			t.Errorf("another payload after %s: stored %v, %+v", name, stored, res)
+		}
+	}
+
+	// A 202 stored by another process stands, and is what is replayed.
+	a := admission("alice", "theirs", cat, 1)
+	if _, err := g.Admit(ctx, a, "elsewhere"); err != nil {
+		t.Fatal(err)
+	}
+	theirs := crowdpass.Answer{Status: 202, Body: []byte(`{"theirs":true}`)}
+	if err := g.Complete(ctx, a, theirs); err != nil {
+		t.Fatal(err)
+	}
+	if res, stored := remember(a, crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: a.Fingerprint, Answer: ours}); stored || string(res.Answer.Body) != string(theirs.Body) {
+		t.Errorf("over a stored 202: stored %v, %+v", stored, res)
+	}
+	// A record of another payload stands too.
+	b := admission("alice", "another", cat, 2)
+	if _, err := g.Refuse(ctx, b, "elsewhere"); err != nil {
+		t.Fatal(err)
+	}
+	first := admission("alice", "another", cat, 1)
+	if res, stored := remember(first, crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: first.Fingerprint, Answer: ours}); stored || res.Verdict != crowdpass.Mismatch {
+		t.Errorf("over another payload's record: stored %v, %+v", stored, res)
+	}
+}
