@@ -236,6 +236,31 @@ func TestAKeyRedisLostIsAnsweredWithItsOrder(t *testing.T) {
 	}
 }
 
+// After Redis lost a key, another payload sent under it to another API
+// process is in flight there; the same payload sent here, where the first
+// order is remembered, is told so, never a 5xx.
+func TestAnotherPayloadInFlightElsewhereAfterALossIsInProgress(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(4, 10)
+	if r := h.order("alice", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("first order: %d %s", r.status, r.body)
+	}
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	// The other process's admission of payload B, as its gate call leaves it.
+	b := crowdpass.OrderPayload{EventID: event.ID, CategoryID: event.Categories[0].ID, Quantity: 2}
+	elsewhere := crowdpass.Admission{OrderID: crowdpass.OrderID("alice", "k"), CustomerID: "alice", Fingerprint: b.Fingerprint(),
+		CategoryID: b.CategoryID, Quantity: b.Quantity}
+	if res, err := h.gate.Admit(testkit.Context(t), elsewhere, "elsewhere"); err != nil || res.Verdict != crowdpass.Admitted {
+		t.Fatalf("the other process's admission: %+v, %v", res, err)
+	}
+	if r := h.order("alice", "k", orderJSON(event, 0, 2)); r.status != http.StatusConflict || !bytes.Contains(r.body, []byte(`"request_in_progress"`)) {
+		t.Errorf("payload B here while in flight elsewhere: %d %s", r.status, r.body)
+	}
+}
+
 // acceptedCount is the orders the broker confirmed, counted from the queue's
 // side: those decided plus those still waiting.
 func (h *harness) acceptedCount() int {

@@ -273,11 +273,17 @@ func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, ad
 		}
 	}
 	s.metrics.remembered.WithLabelValues(how).Inc()
-	if res.Verdict == crowdpass.Mismatch {
+	switch {
+	case res.Verdict == crowdpass.Mismatch:
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload"))
-		return
+	case res.Verdict == crowdpass.InProgress:
+		// This payload's own attempt, elsewhere, after Redis lost the key.
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.ERequestInProgress, "the first request with this Idempotency-Key is still being handled"))
+	case res.Answer.Status == 0:
+		replay(w, adm.OrderID, rec.Answer) // never expected: the memory is the answer
+	default:
+		replay(w, adm.OrderID, res.Answer)
 	}
-	replay(w, adm.OrderID, res.Answer)
 }
 
 // enqueue publishes and waits for the confirm, bounded by PublishTimeout

@@ -324,6 +324,15 @@ func TestRememberRestoresA202WhereRedisLostIt(t *testing.T) {
 	if res, stored := remember(a, crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: a.Fingerprint, Answer: ours}); stored || string(res.Answer.Body) != string(theirs.Body) {
 		t.Errorf("over a stored 202: stored %v, %+v", stored, res)
 	}
+	// So does another payload's attempt in flight, which that payload is told.
+	c := admission("alice", "in flight", cat, 2)
+	if _, err := g.Admit(ctx, c, "elsewhere"); err != nil {
+		t.Fatal(err)
+	}
+	mine := admission("alice", "in flight", cat, 1)
+	if res, stored := remember(c, crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: mine.Fingerprint, Answer: ours}); stored || res.Verdict != crowdpass.InProgress {
+		t.Errorf("over another payload's attempt in flight: stored %v, %+v", stored, res)
+	}
 	// A record of another payload stands too.
 	b := admission("alice", "another", cat, 2)
 	if _, err := g.Refuse(ctx, b, "elsewhere"); err != nil {
