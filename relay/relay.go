@@ -74,7 +74,8 @@ type Relay struct {
 	// from is the lowest outbox id announced since a loop last took a
 	// wake-up (noFloor: none), where that loop's claims start.
 	from atomic.Int64
-	// swept is when a loop last claimed from the start (unix ns).
+	// swept is when a loop last claimed from the start, in ns since epoch.
+	epoch   time.Time
 	swept   atomic.Int64
 	failing atomic.Bool
 
@@ -120,6 +121,8 @@ func New(cfg Config, store Store, publisher Publisher) *Relay {
 		cfg.Registry.MustRegister(r.backlog, r.oldest, r.published, r.confirmed)
 	}
 	r.from.Store(noFloor)
+	r.epoch = time.Now()
+	r.swept.Store(-int64(cfg.Poll)) // the first sweep is due at once
 	return r
 }
 
@@ -150,7 +153,8 @@ func (r *Relay) Run(ctx context.Context) error {
 // noFloor marks that no notification is waiting for a loop.
 const noFloor = math.MaxInt64
 
-// loop publishes batches whenever woken, and at least every Poll. A
+// loop publishes batches whenever woken; the relay's loops look at the
+// outbox at least every Poll between them. A
 // notification wakes one idle loop; one that arrives while every loop is
 // busy waits in the channel for the first to finish. A notified loop claims
 // from the lowest id announced since. Once per Poll one of the relay's
@@ -201,7 +205,7 @@ func (r *Relay) loop(ctx context.Context) {
 // sweepDue reports whether a claim from the start is due, at most once per
 // Poll across the relay's loops; the loop it answers true makes it.
 func (r *Relay) sweepDue() bool {
-	now := time.Now().UnixNano()
+	now := int64(time.Since(r.epoch)) // monotonic: a clock step back never stops the sweeps
 	last := r.swept.Load()
 	return now-last >= int64(r.cfg.Poll) && r.swept.CompareAndSwap(last, now)
 }

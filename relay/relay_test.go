@@ -277,14 +277,16 @@ func TestOnlyOneLoopClaimsFromTheStartEachPoll(t *testing.T) {
 	}, "a dozen claims from the start")
 	store.mu.Lock()
 	defer store.mu.Unlock()
+	// Each loop sweeping on its own would leave about Poll/4 between sweeps.
+	// Half a Poll leaves room for a loop held up on a busy machine, and for
+	// the listener's wake-up when it connects.
 	short := 0
 	for i := 1; i < 12; i++ {
-		if store.times[i].Sub(store.times[i-1]) < poll*9/10 {
+		if store.times[i].Sub(store.times[i-1]) < poll/2 {
 			short++
 		}
 	}
-	// One may come from the listener's wake-up when it connects.
-	if short > 2 {
-		t.Errorf("%d of 11 claims from the start came sooner than Poll after the one before", short)
+	if short > 3 {
+		t.Errorf("%d of 11 claims from the start came within half a Poll of the one before", short)
 	}
 }
