@@ -312,34 +312,35 @@ func TestRememberRestoresA202WhereRedisLostIt(t *testing.T) {
 		}
 	}
 
-	// A 202 stored by another process stands, and is what is replayed.
-	a := admission("alice", "theirs", cat, 1)
-	if _, err := g.Admit(ctx, a, "elsewhere"); err != nil {
-		t.Fatal(err)
-	}
+	// Records that stand, as the key's first or its own payload finds them.
 	theirs := crowdpass.Answer{Status: 202, Body: []byte(`{"theirs":true}`)}
-	if err := g.Complete(ctx, a, theirs); err != nil {
-		t.Fatal(err)
-	}
-	if res, stored := remember(a, crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: a.Fingerprint, Answer: ours}); stored || string(res.Answer.Body) != string(theirs.Body) {
-		t.Errorf("over a stored 202: stored %v, %+v", stored, res)
-	}
-	// So does another payload's attempt in flight, which that payload is told.
-	c := admission("alice", "in flight", cat, 2)
-	if _, err := g.Admit(ctx, c, "elsewhere"); err != nil {
-		t.Fatal(err)
-	}
-	mine := admission("alice", "in flight", cat, 1)
-	if res, stored := remember(c, crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: mine.Fingerprint, Answer: ours}); stored || res.Verdict != crowdpass.InProgress {
-		t.Errorf("over another payload's attempt in flight: stored %v, %+v", stored, res)
-	}
-	// A record of another payload stands too.
-	b := admission("alice", "another", cat, 2)
-	if _, err := g.Refuse(ctx, b, "elsewhere"); err != nil {
-		t.Fatal(err)
-	}
-	first := admission("alice", "another", cat, 1)
-	if res, stored := remember(first, crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: first.Fingerprint, Answer: ours}); stored || res.Verdict != crowdpass.Mismatch {
-		t.Errorf("over another payload's record: stored %v, %+v", stored, res)
+	for _, c := range []struct {
+		name          string
+		theirQuantity int
+		prepare       func(their crowdpass.Admission) error
+		theyAsk       bool // the asker sends their payload, else ours
+		want          crowdpass.Verdict
+	}{
+		{"a 202 stored elsewhere", 1, func(a crowdpass.Admission) error {
+			if _, err := g.Admit(ctx, a, "elsewhere"); err != nil {
+				return err
+			}
+			return g.Complete(ctx, a, theirs)
+		}, false, crowdpass.Replay},
+		{"another payload in flight", 2, func(a crowdpass.Admission) error { _, err := g.Admit(ctx, a, "elsewhere"); return err }, true, crowdpass.InProgress},
+		{"another payload's sold_out", 2, func(a crowdpass.Admission) error { _, err := g.Refuse(ctx, a, "elsewhere"); return err }, false, crowdpass.Mismatch},
+	} {
+		their, ours1 := admission("alice", c.name, cat, c.theirQuantity), admission("alice", c.name, cat, 1)
+		if err := c.prepare(their); err != nil {
+			t.Fatal(err)
+		}
+		asker := ours1
+		if c.theyAsk {
+			asker = their
+		}
+		res, stored := remember(asker, crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: ours1.Fingerprint, Answer: ours})
+		if stored || res.Verdict != c.want || (c.want == crowdpass.Replay && string(res.Answer.Body) != string(theirs.Body)) {
+			t.Errorf("over %s: stored %v, %+v", c.name, stored, res)
+		}
 	}
 }
