@@ -1,6 +1,7 @@
 package gate_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -34,6 +35,16 @@ func setupInFlight(t *testing.T, ttl time.Duration) *gate.Redis {
 	return g
 }
 
+// withStock gives a new category a gate stock of n on g.
+func withStock(t *testing.T, g *gate.Redis, n int) (context.Context, uuid.UUID) {
+	t.Helper()
+	ctx, cat := testkit.Context(t), uuid.New()
+	if set, err := g.SetStock(ctx, cat, 0, false, n); err != nil || !set {
+		t.Fatalf("SetStock = %v, %v", set, err)
+	}
+	return ctx, cat
+}
+
 func admission(customer, key string, category uuid.UUID, quantity int) crowdpass.Admission {
 	p := crowdpass.OrderPayload{EventID: category, CategoryID: category, Quantity: quantity}
 	return crowdpass.Admission{
@@ -46,11 +57,7 @@ func admission(customer, key string, category uuid.UUID, quantity int) crowdpass
 func TestAdmitDecidesEachKeyOnce(t *testing.T) {
 	t.Parallel()
 	g := setup(t)
-	ctx := testkit.Context(t)
-	cat := uuid.New()
-	if set, err := g.SetStock(ctx, cat, 0, false, 3); err != nil || !set {
-		t.Fatalf("SetStock = %v, %v", set, err)
-	}
+	ctx, cat := withStock(t, g, 3)
 	a := admission("alice", "k", cat, 2)
 	verdict := func(a crowdpass.Admission, owner string) crowdpass.AdmissionResult {
 		t.Helper()
@@ -102,9 +109,7 @@ func TestAMissingStockKeyAdmitsWithoutTaking(t *testing.T) {
 func TestAbortGivesBackOnlyItsOwnAdmission(t *testing.T) {
 	t.Parallel()
 	g := setup(t)
-	ctx := testkit.Context(t)
-	cat := uuid.New()
-	g.SetStock(ctx, cat, 0, false, 5)
+	ctx, cat := withStock(t, g, 5)
 	a := admission("alice", "k", cat, 2)
 	if _, err := g.Admit(ctx, a, "mine"); err != nil {
 		t.Fatal(err)
@@ -152,9 +157,7 @@ func TestSetStockIsACompareAndSet(t *testing.T) {
 func TestRefuseStoresSoldOutOnlyForNewKeys(t *testing.T) {
 	t.Parallel()
 	g := setup(t)
-	ctx := testkit.Context(t)
-	cat := uuid.New()
-	g.SetStock(ctx, cat, 0, false, 1)
+	ctx, cat := withStock(t, g, 1)
 	refuse := func(a crowdpass.Admission) crowdpass.AdmissionResult {
 		t.Helper()
 		r, err := g.Refuse(ctx, a, "refuser")
@@ -202,9 +205,7 @@ func TestRefuseStoresSoldOutOnlyForNewKeys(t *testing.T) {
 func TestRefuseLeavesTheStockAlone(t *testing.T) {
 	t.Parallel()
 	g := setup(t)
-	ctx := testkit.Context(t)
-	cat := uuid.New()
-	g.SetStock(ctx, cat, 0, false, 3)
+	ctx, cat := withStock(t, g, 3)
 	if r, err := g.Refuse(ctx, admission("bob", "k", cat, 2), "o"); err != nil || r.Verdict != crowdpass.SoldOut {
 		t.Errorf("Refuse = %+v, %v; want SoldOut", r, err)
 	}
@@ -216,9 +217,7 @@ func TestRefuseLeavesTheStockAlone(t *testing.T) {
 func TestSoldOutReportsTheStockItSaw(t *testing.T) {
 	t.Parallel()
 	g := setup(t)
-	ctx := testkit.Context(t)
-	cat := uuid.New()
-	g.SetStock(ctx, cat, 0, false, 1)
+	ctx, cat := withStock(t, g, 1)
 	r, err := g.Admit(ctx, admission("alice", "k", cat, 2), "o")
 	if err != nil || r.Verdict != crowdpass.SoldOut || !r.StockKnown || r.Stock != 1 {
 		t.Errorf("Admit over the stock = %+v, %v; want SoldOut seeing 1", r, err)
@@ -232,11 +231,7 @@ func TestSoldOutReportsTheStockItSaw(t *testing.T) {
 func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 	t.Parallel()
 	g := setupInFlight(t, 300*time.Millisecond)
-	ctx := testkit.Context(t)
-	cat := uuid.New()
-	if set, err := g.SetStock(ctx, cat, 0, false, 1); err != nil || !set {
-		t.Fatalf("SetStock = %v, %v", set, err)
-	}
+	ctx, cat := withStock(t, g, 1)
 	a := admission("alice", "k", cat, 1)
 	if r, err := g.Admit(ctx, a, "dead"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 1 {
 		t.Fatalf("first admission %+v, %v", r, err)
@@ -278,11 +273,7 @@ func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 func TestRememberRestoresA202WhereRedisLostIt(t *testing.T) {
 	t.Parallel()
 	g := setup(t)
-	ctx := testkit.Context(t)
-	cat := uuid.New()
-	if set, err := g.SetStock(ctx, cat, 0, false, 10); err != nil || !set {
-		t.Fatalf("SetStock = %v, %v", set, err)
-	}
+	ctx, cat := withStock(t, g, 10)
 	ours := crowdpass.Answer{Status: 202, Body: []byte(`{"ours":true}`)}
 	remember := func(a crowdpass.Admission, rec crowdpass.KeyRecord) (crowdpass.AdmissionResult, bool) {
 		t.Helper()
