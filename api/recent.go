@@ -7,6 +7,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/internal/generations"
 )
 
 // Recent remembers the orders this process accepted lately, with their 202
@@ -17,9 +18,8 @@ import (
 // It holds between size and 2×size orders: two generations, the older
 // dropped whole when the newer fills.
 type Recent struct {
-	mu        sync.RWMutex // read for every POST /orders, written per 202
-	size      int
-	cur, prev map[uuid.UUID]crowdpass.KeyRecord
+	mu     sync.RWMutex // read for every POST /orders, written per 202
+	orders *generations.Map[uuid.UUID, crowdpass.KeyRecord]
 }
 
 // NewRecent returns a Recent of the given size (default 1<<15: at about
@@ -31,26 +31,19 @@ func NewRecent(size int) *Recent {
 	if size <= 0 {
 		size = 1 << 15
 	}
-	return &Recent{size: size, cur: make(map[uuid.UUID]crowdpass.KeyRecord)}
+	return &Recent{orders: generations.New[uuid.UUID, crowdpass.KeyRecord](size)}
 }
 
 func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.cur) >= r.size {
-		r.prev, r.cur = r.cur, make(map[uuid.UUID]crowdpass.KeyRecord)
-	}
-	r.cur[id] = rec
+	r.orders.Put(id, rec)
 }
 
 func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	if rec, ok := r.cur[id]; ok {
-		return rec, true
-	}
-	rec, ok := r.prev[id]
-	return rec, ok
+	return r.orders.Get(id)
 }
 
 // Lookuper finds an order's record by its id, as the gate does.

@@ -7,7 +7,7 @@ import (
 )
 
 func TestHandedOverHoldsEachRowOnceForTwoGenerations(t *testing.T) {
-	h := handedOver{size: 2}
+	h := newHandedOver(2)
 	order := func(id int64) uuid.UUID { return uuid.UUID{byte(id)} }
 	for id := int64(1); id <= 4; id++ {
 		if !h.add(id, order(id)) { // 1 and 2 fill a generation, 3 and 4 the next

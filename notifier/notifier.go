@@ -23,6 +23,7 @@ import (
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/auth"
 	"github.com/crowdpass/crowdpass/broker"
+	"github.com/crowdpass/crowdpass/internal/generations"
 )
 
 // Orders reads the current state of orders for subscribe.
@@ -81,7 +82,7 @@ type Notifier struct {
 	latency prometheus.Histogram
 	lag     *prometheus.HistogramVec // by path: local or broker
 
-	handed handedOver
+	handed *handedOver
 }
 
 // New returns a notifier; Run consumes outcomes, ServeHTTP serves /ws.
@@ -126,7 +127,7 @@ func New(cfg Config, orders Orders, pending Pending, verifier Verifier) *Notifie
 				"local (handed over by this process's relay) or broker (commit, relay and broker).",
 			Buckets: crowdpass.NotificationBuckets,
 		}, []string{"path"}),
-		handed: handedOver{size: 1 << 16},
+		handed: newHandedOver(1 << 16),
 	}
 	for _, path := range []string{"local", "broker"} {
 		n.lag.WithLabelValues(path) // both series from the start
@@ -262,29 +263,25 @@ func (n *Notifier) push(out crowdpass.Outcome) {
 
 // handedOver remembers the outbox rows the local relay handed over whose
 // broker copies have not come yet, by outbox id with the order each
-// announces: between size and 2×size of them, in two generations, the
-// older dropped whole when the newer fills. A copy that comes later than
-// that is pushed again, which clients dedupe.
+// announces, for two generations of rows (see package generations). A copy
+// that comes later than that is pushed again, which clients dedupe.
 type handedOver struct {
-	mu        sync.Mutex
-	size      int
-	cur, prev map[int64]uuid.UUID
+	mu   sync.Mutex
+	rows *generations.Map[int64, uuid.UUID]
+}
+
+func newHandedOver(size int) *handedOver {
+	return &handedOver{rows: generations.New[int64, uuid.UUID](size)}
 }
 
 // add remembers a handed-over row; it reports false if the row is held already.
 func (h *handedOver) add(id int64, order uuid.UUID) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if held, ok := h.cur[id]; ok && held == order {
+	if held, ok := h.rows.Get(id); ok && held == order {
 		return false
 	}
-	if held, ok := h.prev[id]; ok && held == order {
-		return false
-	}
-	if h.cur == nil || len(h.cur) >= h.size {
-		h.prev, h.cur = h.cur, make(map[int64]uuid.UUID)
-	}
-	h.cur[id] = order
+	h.rows.Put(id, order)
 	return true
 }
 
@@ -292,12 +289,8 @@ func (h *handedOver) add(id int64, order uuid.UUID) bool {
 func (h *handedOver) take(id int64, order uuid.UUID) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if held, ok := h.cur[id]; ok && held == order {
-		delete(h.cur, id)
-		return true
-	}
-	if held, ok := h.prev[id]; ok && held == order {
-		delete(h.prev, id)
+	if held, ok := h.rows.Get(id); ok && held == order {
+		h.rows.Delete(id)
 		return true
 	}
 	return false

@@ -1,0 +1,40 @@
+// Package generations is a map bounded by forgetting its oldest entries in
+// bulk: two generations, the older dropped whole when the newer fills. It
+// holds between size and 2×size entries, with no per-entry bookkeeping, for
+// memories that only need to cover "lately".
+package generations
+
+// Map is a two-generation map. It is not safe for concurrent use: callers
+// hold their own lock.
+type Map[K comparable, V any] struct {
+	size      int
+	cur, prev map[K]V
+}
+
+// New returns a Map whose generations hold size entries each.
+func New[K comparable, V any](size int) *Map[K, V] {
+	return &Map[K, V]{size: max(size, 1), cur: make(map[K]V)}
+}
+
+// Get returns k's value from either generation.
+func (m *Map[K, V]) Get(k K) (V, bool) {
+	if v, ok := m.cur[k]; ok {
+		return v, true
+	}
+	v, ok := m.prev[k]
+	return v, ok
+}
+
+// Put sets k in the newer generation, first retiring it if it is full.
+func (m *Map[K, V]) Put(k K, v V) {
+	if len(m.cur) >= m.size {
+		m.prev, m.cur = m.cur, make(map[K]V)
+	}
+	m.cur[k] = v
+}
+
+// Delete forgets k.
+func (m *Map[K, V]) Delete(k K) {
+	delete(m.cur, k)
+	delete(m.prev, k)
+}

@@ -1,0 +1,32 @@
+package generations_test
+
+import (
+	"testing"
+
+	"github.com/crowdpass/crowdpass/internal/generations"
+)
+
+func TestAnEntryLastsTwoGenerations(t *testing.T) {
+	m := generations.New[int, string](2)
+	for k := 1; k <= 4; k++ {
+		m.Put(k, "v") // 1 and 2 fill a generation, 3 and 4 the next
+	}
+	for k := 1; k <= 4; k++ {
+		if _, ok := m.Get(k); !ok {
+			t.Errorf("entry %d forgotten within two generations", k)
+		}
+	}
+	m.Delete(2)
+	if _, ok := m.Get(2); ok {
+		t.Error("entry 2 held after Delete")
+	}
+	m.Put(5, "v") // 3 and 4's generation is full: 1's goes
+	if _, ok := m.Get(1); ok {
+		t.Error("entry 1 outlived two generations")
+	}
+	for _, k := range []int{3, 4, 5} {
+		if _, ok := m.Get(k); !ok {
+			t.Errorf("entry %d of the last two generations forgotten", k)
+		}
+	}
+}
