@@ -109,10 +109,9 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 		taken, _ := res[1].(int64)
 		return crowdpass.AdmissionResult{Verdict: crowdpass.Admitted, Taken: int(taken)}, nil
 	case verdict == "replay" && len(res) == 2:
-		s, _ := res[1].(string)
-		rec, ok := decodeRecord(s)
-		if !ok {
-			return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: unreadable record %q", s)
+		rec, err := heldRecord(res[1])
+		if err != nil {
+			return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: %w", err)
 		}
 		return rec.verdict(a.Fingerprint), nil
 	case verdict == "mismatch":
@@ -168,10 +167,9 @@ func (g *Redis) Remember(ctx context.Context, a crowdpass.Admission, rec crowdpa
 	if err != nil {
 		return crowdpass.AdmissionResult{}, false, fmt.Errorf("remembering answer: %w", err)
 	}
-	s, _ := val.(string)
-	held, ok := decodeRecord(s)
-	if !ok {
-		return crowdpass.AdmissionResult{}, false, fmt.Errorf("remembering answer: unreadable record %q", s)
+	held, err := heldRecord(val)
+	if err != nil {
+		return crowdpass.AdmissionResult{}, false, fmt.Errorf("remembering answer: %w", err)
 	}
 	return held.verdict(a.Fingerprint), false, nil
 }
@@ -186,12 +184,18 @@ func (g *Redis) setNX(ctx context.Context, order uuid.UUID, rec record) (held re
 	if err != nil {
 		return record{}, false, err
 	}
+	held, err = heldRecord(val)
+	return held, false, err
+}
+
+// heldRecord decodes the record a command found under a key.
+func heldRecord(val any) (record, error) {
 	s, _ := val.(string)
-	held, ok := decodeRecord(s)
+	rec, ok := decodeRecord(s)
 	if !ok {
-		return record{}, false, fmt.Errorf("unreadable record %q", s)
+		return record{}, fmt.Errorf("unreadable record %q", s)
 	}
-	return held, false, nil
+	return rec, nil
 }
 
 // Complete stores the answer to an admitted key for AnswerTTL.
@@ -223,9 +227,9 @@ func (g *Redis) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecor
 	if err != nil {
 		return crowdpass.KeyRecord{}, fmt.Errorf("looking up order key: %w", err)
 	}
-	rec, ok := decodeRecord(s)
-	if !ok {
-		return crowdpass.KeyRecord{}, fmt.Errorf("looking up order key: unreadable record")
+	rec, err := heldRecord(s)
+	if err != nil {
+		return crowdpass.KeyRecord{}, fmt.Errorf("looking up order key: %w", err)
 	}
 	kr := crowdpass.KeyRecord{CustomerID: rec.customer, Fingerprint: rec.fp, InFlight: rec.status == 0}
 	if rec.status != 0 {
