@@ -49,8 +49,10 @@ type Config struct {
 	// Poll is the longest wait between looks at the outbox when no
 	// notification comes (default 1s).
 	Poll time.Duration
-	// Retention is how long published rows are kept (OUTBOX_RETENTION,
-	// default 7 days; negative keeps them for ever).
+	// Retention, if positive, is how long published rows are kept
+	// (OUTBOX_RETENTION). Zero, the default, keeps them for ever: the
+	// contract holds that every decided order has its outcome row in the
+	// outbox at every moment, and pruning breaks that for older orders.
 	Retention time.Duration
 	// PublishTimeout bounds the wait for a batch's confirms (default 10s).
 	PublishTimeout time.Duration
@@ -90,7 +92,6 @@ func New(cfg Config, store Store, publisher Publisher) *Relay {
 	cfg.Batch = cmp.Or(max(cfg.Batch, 0), 500)
 	cfg.Loops = cmp.Or(max(cfg.Loops, 0), 4)
 	cfg.Poll = cmp.Or(cfg.Poll, time.Second)
-	cfg.Retention = cmp.Or(cfg.Retention, 7*24*time.Hour)
 	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, 10*time.Second)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -318,7 +319,7 @@ func (r *Relay) housekeep(ctx context.Context, prune bool) {
 		}
 		r.oldest.Set(age)
 	}
-	if !prune || r.cfg.Retention < 0 {
+	if !prune || r.cfg.Retention <= 0 {
 		return
 	}
 	before := r.cfg.Now().Add(-r.cfg.Retention)

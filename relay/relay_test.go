@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -196,7 +197,7 @@ func TestPublishedRowsPastRetentionAreDeleted(t *testing.T) {
 		"UPDATE outbox SET published_at = now() - interval '8 days' WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 5)"); err != nil {
 		t.Fatal(err)
 	}
-	b.start(t, b.store) // a relay's first housekeeping prunes
+	b.startWith(t, b.store, relay.Config{Retention: 7 * 24 * time.Hour}) // a relay's first housekeeping prunes
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		var n int
 		if err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT count(*) FROM outbox").Scan(&n); err != nil {
@@ -204,6 +205,40 @@ func TestPublishedRowsPastRetentionAreDeleted(t *testing.T) {
 		}
 		return n == 5
 	}, "the five old rows deleted, the five recent kept")
+}
+
+// Published rows are kept for ever unless a retention is set: the contract
+// holds that every decided order has its outcome row in the outbox.
+func TestPublishedRowsAreKeptByDefault(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.decide(t, 10)
+	// Published long ago, past any retention.
+	if _, err := b.db.Pool.Exec(testkit.Context(t), "UPDATE outbox SET published_at = now() - interval '400 days'"); err != nil {
+		t.Fatal(err)
+	}
+	store := &housekeepingCounter{Store: b.store}
+	b.start(t, store)
+	// The first housekeeping prunes, if anything; it is over once the second has begun.
+	testkit.Eventually(t, 10*time.Second, func() bool { return store.calls.Load() >= 2 }, "two housekeepings")
+	var n int
+	if err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT count(*) FROM outbox").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 10 {
+		t.Errorf("%d of 10 outbox rows left after housekeeping with no retention set", n)
+	}
+}
+
+// housekeepingCounter counts the relay's housekeepings.
+type housekeepingCounter struct {
+	*postgres.Store
+	calls atomic.Int64
+}
+
+func (s *housekeepingCounter) OutboxBacklog(ctx context.Context) (int64, time.Time, error) {
+	s.calls.Add(1)
+	return s.Store.OutboxBacklog(ctx)
 }
 
 // A row whose commit sent no notification (or whose publish failed) lies

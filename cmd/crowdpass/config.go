@@ -27,8 +27,8 @@ type config struct {
 	WorkerBatch    int
 	IdempotencyTTL time.Duration
 	PublishTimeout time.Duration
-	// OutboxRetention is how long published outbox rows are kept; negative
-	// keeps them for ever (OUTBOX_RETENTION=0).
+	// OutboxRetention, if positive, is how long published outbox rows are
+	// kept; zero (the default, or OUTBOX_RETENTION=0) keeps them for ever.
 	OutboxRetention time.Duration
 	AllowedOrigins  []string
 	// Demo hands out tokens for fresh demo customers at POST /demo/token
@@ -47,18 +47,17 @@ type config struct {
 // loadConfig reads the environment; errors name the variable at fault.
 func loadConfig(getenv func(string) string) (config, error) {
 	c := config{
-		DatabaseURL:     cmp.Or(getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/crowdpass?sslmode=disable"),
-		RedisURL:        cmp.Or(getenv("REDIS_URL"), "redis://127.0.0.1:6379/0"),
-		AMQPURL:         cmp.Or(getenv("AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/"),
-		HTTPAddr:        cmp.Or(getenv("HTTP_ADDR"), ":8080"),
-		JWTSecret:       getenv("JWT_SECRET"),
-		Namespace:       getenv("CROWDPASS_NAMESPACE"),
-		LogFormat:       cmp.Or(getenv("LOG_FORMAT"), "text"),
-		HTTPAddrSet:     getenv("HTTP_ADDR") != "",
-		PprofAddr:       getenv("PPROF_ADDR"),
-		IdempotencyTTL:  24 * time.Hour,
-		OutboxRetention: 7 * 24 * time.Hour,
-		PublishTimeout:  5 * time.Second,
+		DatabaseURL:    cmp.Or(getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/crowdpass?sslmode=disable"),
+		RedisURL:       cmp.Or(getenv("REDIS_URL"), "redis://127.0.0.1:6379/0"),
+		AMQPURL:        cmp.Or(getenv("AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/"),
+		HTTPAddr:       cmp.Or(getenv("HTTP_ADDR"), ":8080"),
+		JWTSecret:      getenv("JWT_SECRET"),
+		Namespace:      getenv("CROWDPASS_NAMESPACE"),
+		LogFormat:      cmp.Or(getenv("LOG_FORMAT"), "text"),
+		HTTPAddrSet:    getenv("HTTP_ADDR") != "",
+		PprofAddr:      getenv("PPROF_ADDR"),
+		IdempotencyTTL: 24 * time.Hour,
+		PublishTimeout: 5 * time.Second,
 	}
 	var errs []string
 	parse := func(name string, f func(string) error) {
@@ -80,14 +79,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 	parse("PUBLISH_TIMEOUT", func(v string) (err error) { c.PublishTimeout, err = parsePositiveDuration(v); return })
 	parse("OUTBOX_RETENTION", func(v string) error {
 		d, err := time.ParseDuration(v)
-		switch {
-		case err != nil || d < 0:
+		if err != nil || d < 0 {
 			return fmt.Errorf("want a duration such as 168h, or 0 to keep published rows for ever")
-		case d == 0:
-			c.OutboxRetention = -1
-		default:
-			c.OutboxRetention = d
 		}
+		c.OutboxRetention = d
 		return nil
 	})
 	parse("ALLOWED_ORIGINS", func(v string) error {
