@@ -1,14 +1,15 @@
 package testkit
 
 import (
-	"io"
 	"net"
+	"net/url"
 	"sync"
 	"testing"
 )
 
 // Proxy forwards TCP connections to a target so that a test can cut them,
-// as a crashed or restarted server would.
+// as a crashed or restarted server would, or stall them, as a server that
+// stopped answering would.
 type Proxy struct {
 	t      testing.TB
 	target string
@@ -17,6 +18,8 @@ type Proxy struct {
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
 	refused bool
+	flowing chan struct{} // closed while bytes flow; open while stalled
+	done    chan struct{} // closed when the proxy closes
 	wg      sync.WaitGroup
 }
 
@@ -27,11 +30,25 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatalf("proxy listen: %v", err)
 	}
-	p := &Proxy{t: t, target: target, ln: ln, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{t: t, target: target, ln: ln, conns: map[net.Conn]struct{}{}, flowing: make(chan struct{}), done: make(chan struct{})}
+	close(p.flowing)
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.close)
 	return p
+}
+
+// NewURLProxy starts a proxy to the host of the service URL raw and
+// returns it with raw rewritten to go through it.
+func NewURLProxy(t testing.TB, raw string) (*Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatalf("proxy target %q: %v", raw, err)
+	}
+	p := NewProxy(t, u.Host)
+	u.Host = p.Addr()
+	return p, u.String()
 }
 
 // Addr is the proxy's host:port.
@@ -53,6 +70,30 @@ func (p *Proxy) Refuse() {
 	p.refused = true
 	p.mu.Unlock()
 	p.Cut()
+}
+
+// Stall holds every byte, in both directions and on new connections too,
+// until Resume: connections stay open and nothing answers, as with a
+// server stopped by SIGSTOP.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.flowing:
+		p.flowing = make(chan struct{})
+	default: // already stalled
+	}
+}
+
+// Resume undoes Stall: the held bytes go on.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.flowing:
+	default:
+		close(p.flowing)
+	}
 }
 
 // Allow undoes Refuse.
@@ -93,7 +134,21 @@ func (p *Proxy) accept() {
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
 	// A copy ends with an error whenever a side is cut; that is the point.
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if !p.flow() {
+				break
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
@@ -102,7 +157,21 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	p.mu.Unlock()
 }
 
+// flow waits while the proxy is stalled; false once it is closed.
+func (p *Proxy) flow() bool {
+	p.mu.Lock()
+	flowing := p.flowing
+	p.mu.Unlock()
+	select {
+	case <-flowing:
+		return true
+	case <-p.done:
+		return false
+	}
+}
+
 func (p *Proxy) close() {
+	close(p.done)
 	p.ln.Close()
 	p.Cut()
 	p.wg.Wait()

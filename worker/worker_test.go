@@ -3,7 +3,6 @@ package worker_test
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -128,12 +127,12 @@ func TestChannelClosedBeforeAckRedeliversWithoutEffect(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	event := testkit.CreateEvent(t, b.store, 4, 10)
-	proxy := testkit.NewProxy(t, amqpHost(t))
+	proxy, amqpURL := testkit.NewURLProxy(t, testkit.AMQPURL())
 	req := testkit.OrderRequest("alice", "click-1", event, 0, 3)
 	sentinel := testkit.OrderRequest("bob", "click-1", event, 0, 1)
 
 	var cuts atomic.Int32
-	w := b.start(t, worker.Config{Batch: 1, AMQPURL: viaProxy(t, proxy)})
+	w := b.start(t, worker.Config{Batch: 1, AMQPURL: amqpURL})
 	worker.SetAfterDecide(w, func() {
 		if cuts.Add(1) == 1 {
 			proxy.Cut() // the transaction committed; the ack will never arrive
@@ -224,8 +223,8 @@ func TestBrokerConnectionLossLosesNoOrder(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	event := testkit.CreateEvent(t, b.store, 4, 1000)
-	proxy := testkit.NewProxy(t, amqpHost(t))
-	w := b.start(t, worker.Config{Batch: 5, Prefetch: 10, Rate: 500, AMQPURL: viaProxy(t, proxy)})
+	proxy, amqpURL := testkit.NewURLProxy(t, testkit.AMQPURL())
+	w := b.start(t, worker.Config{Batch: 5, Prefetch: 10, Rate: 500, AMQPURL: amqpURL})
 
 	const total = 300
 	reqs := make([]crowdpass.OrderRequest, total)
@@ -248,8 +247,8 @@ func TestBrokerConnectionLossLosesNoOrder(t *testing.T) {
 func TestDatabaseOutageIsRiddenOut(t *testing.T) {
 	t.Parallel()
 	db := testkit.NewDB(t)
-	proxy := testkit.NewProxy(t, dbHost(t, db.URL))
-	pool, err := postgres.Open(testkit.Context(t), viaProxyDB(t, db.URL, proxy), 4)
+	proxy, dbURL := testkit.NewURLProxy(t, db.URL)
+	pool, err := postgres.Open(testkit.Context(t), dbURL, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,40 +271,6 @@ func TestDatabaseOutageIsRiddenOut(t *testing.T) {
 	b.waitDecided(t, 51)
 	testkit.Eventually(t, 10*time.Second, w.Ready, "worker ready again")
 	testkit.CheckInvariants(t, db.Pool)
-}
-
-func amqpHost(t *testing.T) string {
-	u, err := url.Parse(testkit.AMQPURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u.Host
-}
-
-func viaProxy(t *testing.T, p *testkit.Proxy) string {
-	u, err := url.Parse(testkit.AMQPURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = p.Addr()
-	return u.String()
-}
-
-func dbHost(t *testing.T, raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u.Host
-}
-
-func viaProxyDB(t *testing.T, raw string, p *testkit.Proxy) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = p.Addr()
-	return u.String()
 }
 
 func TestQueuedOrdersAreDecidedInBatches(t *testing.T) {
