@@ -15,11 +15,13 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/auth"
 	"github.com/crowdpass/crowdpass/broker"
+	"github.com/crowdpass/crowdpass/gate"
 	"github.com/crowdpass/crowdpass/notifier"
 	"github.com/crowdpass/crowdpass/postgres"
 	"github.com/crowdpass/crowdpass/relay"
@@ -69,8 +71,13 @@ func (b *bundle) pipelineWith(local func([]crowdpass.OutboxMessage)) {
 
 // notifier starts a notifier behind its own HTTP server and returns its /ws URL.
 func (b *bundle) notifier(cfg notifier.Config, listener func(net.Listener) net.Listener) (*notifier.Notifier, string) {
+	return b.notifierOver(cfg, listener, b.store, nil)
+}
+
+// notifierOver starts a notifier that reads orders from orders and pending.
+func (b *bundle) notifierOver(cfg notifier.Config, listener func(net.Listener) net.Listener, orders notifier.Orders, pending notifier.Pending) (*notifier.Notifier, string) {
 	cfg.AMQPURL, cfg.Topology, cfg.Logger = testkit.AMQPURL(), b.topo, testkit.Logger(b.t)
-	n := notifier.New(cfg, b.store, nil, b.authority)
+	n := notifier.New(cfg, orders, pending, b.authority)
 	b.wg.Go(func() { n.Run(b.ctx) })
 	srv := httptest.NewUnstartedServer(n)
 	if listener != nil {
@@ -238,6 +245,46 @@ func TestSubscribeAnswersAtOnceWithTheCurrentState(t *testing.T) {
 	send(alice, "not-an-id")
 	if f := read(t, alice); f.Type != "error" || f.Code != "not_found" {
 		t.Errorf("unknown order answered %+v", f)
+	}
+}
+
+// A stalled database keeps no buyer from learning that an order is
+// pending: once the read's time is up, subscribe answers from the 202 the
+// gate stored, in a lookup timed on its own.
+func TestSubscribeAnswersPendingWhileTheDatabaseStalls(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	order := testkit.OrderRequest("alice", "k", event, 0, 1)
+	opts, err := redis.ParseURL(testkit.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	g := gate.New(rdb, gate.Config{Namespace: b.topo.Namespace})
+	t.Cleanup(g.Close)
+	accepted, _ := json.Marshal(map[string]any{"order_id": order.OrderID, "status": "pending", "event_id": order.EventID,
+		"category_id": order.CategoryID, "quantity": order.Quantity, "accepted_at": order.AcceptedAt})
+	adm := crowdpass.Admission{OrderID: order.OrderID, CustomerID: "alice", Fingerprint: "f"}
+	if err := g.Complete(testkit.Context(t), adm, crowdpass.Answer{Status: http.StatusAccepted, Body: accepted}); err != nil {
+		t.Fatal(err)
+	}
+	proxy, dbURL := testkit.NewURLProxy(t, b.db.URL)
+	pool, err := postgres.NewPool(dbURL, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	proxy.Stall()
+	t.Cleanup(proxy.Resume) // first: lets the pool's connection attempt end
+	_, url := b.notifierOver(notifier.Config{LookupTimeout: 300 * time.Millisecond}, nil, postgres.NewStore(pool, nil), g)
+	alice := b.dial(url, "alice")
+	if err := alice.Write(testkit.Context(t), websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","order_id":%q}`, order.OrderID)); err != nil {
+		t.Fatal(err)
+	}
+	if f := read(t, alice); f.Type != "order.pending" || f.Status != "pending" || f.OrderID != order.OrderID.String() || f.Quantity != 1 {
+		t.Errorf("subscribe while the database stalls answered %+v, want order.pending", f)
 	}
 }
 

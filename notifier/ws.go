@@ -167,15 +167,19 @@ func (n *Notifier) subscribe(ctx context.Context, c *client, rawID string) {
 		n.offerJSON(c, notFound)
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
-	defer cancel()
-	order, err := n.orders.Order(ctx, id)
+	dbCtx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
+	order, err := n.orders.Order(dbCtx, id)
+	cancel()
 	if err == nil && order.CustomerID == c.customer {
 		n.offerOrder(c, order)
 		return
 	}
 	if n.pending != nil {
-		if rec, perr := n.pending.Lookup(ctx, id); perr == nil && rec.CustomerID == c.customer && rec.Answer.Status == http.StatusAccepted {
+		// A time of its own: a stalled database has used up the first.
+		lookupCtx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
+		rec, perr := n.pending.Lookup(lookupCtx, id)
+		cancel()
+		if perr == nil && rec.CustomerID == c.customer && rec.Answer.Status == http.StatusAccepted {
 			var a struct {
 				crowdpass.Order
 			}
