@@ -30,6 +30,9 @@ type Admission struct {
 	Window ErrorCode
 	// SoldOut is the answer stored against the key if the stock cannot cover it.
 	SoldOut Answer
+	// AcceptedAt is when this attempt accepts the order, kept with the key
+	// while it is in flight.
+	AcceptedAt Time
 }
 
 // Verdict is what the gate made of an admission.
@@ -60,6 +63,11 @@ type AdmissionResult struct {
 	// then; StockKnown says it was looked at.
 	Stock      int
 	StockKnown bool
+	// AcceptedAt is, for Admitted, the acceptance time the order must be
+	// queued and answered with: that of an attempt that died before
+	// answering, whose key this one took over (its order may be queued with
+	// that time already), else zero, and the attempt's own applies.
+	AcceptedAt Time
 }
 
 // KeyRecord is what the gate remembers of an idempotency key.

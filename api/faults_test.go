@@ -331,7 +331,9 @@ func TestOrderAcceptedWithoutRedisReadsAsPending(t *testing.T) {
 // An API that dies after queueing an order but before answering leaves its
 // key in flight. A retry after the in-flight time (3 s here) takes the key
 // over and gets a 202 for the one order, even though the gate has no stock
-// left by then: never a sold_out for a key whose order exists.
+// left by then: never a sold_out for a key whose order exists. The 202 and
+// the order carry the dead attempt's acceptance time, whichever of the two
+// queued messages the worker decides.
 func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{workers: 1})
@@ -341,6 +343,7 @@ func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
 	adm := crowdpass.Admission{
 		OrderID: crowdpass.OrderID("alice", "k"), CustomerID: "alice", Fingerprint: payload.Fingerprint(),
 		CategoryID: cat.ID, Quantity: 1, SoldOut: crowdpass.Answer{Status: http.StatusConflict, Body: []byte("{}\n")},
+		AcceptedAt: crowdpass.NewTime(time.Now().Add(-time.Minute)),
 	}
 	// What the dead process did: admit (taking the last ticket at the gate)
 	// and queue the order; it never stored an answer.
@@ -350,7 +353,7 @@ func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
 	queue := broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}
 	if err := queue.Enqueue(testkit.Context(t), crowdpass.OrderRequest{
 		OrderID: adm.OrderID, CustomerID: "alice", IdempotencyKey: "k", EventID: event.ID, CategoryID: cat.ID,
-		Quantity: 1, AcceptedAt: crowdpass.NewTime(time.Now()),
+		Quantity: 1, AcceptedAt: adm.AcceptedAt,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +365,17 @@ func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
 	if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() {
 		t.Fatalf("retry after the API died: %d %s, want 202 for order %s", r.status, r.body, adm.OrderID)
 	}
+	if at := r.problem(t)["accepted_at"]; at != adm.AcceptedAt.String() {
+		t.Errorf("retry's 202 accepted at %v, want the dead attempt's %s", at, adm.AcceptedAt)
+	}
 	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
+	var created time.Time
+	if err := h.db.Pool.QueryRow(testkit.Context(t), "SELECT created_at FROM orders WHERE id = $1", adm.OrderID).Scan(&created); err != nil {
+		t.Fatal(err)
+	}
+	if !created.Equal(adm.AcceptedAt.Time) {
+		t.Errorf("order created at %s, want the dead attempt's %s", created, adm.AcceptedAt)
+	}
 	if n := h.countOrders("customer_id = 'alice' AND status = 'confirmed'"); n != 1 {
 		t.Errorf("%d confirmed orders for one key, want 1", n)
 	}

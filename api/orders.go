@@ -118,6 +118,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		Quantity:    payload.Quantity,
 		Window:      event.SaleState(now),
 		SoldOut:     s.catalog.soldOutAnswer(category),
+		AcceptedAt:  crowdpass.NewTime(now),
 	}
 	windowErr := func() error {
 		if adm.Window == crowdpass.ESaleNotOpen {
@@ -130,7 +131,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		s.answerRemembered(r.Context(), w, adm, rec)
 		return
 	}
-	owner, taken, gated := "", 0, !s.redisDown.Load()
+	owner, taken, gated, acceptedAt := "", 0, !s.redisDown.Load(), adm.AcceptedAt
 	if gated {
 		owner = newOwner()
 		// The admission runs to its end even if the client goes away: its
@@ -176,6 +177,9 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			taken = res.Taken
+			if !res.AcceptedAt.IsZero() {
+				acceptedAt = res.AcceptedAt
+			}
 		}
 	}
 	if !gated {
@@ -193,7 +197,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		EventID:        event.ID,
 		CategoryID:     category.ID,
 		Quantity:       payload.Quantity,
-		AcceptedAt:     crowdpass.NewTime(now),
+		AcceptedAt:     acceptedAt,
 	}
 	if err := s.enqueue(r.Context(), req); err != nil {
 		s.log.Warn("order not queued", "order_id", req.OrderID, "err", err)

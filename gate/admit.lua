@@ -2,21 +2,24 @@
 -- KEYS[1] the key's record (a string, see record.go), KEYS[2] the category's gate stock.
 -- ARGV: fingerprint, quantity, window ('' when the sale is open), in-flight ms,
 --       sold-out record, in-flight record up to its owner's '@', answer ttl ms,
---       in-flight record after its deadline.
+--       in-flight record after its deadline up to its body, this attempt's
+--       acceptance time (unix microseconds; the in-flight record's body).
 -- An in-flight record's owner ends in '@' and the time (Redis's, in ms) after
 -- which its attempt cannot be publishing any more. It is kept as long as an
 -- answer: if the attempt's process died before answering, its order may be
 -- queued or not, and a retry after that time takes the key over and queues
 -- the order again (the workers recognise it by its id), whatever the stock
 -- says now, so that a key whose order exists is never answered sold_out.
+-- The retry keeps the dead attempt's acceptance time, with which its order
+-- may be queued already: the order and every answer read the same time.
 -- Redis's clock in ms, read only by the paths that need it.
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function mark()
+local function mark(at)
   local deadline = string.format('%.0f', now() + tonumber(ARGV[4]))
-  redis.call('SET', KEYS[1], ARGV[6] .. deadline .. ARGV[8], 'PX', ARGV[7])
+  redis.call('SET', KEYS[1], ARGV[6] .. deadline .. ARGV[8] .. at, 'PX', ARGV[7])
 end
 local rec = redis.call('GET', KEYS[1])
 if rec then
@@ -25,8 +28,12 @@ if rec then
   if status ~= '0' then return {'replay', rec} end
   local deadline = tonumber(string.match(owner, '@(%d+)$') or '')
   if deadline == nil or now() < deadline then return {'inflight'} end
-  mark()
-  return {'admitted', 0}
+  local n, rest = string.match(rec, '^[^\n]*\n[^\n]*\n[^\n]*\n(%d+)\n(.*)$')
+  local at = ''
+  if n then at = string.sub(rest, tonumber(n) + 1) end
+  if at == '' then at = ARGV[9] end
+  mark(at)
+  return {'admitted', 0, at}
 end
 if ARGV[3] ~= '' then return {'window'} end
 local qty = tonumber(ARGV[2])
@@ -42,5 +49,5 @@ if stock then
   taken = qty
 end
 -- A missing stock key means the gate does not know: admit, the database decides.
-mark()
+mark(ARGV[9])
 return {'admitted', taken}

@@ -95,7 +95,7 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 	head, tail := record{fp: a.Fingerprint, owner: owner + "@", customer: a.CustomerID}.split()
 	val, err := g.pipe.do(ctx, admitScript, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
 		a.Fingerprint, a.Quantity, string(a.Window), g.cfg.InFlightTTL.Milliseconds(),
-		soldOut.encode(), head, g.cfg.AnswerTTL.Milliseconds(), tail)
+		soldOut.encode(), head, g.cfg.AnswerTTL.Milliseconds(), tail, acceptedAt(a.AcceptedAt))
 	if err != nil {
 		return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: %w", err)
 	}
@@ -105,9 +105,16 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 		verdict, _ = res[0].(string)
 	}
 	switch {
-	case verdict == "admitted" && len(res) == 2:
+	case verdict == "admitted" && (len(res) == 2 || len(res) == 3):
 		taken, _ := res[1].(int64)
-		return crowdpass.AdmissionResult{Verdict: crowdpass.Admitted, Taken: int(taken)}, nil
+		r := crowdpass.AdmissionResult{Verdict: crowdpass.Admitted, Taken: int(taken)}
+		if len(res) == 3 { // taken over: the dead attempt's time
+			at, _ := res[2].(string)
+			if us, err := strconv.ParseInt(at, 10, 64); err == nil {
+				r.AcceptedAt = crowdpass.NewTime(time.UnixMicro(us))
+			}
+		}
+		return r, nil
 	case verdict == "replay" && len(res) == 2:
 		rec, err := heldRecord(res[1])
 		if err != nil {
@@ -125,6 +132,15 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut, Stock: int(stock), StockKnown: true}, nil
 	}
 	return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: unexpected answer %v", val)
+}
+
+// acceptedAt encodes an acceptance time as an in-flight mark's body: unix
+// microseconds, the precision of every time CrowdPass shows; "" for none.
+func acceptedAt(t crowdpass.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return strconv.FormatInt(t.UnixMicro(), 10)
 }
 
 // Refuse answers a request its caller has found the stock cannot cover, in
@@ -211,7 +227,7 @@ func (g *Redis) Complete(ctx context.Context, a crowdpass.Admission, answer crow
 // mark goes (if it is still this attempt's) and the taken stock comes back
 // (if the gate still has the category).
 func (g *Redis) Abort(ctx context.Context, a crowdpass.Admission, owner string, taken int) error {
-	err := abortScript.Run(ctx, g.rdb, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)}, owner, taken).Err()
+	err := abortScript.Run(ctx, g.rdb, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)}, owner, taken, acceptedAt(a.AcceptedAt)).Err()
 	if err != nil {
 		return fmt.Errorf("aborting admission: %w", err)
 	}

@@ -50,7 +50,8 @@ func admission(customer, key string, category uuid.UUID, quantity int) crowdpass
 	return crowdpass.Admission{
 		OrderID: crowdpass.OrderID(customer, key), CustomerID: customer, Fingerprint: p.Fingerprint(),
 		CategoryID: category, Quantity: quantity,
-		SoldOut: crowdpass.Answer{Status: 409, Body: []byte(`{"code":"sold_out"}`)},
+		SoldOut:    crowdpass.Answer{Status: 409, Body: []byte(`{"code":"sold_out"}`)},
+		AcceptedAt: crowdpass.NewTime(time.Now()),
 	}
 }
 
@@ -127,7 +128,10 @@ func TestAbortGivesBackOnlyItsOwnAdmission(t *testing.T) {
 	if n, _, _ := g.Stock(ctx, cat); n != 5 {
 		t.Errorf("stock after abort %d, want 5", n)
 	}
-	if r, _ := g.Admit(ctx, a, "retry"); r.Verdict != crowdpass.Admitted {
+	// A fresh attempt's abort frees the key: nothing was created, so the
+	// retry is a new admission, with its own time.
+	a.AcceptedAt = crowdpass.NewTime(a.AcceptedAt.Add(time.Second))
+	if r, _ := g.Admit(ctx, a, "retry"); r.Verdict != crowdpass.Admitted || r.Taken != 2 || !r.AcceptedAt.IsZero() {
 		t.Errorf("retry after abort: %+v", r)
 	}
 }
@@ -226,16 +230,19 @@ func TestSoldOutReportsTheStockItSaw(t *testing.T) {
 
 // A key whose attempt died before answering stays in flight for
 // InFlightTTL; after that a retry takes it over and is admitted again
-// without taking stock, even with none left: the dead attempt's order may be
-// queued, and its key must not be answered sold_out.
+// without taking stock, even with none left, and with the dead attempt's
+// acceptance time: the dead attempt's order may be queued, with that time,
+// and its key must not be answered sold_out.
 func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 	t.Parallel()
 	g := setupInFlight(t, 300*time.Millisecond)
 	ctx, cat := withStock(t, g, 1)
 	a := admission("alice", "k", cat, 1)
-	if r, err := g.Admit(ctx, a, "dead"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 1 {
+	dead := a.AcceptedAt
+	if r, err := g.Admit(ctx, a, "dead"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 1 || !r.AcceptedAt.IsZero() {
 		t.Fatalf("first admission %+v, %v", r, err)
 	}
+	a.AcceptedAt = crowdpass.NewTime(dead.Add(time.Minute)) // each retry's own time
 	if r, err := g.Admit(ctx, a, "early"); err != nil || r.Verdict != crowdpass.InProgress {
 		t.Fatalf("retry within the attempt's time: %+v, %v", r, err)
 	}
@@ -251,19 +258,21 @@ func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 		took = r
 		return r.Verdict != crowdpass.InProgress
 	}, "the key taken over")
-	if took.Verdict != crowdpass.Admitted || took.Taken != 0 {
-		t.Fatalf("retry after the attempt's time: %+v, want admitted without stock", took)
+	if took.Verdict != crowdpass.Admitted || took.Taken != 0 || !took.AcceptedAt.Equal(dead.Time) {
+		t.Fatalf("retry after the attempt's time: %+v, want admitted without stock, accepted at %v", took, dead)
 	}
 	if n, _, _ := g.Stock(ctx, cat); n != 0 {
 		t.Errorf("stock %d after the takeover, want 0", n)
 	}
-	// The new attempt owns the key: the dead one's mark is gone, its own
-	// abort frees the key, and a new admission sees the stock again.
+	// The new attempt owns the key, but not the dead one's order: if its
+	// own publish fails, its abort leaves the mark for the next retry to take
+	// over at once, with the dead attempt's time, still never sold_out.
 	if err := g.Abort(ctx, a, "late", 0); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := g.Admit(ctx, a, "after"); err != nil || r.Verdict != crowdpass.SoldOut {
-		t.Errorf("admission after the takeover's abort: %+v, %v", r, err)
+	a.AcceptedAt = crowdpass.NewTime(dead.Add(2 * time.Minute))
+	if r, err := g.Admit(ctx, a, "after"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 0 || !r.AcceptedAt.Equal(dead.Time) {
+		t.Errorf("admission after the takeover's abort: %+v, %v; want admitted without stock, accepted at %v", r, err, dead)
 	}
 }
 
