@@ -77,6 +77,9 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// ReadTimeout bounds PostgreSQL reads of GET /orders/{id} (default 2s).
 	ReadTimeout time.Duration
+	// WriteTimeout bounds the PostgreSQL transaction of POST /events
+	// (default 10s).
+	WriteTimeout time.Duration
 	// MissTimeout bounds the PostgreSQL read of an event the catalog does
 	// not hold yet (default 250ms).
 	MissTimeout time.Duration
@@ -115,6 +118,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, 5*time.Second)
 	cfg.ReconcileInterval = cmp.Or(cfg.ReconcileInterval, time.Second)
 	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, 2*time.Second)
+	cfg.WriteTimeout = cmp.Or(cfg.WriteTimeout, 10*time.Second)
 	cfg.MissTimeout = cmp.Or(cfg.MissTimeout, 250*time.Millisecond)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"net/http"
 	"time"
 
@@ -94,7 +95,11 @@ func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, err)
 		return
 	}
-	event, err := s.store.CreateEvent(r.Context(), spec)
+	// A stalled database must not hold the request, its connection and
+	// its goroutine for as long as the client waits.
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.WriteTimeout)
+	event, err := s.store.CreateEvent(ctx, spec)
+	cancel()
 	if err != nil {
 		s.log.Warn("event not created", "err", err)
 		if crowdpass.Code(err) == crowdpass.EInternal {

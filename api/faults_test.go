@@ -79,6 +79,38 @@ func TestOrdersAreAcceptedWhileTheDatabaseIsLocked(t *testing.T) {
 	testkit.CheckInvariants(t, h.db.Pool)
 }
 
+// POST /events waits for a stalled database only so long (WriteTimeout,
+// 3 s here), then answers 503 with a Retry-After, and nothing is created.
+func TestCreatingAnEventWhileTheDatabaseIsLockedAnswersUnavailable(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	ctx := testkit.Context(t)
+	tx, err := h.db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "LOCK TABLE events IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	admin, _ := h.authority.Issue("root", true, time.Hour)
+	r := h.do(http.MethodPost, "/events", http.Header{"Authorization": {"Bearer " + admin}, "Content-Type": {"application/json"}},
+		[]byte(`{"name":"Final","categories":[{"name":"A","capacity":10}]}`))
+	if r.status != http.StatusServiceUnavailable || r.problem(t)["code"] != string(crowdpass.EUnavailable) || r.header.Get("Retry-After") == "" {
+		t.Fatalf("POST /events while the database is locked: %d %s, want 503 unavailable with Retry-After", r.status, r.body)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := h.db.Pool.QueryRow(ctx, "SELECT count(*) FROM events").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d events after a 503, want 0", n)
+	}
+}
+
 func TestBrokerDownAnswersUnavailableAndGivesTheStockBack(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{proxyAMQP: true})

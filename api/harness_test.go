@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"testing"
 	"time"
 
@@ -66,13 +65,11 @@ func setup(t testing.TB, opts options) *harness {
 
 	amqpURL := testkit.AMQPURL()
 	if opts.proxyAMQP {
-		h.amqpProxy = testkit.NewProxy(t, hostOf(t, amqpURL))
-		amqpURL = withHost(t, amqpURL, h.amqpProxy.Addr())
+		h.amqpProxy, amqpURL = testkit.NewURLProxy(t, amqpURL)
 	}
 	redisURL := testkit.RedisURL()
 	if opts.proxyRedis {
-		h.redisProxy = testkit.NewProxy(t, hostOf(t, redisURL))
-		redisURL = withHost(t, redisURL, h.redisProxy.Addr())
+		h.redisProxy, redisURL = testkit.NewURLProxy(t, redisURL)
 	}
 	redisOpts, err := redis.ParseURL(redisURL)
 	if err != nil {
@@ -91,6 +88,7 @@ func setup(t testing.TB, opts options) *harness {
 	})
 	h.server = api.New(api.Config{
 		PublishTimeout:    2 * time.Second,
+		WriteTimeout:      3 * time.Second,
 		ReconcileInterval: cmp.Or(opts.reconcile, 50*time.Millisecond),
 		MissTimeout:       10 * time.Second, // a loaded CI machine's first read may be slow
 		Logger:            log,
@@ -129,23 +127,6 @@ func setup(t testing.TB, opts options) *harness {
 		testkit.Eventually(t, 20*time.Second, w.Ready, "worker consuming")
 	}
 	return h
-}
-
-func hostOf(t testing.TB, raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u.Host
-}
-
-func withHost(t testing.TB, raw, host string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = host
-	return u.String()
 }
 
 // event creates an event and waits until the API's catalog has it.
