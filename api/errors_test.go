@@ -90,6 +90,7 @@ func TestEveryProblemHasItsStatusAndCode(t *testing.T) {
 		{"quantity over the event's max", "POST", "/orders", std("k"), orderJSON(event, 1, 3), 422, crowdpass.EValidation},
 		{"unknown event", "POST", "/orders", std("k"), []byte(`{"event_id":"` + event.Categories[0].ID.String() + `","category_id":"` + event.Categories[0].ID.String() + `","quantity":1}`), 404, crowdpass.ENotFound},
 		{"category of another event", "POST", "/orders", std("k"), []byte(`{"event_id":"` + event.ID.String() + `","category_id":"` + other.Categories[0].ID.String() + `","quantity":1}`), 404, crowdpass.ENotFound},
+		{"over the max for an unknown category: validation first", "POST", "/orders", std("k"), []byte(`{"event_id":"` + event.ID.String() + `","category_id":"` + other.Categories[0].ID.String() + `","quantity":3}`), 422, crowdpass.EValidation},
 		{"sale not open", "POST", "/orders", std("k-early"), orderJSON(notOpen, 0, 1), 409, crowdpass.ESaleNotOpen},
 		{"sale closed", "POST", "/orders", std("k-late"), orderJSON(closed, 0, 1), 409, crowdpass.ESaleClosed},
 		{"sold out", "POST", "/orders", std("k-sold"), orderJSON(event, 0, 1), 409, crowdpass.ESoldOut},

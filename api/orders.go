@@ -97,15 +97,17 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "event %s does not exist", payload.EventID))
 		return
 	}
-	category, ok := event.Category(payload.CategoryID)
-	if !ok {
-		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "category %s is not a category of event %s", payload.CategoryID, event.ID))
-		return
-	}
+	// The quantity's bound is a field check (422), which the contract puts
+	// before the catalog's 404s; it needs the event, not the category.
 	if payload.Quantity > event.MaxPerCustomer {
 		problem.WriteError(w, &crowdpass.Error{Code: crowdpass.EValidation, Message: "the order has invalid fields", Fields: []crowdpass.FieldError{
 			{Field: "quantity", Message: "must be between 1 and the event's max_per_customer (" + strconv.Itoa(event.MaxPerCustomer) + ")"},
 		}})
+		return
+	}
+	category, ok := event.Category(payload.CategoryID)
+	if !ok {
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "category %s is not a category of event %s", payload.CategoryID, event.ID))
 		return
 	}
 
