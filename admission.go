@@ -63,10 +63,12 @@ type AdmissionResult struct {
 	// then; StockKnown says it was looked at.
 	Stock      int
 	StockKnown bool
-	// AcceptedAt is, for Admitted, the acceptance time the order must be
-	// queued and answered with: that of an attempt that died before
-	// answering, whose key this one took over (its order may be queued with
-	// that time already), else zero, and the attempt's own applies.
+	// TookOver is, for Admitted, whether the key was taken over from an
+	// attempt that died before answering: its order may be queued already.
+	TookOver bool
+	// AcceptedAt is, for a TookOver admission, the acceptance time the order
+	// must be queued and answered with: the dead attempt's (the attempt's
+	// own for a mark written before marks kept it); zero otherwise.
 	AcceptedAt Time
 }
 

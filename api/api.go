@@ -32,7 +32,7 @@ type Gate interface {
 	// Remember stores rec, the 202 this process gave the key, where Redis
 	// lost it, and answers the key from the record Redis then holds.
 	Remember(ctx context.Context, a crowdpass.Admission, rec crowdpass.KeyRecord) (res crowdpass.AdmissionResult, stored bool, err error)
-	Abort(ctx context.Context, a crowdpass.Admission, owner string, taken int) error
+	Abort(ctx context.Context, a crowdpass.Admission, owner string, admitted crowdpass.AdmissionResult) error
 	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
 	Stock(ctx context.Context, category uuid.UUID) (n int, known bool, err error)
 	SetStock(ctx context.Context, category uuid.UUID, saw int, known bool, n int) (bool, error)

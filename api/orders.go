@@ -133,7 +133,8 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		s.answerRemembered(r.Context(), w, adm, rec)
 		return
 	}
-	owner, taken, gated, acceptedAt := "", 0, !s.redisDown.Load(), adm.AcceptedAt
+	owner, gated, acceptedAt := "", !s.redisDown.Load(), adm.AcceptedAt
+	var admitted crowdpass.AdmissionResult
 	if gated {
 		owner = newOwner()
 		// The admission runs to its end even if the client goes away: its
@@ -178,8 +179,8 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 				problem.WriteAnswer(w, res.Answer)
 				return
 			}
-			taken = res.Taken
-			if !res.AcceptedAt.IsZero() {
+			admitted = res
+			if res.TookOver {
 				acceptedAt = res.AcceptedAt
 			}
 		}
@@ -204,7 +205,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	if err := s.enqueue(r.Context(), req); err != nil {
 		s.log.Warn("order not queued", "order_id", req.OrderID, "err", err)
 		if gated {
-			s.abort(adm, owner, taken)
+			s.abort(adm, owner, admitted)
 		}
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the order could not be queued; nothing was created, retry with the same Idempotency-Key"))
 		return
@@ -307,13 +308,13 @@ func (s *Server) enqueue(ctx context.Context, req crowdpass.OrderRequest) error 
 	return err
 }
 
-func (s *Server) abort(adm crowdpass.Admission, owner string, taken int) {
-	if taken > 0 {
+func (s *Server) abort(adm crowdpass.Admission, owner string, admitted crowdpass.AdmissionResult) {
+	if admitted.Taken > 0 {
 		s.edge.forget(adm.CategoryID) // stock comes back: the sold-out view is stale
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if err := s.gate.Abort(ctx, adm, owner, taken); err != nil {
+	if err := s.gate.Abort(ctx, adm, owner, admitted); err != nil {
 		s.log.Warn("admission not undone; the in-flight mark expires and the gate is reconciled later", "order_id", adm.OrderID, "err", err)
 	}
 }

@@ -1,19 +1,24 @@
 -- Undo an admission whose order could not be queued.
 -- KEYS[1] the key's record, KEYS[2] the category's gate stock.
--- ARGV: owner of the admission, tickets it took, its acceptance time.
--- A mark whose acceptance time is not the attempt's own was inherited from
--- an attempt that died (admit.lua): that attempt's order may be queued, so
--- the mark stays, past its deadline, for the next retry to take over with
--- that time. Any other mark of this attempt goes.
+-- ARGV: owner of the admission, tickets it took, '1' if it took the key
+-- over from an attempt that died (admit.lua).
+-- The attempt's mark goes, unless it took the key over: the dead attempt's
+-- order may be queued, so the mark stays, its deadline passed, for the next
+-- retry to take over at once, with the dead attempt's time.
 local rec = redis.call('GET', KEYS[1])
 if rec then
-  local status, fp, owner, n, rest = string.match(rec, '^(%d+)\n([^\n]*)\n([^@\n]*)@[^\n]*\n(%d+)\n(.*)$')
+  local status, fp, owner, rest = string.match(rec, '^(%d+)\n([^\n]*)\n([^@\n]*)@[^\n]*(\n.*)$')
   if status == '0' and owner == ARGV[1] then
-    local at = string.sub(rest, tonumber(n) + 1)
-    if at == '' or at == ARGV[3] then
-      redis.call('DEL', KEYS[1])
+    if ARGV[3] == '1' then
+      local dead = status .. '\n' .. fp .. '\n' .. owner .. '@0' .. rest
+      local ttl = redis.call('PTTL', KEYS[1]) -- not KEEPTTL: Redis 5 runs this too
+      if ttl > 0 then
+        redis.call('SET', KEYS[1], dead, 'PX', ttl)
+      else
+        redis.call('SET', KEYS[1], dead)
+      end
     else
-      redis.call('SET', KEYS[1], status .. '\n' .. fp .. '\n' .. owner .. '@0\n' .. n .. '\n' .. rest, 'KEEPTTL')
+      redis.call('DEL', KEYS[1])
     end
   end
 end

@@ -109,6 +109,7 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 		taken, _ := res[1].(int64)
 		r := crowdpass.AdmissionResult{Verdict: crowdpass.Admitted, Taken: int(taken)}
 		if len(res) == 3 { // taken over: the dead attempt's time
+			r.TookOver = true
 			at, _ := res[2].(string)
 			if us, err := strconv.ParseInt(at, 10, 64); err == nil {
 				r.AcceptedAt = crowdpass.NewTime(time.UnixMicro(us))
@@ -223,11 +224,17 @@ func (g *Redis) Complete(ctx context.Context, a crowdpass.Admission, answer crow
 	return nil
 }
 
-// Abort undoes an admission whose order could not be queued: the in-flight
-// mark goes (if it is still this attempt's) and the taken stock comes back
-// (if the gate still has the category).
-func (g *Redis) Abort(ctx context.Context, a crowdpass.Admission, owner string, taken int) error {
-	err := abortScript.Run(ctx, g.rdb, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)}, owner, taken, acceptedAt(a.AcceptedAt)).Err()
+// Abort undoes admitted, an admission whose order could not be queued: the
+// taken stock comes back (if the gate still has the category), and the
+// in-flight mark, if it is still this attempt's, goes; for a key taken over,
+// whose dead attempt's order may be queued, it stays, past its deadline,
+// for the next retry to take over at once.
+func (g *Redis) Abort(ctx context.Context, a crowdpass.Admission, owner string, admitted crowdpass.AdmissionResult) error {
+	keep := ""
+	if admitted.TookOver {
+		keep = "1"
+	}
+	err := abortScript.Run(ctx, g.rdb, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)}, owner, admitted.Taken, keep).Err()
 	if err != nil {
 		return fmt.Errorf("aborting admission: %w", err)
 	}

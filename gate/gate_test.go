@@ -116,13 +116,13 @@ func TestAbortGivesBackOnlyItsOwnAdmission(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Another attempt's abort must not clear this attempt's mark.
-	if err := g.Abort(ctx, a, "someone-else", 0); err != nil {
+	if err := g.Abort(ctx, a, "someone-else", crowdpass.AdmissionResult{Verdict: crowdpass.Admitted}); err != nil {
 		t.Fatal(err)
 	}
 	if r, _ := g.Admit(ctx, a, "again"); r.Verdict != crowdpass.InProgress {
 		t.Errorf("mark cleared by a foreign abort: %+v", r)
 	}
-	if err := g.Abort(ctx, a, "mine", 2); err != nil {
+	if err := g.Abort(ctx, a, "mine", crowdpass.AdmissionResult{Verdict: crowdpass.Admitted, Taken: 2}); err != nil {
 		t.Fatal(err)
 	}
 	if n, _, _ := g.Stock(ctx, cat); n != 5 {
@@ -131,7 +131,7 @@ func TestAbortGivesBackOnlyItsOwnAdmission(t *testing.T) {
 	// A fresh attempt's abort frees the key: nothing was created, so the
 	// retry is a new admission, with its own time.
 	a.AcceptedAt = crowdpass.NewTime(a.AcceptedAt.Add(time.Second))
-	if r, _ := g.Admit(ctx, a, "retry"); r.Verdict != crowdpass.Admitted || r.Taken != 2 || !r.AcceptedAt.IsZero() {
+	if r, _ := g.Admit(ctx, a, "retry"); r.Verdict != crowdpass.Admitted || r.Taken != 2 || r.TookOver || !r.AcceptedAt.IsZero() {
 		t.Errorf("retry after abort: %+v", r)
 	}
 }
@@ -235,11 +235,11 @@ func TestSoldOutReportsTheStockItSaw(t *testing.T) {
 // and its key must not be answered sold_out.
 func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 	t.Parallel()
-	g := setupInFlight(t, 300*time.Millisecond)
+	g := setupInFlight(t, time.Second)
 	ctx, cat := withStock(t, g, 1)
-	a := admission("alice", "k", cat, 1)
+	a := admission("alice\nsmith", "k", cat, 1) // a newline in the customer: the scripts count its bytes
 	dead := a.AcceptedAt
-	if r, err := g.Admit(ctx, a, "dead"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 1 || !r.AcceptedAt.IsZero() {
+	if r, err := g.Admit(ctx, a, "dead"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 1 || r.TookOver || !r.AcceptedAt.IsZero() {
 		t.Fatalf("first admission %+v, %v", r, err)
 	}
 	a.AcceptedAt = crowdpass.NewTime(dead.Add(time.Minute)) // each retry's own time
@@ -258,7 +258,7 @@ func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 		took = r
 		return r.Verdict != crowdpass.InProgress
 	}, "the key taken over")
-	if took.Verdict != crowdpass.Admitted || took.Taken != 0 || !took.AcceptedAt.Equal(dead.Time) {
+	if took.Verdict != crowdpass.Admitted || took.Taken != 0 || !took.TookOver || !took.AcceptedAt.Equal(dead.Time) {
 		t.Fatalf("retry after the attempt's time: %+v, want admitted without stock, accepted at %v", took, dead)
 	}
 	if n, _, _ := g.Stock(ctx, cat); n != 0 {
@@ -267,11 +267,11 @@ func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 	// The new attempt owns the key, but not the dead one's order: if its
 	// own publish fails, its abort leaves the mark for the next retry to take
 	// over at once, with the dead attempt's time, still never sold_out.
-	if err := g.Abort(ctx, a, "late", 0); err != nil {
+	if err := g.Abort(ctx, a, "late", took); err != nil {
 		t.Fatal(err)
 	}
 	a.AcceptedAt = crowdpass.NewTime(dead.Add(2 * time.Minute))
-	if r, err := g.Admit(ctx, a, "after"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 0 || !r.AcceptedAt.Equal(dead.Time) {
+	if r, err := g.Admit(ctx, a, "after"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 0 || !r.TookOver || !r.AcceptedAt.Equal(dead.Time) {
 		t.Errorf("admission after the takeover's abort: %+v, %v; want admitted without stock, accepted at %v", r, err, dead)
 	}
 }
