@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/crowdpass/crowdpass"
@@ -54,7 +53,20 @@ func (s *Store) CreateEvent(ctx context.Context, spec crowdpass.EventSpec) (crow
 		limit = *spec.MaxPerCustomer
 	}
 	var event crowdpass.Event
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	// The statements run within ctx's deadline, and one that passes rolls
+	// the event back; the commit, once sent, is waited for apart from it
+	// (at most commitTimeout), so that a caller whose time ran out never
+	// reports as not created an event that was.
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return crowdpass.Event{}, translate(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+		defer cancel()
+		_ = tx.Rollback(ctx) // a no-op after the commit
+	}()
+	err = func() error {
 		q := db.New(tx)
 		row, err := q.EventInsert(ctx, db.EventInsertParams{
 			ID:             uuid.Must(uuid.NewV7()),
@@ -83,9 +95,20 @@ func (s *Store) CreateEvent(ctx context.Context, spec crowdpass.EventSpec) (crow
 		}
 		event = eventFromRows(row, cats)
 		return nil
-	})
-	return event, translate(err)
+	}()
+	if err == nil {
+		commitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+		err = tx.Commit(commitCtx)
+		cancel()
+	}
+	if err != nil {
+		return crowdpass.Event{}, translate(err)
+	}
+	return event, nil
 }
+
+// commitTimeout bounds the wait for a commit already sent, or a rollback.
+const commitTimeout = 30 * time.Second
 
 // Event returns an event with its categories' current stock.
 func (s *Store) Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error) {
