@@ -55,7 +55,8 @@ type Config struct {
 	// WriteTimeout bounds each write (default 15s); PingInterval is how often
 	// sockets are pinged (default 20s).
 	WriteTimeout, PingInterval time.Duration
-	// LookupTimeout bounds a subscribe's read of the order (default 2s).
+	// LookupTimeout bounds each of a subscribe's reads: the order in the
+	// database, then, if that fails, its stored 202 in the gate (default 2s).
 	LookupTimeout      time.Duration
 	RetryMin, RetryMax time.Duration
 	Logger             *slog.Logger

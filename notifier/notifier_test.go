@@ -278,7 +278,7 @@ func TestSubscribeAnswersPendingWhileTheDatabaseStalls(t *testing.T) {
 	t.Cleanup(pool.Close)
 	proxy.Stall()
 	t.Cleanup(proxy.Resume) // first: lets the pool's connection attempt end
-	_, url := b.notifierOver(notifier.Config{LookupTimeout: 300 * time.Millisecond}, nil, postgres.NewStore(pool, nil), g)
+	_, url := b.notifierOver(notifier.Config{LookupTimeout: time.Second}, nil, postgres.NewStore(pool, nil), g)
 	alice := b.dial(url, "alice")
 	if err := alice.Write(testkit.Context(t), websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","order_id":%q}`, order.OrderID)); err != nil {
 		t.Fatal(err)

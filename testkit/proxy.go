@@ -18,6 +18,7 @@ type Proxy struct {
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
 	refused bool
+	closed  bool
 	flowing chan struct{} // closed while bytes flow; open while stalled
 	done    chan struct{} // closed when the proxy closes
 	wg      sync.WaitGroup
@@ -111,15 +112,22 @@ func (p *Proxy) accept() {
 			return
 		}
 		p.mu.Lock()
-		if p.refused {
-			p.mu.Unlock()
+		refused := p.refused
+		p.mu.Unlock()
+		if refused {
 			client.Close()
 			continue
 		}
-		server, err := net.Dial("tcp", p.target)
+		server, err := net.Dial("tcp", p.target) // not under p.mu: flowing bytes take it
 		if err != nil {
+			client.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.refused || p.closed {
 			p.mu.Unlock()
 			client.Close()
+			server.Close()
 			continue
 		}
 		p.conns[client] = struct{}{}
@@ -134,13 +142,15 @@ func (p *Proxy) accept() {
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
 	// A copy ends with an error whenever a side is cut; that is the point.
+	// While stalled, a side's close waits as its bytes do: a stopped server
+	// sees nothing.
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
+		if !p.flow() {
+			break
+		}
 		if n > 0 {
-			if !p.flow() {
-				break
-			}
 			if _, err := dst.Write(buf[:n]); err != nil {
 				break
 			}
@@ -172,6 +182,9 @@ func (p *Proxy) flow() bool {
 
 func (p *Proxy) close() {
 	close(p.done)
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
 	p.ln.Close()
 	p.Cut()
 	p.wg.Wait()
