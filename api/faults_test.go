@@ -2,7 +2,6 @@ package api_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -47,16 +46,9 @@ func TestOrdersAreAcceptedWhileTheDatabaseIsLocked(t *testing.T) {
 	h := setup(t, options{workers: 2})
 	event := h.event(4, 5000)
 
-	// Hold every order table in ACCESS EXCLUSIVE mode, as a stalled database would.
+	// Hold every order table, as a stalled database would.
 	ctx := testkit.Context(t)
-	tx, err := h.db.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "LOCK TABLE orders, tickets, outbox, ticket_categories IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	tx := h.lock("orders, tickets, outbox, ticket_categories")
 	const n = 2000
 	statuses := h.buy("locked", n, 32, event, 0)
 	if statuses[http.StatusAccepted] != n {
@@ -85,14 +77,7 @@ func TestCreatingAnEventWhileTheDatabaseIsLockedAnswersUnavailable(t *testing.T)
 	t.Parallel()
 	h := setup(t, options{})
 	ctx := testkit.Context(t)
-	tx, err := h.db.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "LOCK TABLE events IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	tx := h.lock("events")
 	admin, _ := h.authority.Issue("root", true, time.Hour)
 	r := h.do(http.MethodPost, "/events", http.Header{"Authorization": {"Bearer " + admin}, "Content-Type": {"application/json"}},
 		[]byte(`{"name":"Final","categories":[{"name":"A","capacity":10}]}`))

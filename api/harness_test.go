@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
@@ -146,6 +147,22 @@ func (h *harness) waitCatalog(id fmt.Stringer) {
 		r := h.do(http.MethodGet, "/events/"+id.String(), nil, nil)
 		return r.status == http.StatusOK
 	}, "event in the catalog")
+}
+
+// lock holds tables in ACCESS EXCLUSIVE mode in a transaction the caller
+// rolls back to let go (or the test's end does).
+func (h *harness) lock(tables string) pgx.Tx {
+	h.t.Helper()
+	ctx := testkit.Context(h.t)
+	tx, err := h.db.Pool.Begin(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+tables+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		h.t.Fatal(err)
+	}
+	return tx
 }
 
 func (h *harness) token(customer string) string {
