@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -109,8 +110,11 @@ type Server struct {
 	metrics     *metrics
 	router      chi.Router
 
-	redisDown  atomic.Bool
-	publishing atomic.Int64 // orders between gate and confirm in this process
+	redisDown atomic.Bool
+	// slowInFlight holds the keys this process is queueing without the
+	// gate, with their payloads' fingerprints (see postOrder).
+	slowInFlight sync.Map
+	publishing   atomic.Int64 // orders between gate and confirm in this process
 }
 
 // New returns the API; Handler serves it and Run keeps its caches fresh.

@@ -310,6 +310,26 @@ func TestRedisDownOrdersTakeTheSlowPath(t *testing.T) {
 	if n := h.countOrders("customer_id = 'alice'"); n != 1 {
 		t.Errorf("%d orders for one key on the slow path", n)
 	}
+	// A double click on the slow path: this process keeps the two apart
+	// itself, so every 202 is the first one.
+	clicks := make([]reply, 8)
+	var wg sync.WaitGroup
+	for i := range clicks {
+		wg.Go(func() { clicks[i] = h.order("carol", "k", orderJSON(event, 0, 1)) })
+	}
+	wg.Wait()
+	var accepted []byte
+	for _, c := range clicks {
+		switch {
+		case c.status == http.StatusConflict && c.problem(t)["code"] == string(crowdpass.ERequestInProgress):
+		case c.status != http.StatusAccepted:
+			t.Errorf("a click on the slow path: %d %s", c.status, c.body)
+		case accepted == nil:
+			accepted = c.body
+		case !bytes.Equal(c.body, accepted):
+			t.Errorf("two 202s for one key on the slow path: %s / %s", accepted, c.body)
+		}
+	}
 	h.redisProxy.Allow()
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		return h.order("bob", "k", orderJSON(event, 0, 1)).status == http.StatusAccepted &&

@@ -167,10 +167,10 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 				replay(w, adm.OrderID, res.Answer)
 				return
 			case crowdpass.Mismatch:
-				problem.WriteError(w, crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload"))
+				problem.WriteError(w, errKeyMismatch)
 				return
 			case crowdpass.InProgress:
-				problem.WriteError(w, crowdpass.Errorf(crowdpass.ERequestInProgress, "the first request with this Idempotency-Key is still being handled"))
+				problem.WriteError(w, errInProgress)
 				return
 			case crowdpass.OutsideWindow:
 				problem.WriteError(w, windowErr())
@@ -189,6 +189,23 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		s.metrics.slowPath.Inc()
 		if adm.Window != "" {
 			problem.WriteError(w, windowErr())
+			return
+		}
+		// Without the gate this process keeps a key's concurrent requests
+		// apart itself, as the gate would: the first queues the order, and
+		// the others are in progress or mismatched until it is remembered
+		// (Recent). Another process cannot be told.
+		if held, busy := s.slowInFlight.LoadOrStore(adm.OrderID, adm.Fingerprint); busy {
+			if held != adm.Fingerprint {
+				problem.WriteError(w, errKeyMismatch)
+				return
+			}
+			problem.WriteError(w, errInProgress)
+			return
+		}
+		defer s.slowInFlight.Delete(adm.OrderID)
+		if rec, ok := s.remembered(customer, adm.OrderID); ok { // answered since the look above
+			s.answerRemembered(r.Context(), w, adm, rec)
 			return
 		}
 	}
@@ -229,6 +246,12 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Location", "/orders/"+req.OrderID.String())
 	problem.WriteAnswer(w, answer)
 }
+
+// The idempotency step's refusals, the same wherever it runs.
+var (
+	errKeyMismatch = crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload")
+	errInProgress  = crowdpass.Errorf(crowdpass.ERequestInProgress, "the first request with this Idempotency-Key is still being handled")
+)
 
 var replayedTrue = []string{"true"} // shared: see problem.WriteAnswer
 
@@ -282,10 +305,10 @@ func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, ad
 	s.metrics.remembered.WithLabelValues(how).Inc()
 	switch {
 	case res.Verdict == crowdpass.Mismatch:
-		problem.WriteError(w, crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload"))
+		problem.WriteError(w, errKeyMismatch)
 	case res.Verdict == crowdpass.InProgress:
 		// This payload's own attempt, elsewhere, after Redis lost the key.
-		problem.WriteError(w, crowdpass.Errorf(crowdpass.ERequestInProgress, "the first request with this Idempotency-Key is still being handled"))
+		problem.WriteError(w, errInProgress)
 	case res.Answer.Status == 0:
 		replay(w, adm.OrderID, rec.Answer) // never expected: the memory is the answer
 	default:
