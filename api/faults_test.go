@@ -256,6 +256,59 @@ func TestAKeyRedisLostIsAnsweredWithItsOrder(t *testing.T) {
 // After Redis lost a key, another payload sent under it to another API
 // process is in flight there; the same payload sent here, where the first
 // order is remembered, is told so, never a 5xx.
+// A key another API process accepted, and a worker decided, is known here
+// by its outcome (the notifier of this process passes it to Recent.Decided):
+// once Redis has lost the key, a retry here is answered with that order's
+// 202, not sold_out, though the gate has no ticket left.
+func TestAKeyDecidedElsewhereIsAnsweredWithItsOrderAfterRedisLostIt(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 1})
+	event := h.event(4, 1)
+	cat := event.Categories[0]
+	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: cat.ID, Quantity: 1}
+	// What the other process did: admit, queue, answer.
+	adm := crowdpass.Admission{
+		OrderID: crowdpass.OrderID("alice", "k"), CustomerID: "alice", Fingerprint: payload.Fingerprint(),
+		CategoryID: cat.ID, Quantity: 1, SoldOut: crowdpass.Answer{Status: http.StatusConflict, Body: []byte("{}\n")},
+		AcceptedAt: crowdpass.NewTime(time.Now().Add(-time.Minute)),
+	}
+	if r, err := h.gate.Admit(testkit.Context(t), adm, "elsewhere"); err != nil || r.Verdict != crowdpass.Admitted {
+		t.Fatalf("admission %+v, %v", r, err)
+	}
+	queue := broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}
+	if err := queue.Enqueue(testkit.Context(t), crowdpass.OrderRequest{
+		OrderID: adm.OrderID, CustomerID: "alice", IdempotencyKey: "k", EventID: event.ID, CategoryID: cat.ID,
+		Quantity: 1, AcceptedAt: adm.AcceptedAt,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
+	// Its outcome reaches this process, as the notifier passes it on.
+	var payloadJSON []byte
+	if err := h.db.Pool.QueryRow(testkit.Context(t), "SELECT payload FROM outbox WHERE aggregate_id = $1", adm.OrderID).Scan(&payloadJSON); err != nil {
+		t.Fatal(err)
+	}
+	var out crowdpass.Outcome
+	if err := json.Unmarshal(payloadJSON, &out); err != nil {
+		t.Fatal(err)
+	}
+	h.recent.Decided(out)
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	h.waitGate(cat.ID, 0) // rebuilt from PostgreSQL: sold out
+	r := h.order("alice", "k", orderJSON(event, 0, 1))
+	if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() || r.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("a retry after Redis lost a key decided elsewhere: %d %s, want its order's 202 replayed", r.status, r.body)
+	}
+	if at := r.problem(t)["accepted_at"]; at != adm.AcceptedAt.String() {
+		t.Errorf("replayed 202 accepted at %v, want %s", at, adm.AcceptedAt)
+	}
+	if n := h.countOrders("customer_id = 'alice'"); n != 1 {
+		t.Errorf("%d orders for alice's key", n)
+	}
+}
+
 func TestAnotherPayloadInFlightElsewhereAfterALossIsInProgress(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{})

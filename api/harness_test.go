@@ -50,6 +50,7 @@ type harness struct {
 	url        string
 	client     *http.Client
 	authority  *auth.Authority
+	recent     *api.Recent
 	amqpProxy  *testkit.Proxy
 	redisProxy *testkit.Proxy
 	workers    []*worker.Worker
@@ -87,7 +88,9 @@ func setup(t testing.TB, opts options) *harness {
 		URL: amqpURL, Name: "api-test", Declare: h.topo.Declare, Logger: log,
 		Channels: 4, RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
 	})
+	h.recent = api.NewRecent(0)
 	h.server = api.New(api.Config{
+		Recent:            h.recent,
 		PublishTimeout:    2 * time.Second,
 		WriteTimeout:      3 * time.Second,
 		ReconcileInterval: cmp.Or(opts.reconcile, 50*time.Millisecond),

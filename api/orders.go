@@ -63,6 +63,14 @@ type accepted struct {
 	AcceptedAt crowdpass.Time        `json:"accepted_at"`
 }
 
+// acceptedAnswer is the 202 for an accepted order, byte for byte wherever
+// it is built: when the order is queued, and again from its outcome
+// (Recent.Decided).
+func acceptedAnswer(a accepted) crowdpass.Answer {
+	body, _ := json.Marshal(a)
+	return crowdpass.Answer{Status: http.StatusAccepted, Body: append(body, '\n')}
+}
+
 // postOrder runs the contract's checks in its order: auth (middleware), the
 // key, media type, size, shape, fields, catalog, then the idempotency step,
 // window and stock in one atomic gate call, then the durable publish.
@@ -227,11 +235,10 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the order could not be queued; nothing was created, retry with the same Idempotency-Key"))
 		return
 	}
-	answerBody, _ := json.Marshal(accepted{
+	answer := acceptedAnswer(accepted{
 		OrderID: req.OrderID, Status: crowdpass.StatusPending, EventID: req.EventID,
 		CategoryID: req.CategoryID, Quantity: req.Quantity, AcceptedAt: req.AcceptedAt,
 	})
-	answer := crowdpass.Answer{Status: http.StatusAccepted, Body: append(answerBody, '\n')}
 	s.cfg.Recent.add(req.OrderID, crowdpass.KeyRecord{CustomerID: customer, Fingerprint: adm.Fingerprint, Answer: answer})
 	if gated {
 		// The order is queued whatever happens now; if the answer cannot be

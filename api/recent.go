@@ -13,7 +13,10 @@ import (
 // Recent remembers the orders this process accepted lately, with their 202
 // answers, so that an order accepted while Redis was down, or whose record
 // Redis has lost, still reads as pending (GET /orders/{id}, a WebSocket
-// subscribe) until a worker has decided it and PostgreSQL knows it.
+// subscribe) until a worker has decided it and PostgreSQL knows it. It also
+// remembers the orders decided lately by any process, as their outcomes
+// reach this process's notifier (Decided): a key whose record Redis lost is
+// then answered with its order's 202 here too, never as new, never sold_out.
 //
 // It holds between size and 2×size orders: two generations, the older
 // dropped whole when the newer fills.
@@ -22,14 +25,14 @@ type Recent struct {
 	orders *generations.Map[uuid.UUID, crowdpass.KeyRecord]
 }
 
-// NewRecent returns a Recent of the given size (default 1<<15: at about
-// 400 bytes an order, 13 to 26 MB once full). A pending order needs it
+// NewRecent returns a Recent of the given size (default 1<<16: at about
+// 400 bytes an order, 26 to 52 MB once full). A pending order needs it
 // until a worker decides it, seconds at most unless PostgreSQL is down; a
 // key whose record Redis lost is answered from it as long as it is held
 // (postOrder's answerRemembered), which a sale of 50,000 orders covers.
 func NewRecent(size int) *Recent {
 	if size <= 0 {
-		size = 1 << 15
+		size = 1 << 16
 	}
 	return &Recent{orders: generations.New[uuid.UUID, crowdpass.KeyRecord](size)}
 }
@@ -38,6 +41,23 @@ func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.orders.Put(id, rec)
+}
+
+// Decided remembers a decided order by its outcome, with the 202 its
+// acceptance was answered with, rebuilt from the outcome's fields. An order
+// held already (this process accepted it) is left as it is: the same 202.
+func (r *Recent) Decided(out crowdpass.Outcome) {
+	if _, ok := r.get(out.ID); ok {
+		return
+	}
+	r.add(out.ID, crowdpass.KeyRecord{
+		CustomerID:  out.CustomerID,
+		Fingerprint: crowdpass.OrderPayload{EventID: out.EventID, CategoryID: out.CategoryID, Quantity: out.Quantity}.Fingerprint(),
+		Answer: acceptedAnswer(accepted{
+			OrderID: out.ID, Status: crowdpass.StatusPending, EventID: out.EventID,
+			CategoryID: out.CategoryID, Quantity: out.Quantity, AcceptedAt: out.AcceptedAt,
+		}),
+	})
 }
 
 func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {

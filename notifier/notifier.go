@@ -55,6 +55,10 @@ type Config struct {
 	// WriteTimeout bounds each write (default 15s); PingInterval is how often
 	// sockets are pinged (default 20s).
 	WriteTimeout, PingInterval time.Duration
+	// Decided, if set, is given every outcome the notifier learns of, from
+	// the relay of its process or from the broker, at least once: the API of
+	// the same process remembers decided orders with it (api.Recent.Decided).
+	Decided func(crowdpass.Outcome)
 	// LookupTimeout bounds each of a subscribe's reads: the order in the
 	// database, then, if that fails, its stored 202 in the gate (default 2s).
 	LookupTimeout      time.Duration
@@ -214,6 +218,7 @@ func (n *Notifier) Deliver(rows []crowdpass.OutboxMessage) {
 			continue
 		}
 		n.observeLag(out, "local")
+		n.decided(out)
 		n.push(out)
 	}
 }
@@ -229,7 +234,14 @@ func (n *Notifier) fromBroker(d amqp.Delivery) {
 	if id, err := strconv.ParseInt(d.MessageId, 10, 64); err == nil && n.handed.take(id, out.ID) {
 		return
 	}
+	n.decided(out)
 	n.push(out)
+}
+
+func (n *Notifier) decided(out crowdpass.Outcome) {
+	if n.cfg.Decided != nil {
+		n.cfg.Decided(out)
+	}
 }
 
 func (n *Notifier) decode(payload []byte, messageID string) (crowdpass.Outcome, bool) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
@@ -177,10 +178,15 @@ func TestARelayInTheSameProcessHandsOutcomesOverOnce(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	reg := prometheus.NewRegistry()
-	local, url1 := b.notifier(notifier.Config{Name: "n1", Registry: reg}, nil)
-	_, url2 := b.notifier(notifier.Config{Name: "n2"}, nil)
+	var decided1, decided2 decidedOrders
+	local, url1 := b.notifier(notifier.Config{Name: "n1", Registry: reg, Decided: decided1.add}, nil)
+	_, url2 := b.notifier(notifier.Config{Name: "n2", Decided: decided2.add}, nil)
 	b.pipelineWith(local.Deliver)
 	alice := b.aliceAndBob(url1, url2)
+	// Both notifiers tell their API of both decided orders: one as the
+	// relay hands them over, the other from the broker.
+	testkit.Eventually(t, 20*time.Second, func() bool { return decided1.len() == 2 && decided2.len() == 2 },
+		"both orders passed to Decided by both notifiers")
 	// Both outcomes reached the local notifier twice: from its relay and
 	// from the broker.
 	testkit.Eventually(t, 20*time.Second, func() bool {
@@ -300,6 +306,27 @@ func TestABuyerOnEitherNotifierGetsTheOutcome(t *testing.T) {
 // aliceAndBob connects alice to the notifier at url1 and bob to the one at
 // url2, orders one ticket for each, checks that each gets their own outcome,
 // and returns alice's socket.
+// decidedOrders records what a notifier passes to Config.Decided.
+type decidedOrders struct {
+	mu     sync.Mutex
+	orders map[uuid.UUID]bool
+}
+
+func (d *decidedOrders) add(out crowdpass.Outcome) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.orders == nil {
+		d.orders = map[uuid.UUID]bool{}
+	}
+	d.orders[out.ID] = true
+}
+
+func (d *decidedOrders) len() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.orders)
+}
+
 func (b *bundle) aliceAndBob(url1, url2 string) *websocket.Conn {
 	b.t.Helper()
 	event := testkit.CreateEvent(b.t, b.store, 4, 10)

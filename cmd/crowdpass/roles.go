@@ -128,7 +128,9 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		g.Go(func() error { return w.Run(ctx) })
 	}
 	// The orders this process accepts lately, for reads of pending orders
-	// that Redis does not hold (it was down, or lost them).
+	// that Redis does not hold (it was down, or lost them), and, where the
+	// notifier runs too, those any process decided lately, for keys whose
+	// record Redis lost.
 	recent := api.NewRecent(0)
 	var (
 		ws    http.Handler
@@ -139,8 +141,13 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		if redisGate != nil {
 			pending = recent.Pending(redisGate)
 		}
+		var decided func(crowdpass.Outcome)
+		if roles["api"] {
+			decided = recent.Decided
+		}
 		n := notifier.New(notifier.Config{
 			AMQPURL: cfg.AMQPURL, Topology: topo, AllowedOrigins: cfg.AllowedOrigins, Logger: log, Registry: registry,
+			Decided: decided,
 		}, readStore, pending, authority)
 		checks = append(checks, api.Check{Name: "notifier", Critical: true, OK: func(context.Context) bool { return n.Ready() }})
 		g.Go(func() error { return n.Run(ctx) })
