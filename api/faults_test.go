@@ -224,12 +224,7 @@ func TestAKeyRedisLostIsAnsweredWithItsOrder(t *testing.T) {
 	if r := h.order("bob", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
 		t.Fatalf("bob's order: %d %s", r.status, r.body)
 	}
-	replies := make([]reply, 8)
-	var wg sync.WaitGroup
-	for i := range replies {
-		wg.Go(func() { replies[i] = h.order("alice", "k", orderJSON(event, 0, 1)) })
-	}
-	wg.Wait()
+	replies := h.orders(8, "alice", "k", orderJSON(event, 0, 1))
 	for _, r := range replies {
 		if r.status != http.StatusAccepted || !bytes.Equal(r.body, first.body) || r.header.Get("Idempotent-Replayed") != "true" ||
 			r.header.Get("Location") != first.header.Get("Location") {
@@ -253,9 +248,6 @@ func TestAKeyRedisLostIsAnsweredWithItsOrder(t *testing.T) {
 	}
 }
 
-// After Redis lost a key, another payload sent under it to another API
-// process is in flight there; the same payload sent here, where the first
-// order is remembered, is told so, never a 5xx.
 // A key another API process accepted, and a worker decided, is known here
 // by its outcome (the notifier of this process passes it to Recent.Decided):
 // once Redis has lost the key, a retry here is answered with that order's
@@ -265,23 +257,7 @@ func TestAKeyDecidedElsewhereIsAnsweredWithItsOrderAfterRedisLostIt(t *testing.T
 	h := setup(t, options{workers: 1})
 	event := h.event(4, 1)
 	cat := event.Categories[0]
-	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: cat.ID, Quantity: 1}
-	// What the other process did: admit, queue, answer.
-	adm := crowdpass.Admission{
-		OrderID: crowdpass.OrderID("alice", "k"), CustomerID: "alice", Fingerprint: payload.Fingerprint(),
-		CategoryID: cat.ID, Quantity: 1, SoldOut: crowdpass.Answer{Status: http.StatusConflict, Body: []byte("{}\n")},
-		AcceptedAt: crowdpass.NewTime(time.Now().Add(-time.Minute)),
-	}
-	if r, err := h.gate.Admit(testkit.Context(t), adm, "elsewhere"); err != nil || r.Verdict != crowdpass.Admitted {
-		t.Fatalf("admission %+v, %v", r, err)
-	}
-	queue := broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}
-	if err := queue.Enqueue(testkit.Context(t), crowdpass.OrderRequest{
-		OrderID: adm.OrderID, CustomerID: "alice", IdempotencyKey: "k", EventID: event.ID, CategoryID: cat.ID,
-		Quantity: 1, AcceptedAt: adm.AcceptedAt,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	adm := h.acceptedElsewhere(event, "alice", "k") // and answered there
 	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
 	// Its outcome reaches this process, as the notifier passes it on.
 	var payloadJSON []byte
@@ -309,6 +285,9 @@ func TestAKeyDecidedElsewhereIsAnsweredWithItsOrderAfterRedisLostIt(t *testing.T
 	}
 }
 
+// After Redis lost a key, another payload sent under it to another API
+// process is in flight there; the same payload sent here, where the first
+// order is remembered, is told so, never a 5xx.
 func TestAnotherPayloadInFlightElsewhereAfterALossIsInProgress(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{})
@@ -365,12 +344,7 @@ func TestRedisDownOrdersTakeTheSlowPath(t *testing.T) {
 	}
 	// A double click on the slow path: this process keeps the two apart
 	// itself, so every 202 is the first one.
-	clicks := make([]reply, 8)
-	var wg sync.WaitGroup
-	for i := range clicks {
-		wg.Go(func() { clicks[i] = h.order("carol", "k", orderJSON(event, 0, 1)) })
-	}
-	wg.Wait()
+	clicks := h.orders(8, "carol", "k", orderJSON(event, 0, 1))
 	var accepted []byte
 	for _, c := range clicks {
 		switch {
@@ -428,25 +402,9 @@ func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{workers: 1})
 	event := h.event(4, 1)
-	cat := event.Categories[0]
-	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: cat.ID, Quantity: 1}
-	adm := crowdpass.Admission{
-		OrderID: crowdpass.OrderID("alice", "k"), CustomerID: "alice", Fingerprint: payload.Fingerprint(),
-		CategoryID: cat.ID, Quantity: 1, SoldOut: crowdpass.Answer{Status: http.StatusConflict, Body: []byte("{}\n")},
-		AcceptedAt: crowdpass.NewTime(time.Now().Add(-time.Minute)),
-	}
 	// What the dead process did: admit (taking the last ticket at the gate)
 	// and queue the order; it never stored an answer.
-	if r, err := h.gate.Admit(testkit.Context(t), adm, "dead"); err != nil || r.Verdict != crowdpass.Admitted {
-		t.Fatalf("admission %+v, %v", r, err)
-	}
-	queue := broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}
-	if err := queue.Enqueue(testkit.Context(t), crowdpass.OrderRequest{
-		OrderID: adm.OrderID, CustomerID: "alice", IdempotencyKey: "k", EventID: event.ID, CategoryID: cat.ID,
-		Quantity: 1, AcceptedAt: adm.AcceptedAt,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	adm := h.acceptedElsewhere(event, "alice", "k")
 	var r reply
 	testkit.Eventually(t, 20*time.Second, func() bool {
 		r = h.order("alice", "k", orderJSON(event, 0, 1))

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,6 +167,43 @@ func (h *harness) lock(tables string) pgx.Tx {
 		h.t.Fatal(err)
 	}
 	return tx
+}
+
+// orders sends n requests of one key at once, as a crowd of clicks would.
+func (h *harness) orders(n int, customer, key string, body []byte) []reply {
+	replies := make([]reply, n)
+	var wg sync.WaitGroup
+	for i := range replies {
+		wg.Go(func() { replies[i] = h.order(customer, key, body) })
+	}
+	wg.Wait()
+	return replies
+}
+
+// acceptedElsewhere does what another API process does with a purchase of
+// one ticket of event's first category: it admits the key at the gate
+// (taking the ticket) and queues the order, accepted a minute ago, and
+// stores no answer here. The admission is returned.
+func (h *harness) acceptedElsewhere(event crowdpass.Event, customer, key string) crowdpass.Admission {
+	h.t.Helper()
+	t, cat := h.t, event.Categories[0]
+	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: cat.ID, Quantity: 1}
+	adm := crowdpass.Admission{
+		OrderID: crowdpass.OrderID(customer, key), CustomerID: customer, Fingerprint: payload.Fingerprint(),
+		CategoryID: cat.ID, Quantity: 1, SoldOut: crowdpass.Answer{Status: http.StatusConflict, Body: []byte("{}\n")},
+		AcceptedAt: crowdpass.NewTime(time.Now().Add(-time.Minute)),
+	}
+	if r, err := h.gate.Admit(testkit.Context(t), adm, "elsewhere"); err != nil || r.Verdict != crowdpass.Admitted {
+		t.Fatalf("admission %+v, %v", r, err)
+	}
+	queue := broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}
+	if err := queue.Enqueue(testkit.Context(t), crowdpass.OrderRequest{
+		OrderID: adm.OrderID, CustomerID: customer, IdempotencyKey: key, EventID: event.ID, CategoryID: cat.ID,
+		Quantity: 1, AcceptedAt: adm.AcceptedAt,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return adm
 }
 
 func (h *harness) token(customer string) string {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -94,12 +93,7 @@ func TestConcurrentSendsOfOneKeyMakeOneOrder(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{workers: 1})
 	event := h.event(4, 10)
-	replies := make([]reply, 64)
-	var wg sync.WaitGroup
-	for i := range replies {
-		wg.Go(func() { replies[i] = h.order("alice", "double-click", orderJSON(event, 0, 1)) })
-	}
-	wg.Wait()
+	replies := h.orders(64, "alice", "double-click", orderJSON(event, 0, 1))
 	var accepted []reply
 	for _, r := range replies {
 		switch {
