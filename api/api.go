@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -110,11 +109,9 @@ type Server struct {
 	metrics     *metrics
 	router      chi.Router
 
-	redisDown atomic.Bool
-	// slowInFlight holds the keys this process is queueing without the
-	// gate, with their payloads' fingerprints (see postOrder).
-	slowInFlight sync.Map
-	publishing   atomic.Int64 // orders between gate and confirm in this process
+	redisDown  atomic.Bool
+	queueing   keyHolds     // keys this process is queueing (see postOrder)
+	publishing atomic.Int64 // orders between gate and confirm in this process
 }
 
 // New returns the API; Handler serves it and Run keeps its caches fresh.

@@ -366,6 +366,33 @@ func TestRedisDownOrdersTakeTheSlowPath(t *testing.T) {
 
 // An order accepted while Redis is down reads as pending, by its owner
 // only, until a worker decides it (here none runs).
+// When Redis fails while an order is being queued, a retry of its key,
+// which takes the slow path, is in progress here, not queued a second time
+// with its own 202.
+func TestARetryWithoutRedisWaitsForTheGatedAttemptInFlight(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{proxyAMQP: true, proxyRedis: true, publishTimeout: 20 * time.Second})
+	event := h.event(4, 10)
+	h.amqpProxy.Stall() // the first attempt's publish waits
+	first := make(chan reply, 1)
+	go func() { first <- h.order("alice", "k", orderJSON(event, 0, 1)) }()
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		rec, err := h.gate.Lookup(testkit.Context(t), crowdpass.OrderID("alice", "k"))
+		return err == nil && rec.InFlight
+	}, "the first attempt admitted")
+	h.redisProxy.Refuse()
+	if r := h.order("alice", "k", orderJSON(event, 0, 1)); r.status != http.StatusConflict || r.problem(t)["code"] != string(crowdpass.ERequestInProgress) {
+		t.Errorf("a retry without Redis while the first is queueing: %d %s, want request_in_progress", r.status, r.body)
+	}
+	if r := h.order("alice", "k", orderJSON(event, 0, 2)); r.status != http.StatusUnprocessableEntity {
+		t.Errorf("another payload without Redis while the first is queueing: %d %s, want 422", r.status, r.body)
+	}
+	h.amqpProxy.Resume()
+	if r := <-first; r.status != http.StatusAccepted {
+		t.Fatalf("the first attempt: %d %s", r.status, r.body)
+	}
+}
+
 func TestOrderAcceptedWithoutRedisReadsAsPending(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{proxyRedis: true})

@@ -38,6 +38,8 @@ type options struct {
 	proxyRedis bool
 	// reconcile is the catalog's refresh interval (default 50ms).
 	reconcile time.Duration
+	// publishTimeout is the API's PUBLISH_TIMEOUT (default 2s).
+	publishTimeout time.Duration
 }
 
 type harness struct {
@@ -92,7 +94,7 @@ func setup(t testing.TB, opts options) *harness {
 	h.recent = api.NewRecent(0)
 	h.server = api.New(api.Config{
 		Recent:            h.recent,
-		PublishTimeout:    2 * time.Second,
+		PublishTimeout:    cmp.Or(opts.publishTimeout, 2*time.Second),
 		WriteTimeout:      3 * time.Second,
 		ReconcileInterval: cmp.Or(opts.reconcile, 50*time.Millisecond),
 		MissTimeout:       10 * time.Second, // a loaded CI machine's first read may be slow

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -199,19 +200,26 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			problem.WriteError(w, windowErr())
 			return
 		}
-		// Without the gate this process keeps a key's concurrent requests
-		// apart itself, as the gate would: the first queues the order, and
-		// the others are in progress or mismatched until it is remembered
-		// (Recent). Another process cannot be told.
-		if held, busy := s.slowInFlight.LoadOrStore(adm.OrderID, adm.Fingerprint); busy {
-			if held != adm.Fingerprint {
-				problem.WriteError(w, errKeyMismatch)
-				return
-			}
-			problem.WriteError(w, errInProgress)
-			return
+	}
+	// This process also keeps a key's requests apart itself, as the gate
+	// would: without the gate (Redis down) nothing else does, and when Redis
+	// fails or comes back mid-request, the gated and the ungated requests of
+	// one key do not see each other. The first queues the order; the others
+	// are in progress, or mismatched, until it is remembered (Recent).
+	// Another process cannot be told.
+	if held, busy := s.queueing.hold(adm.OrderID, adm.Fingerprint); busy {
+		if gated {
+			s.abort(adm, owner, admitted)
 		}
-		defer s.slowInFlight.Delete(adm.OrderID)
+		if held != adm.Fingerprint {
+			problem.WriteError(w, errKeyMismatch)
+		} else {
+			problem.WriteError(w, errInProgress)
+		}
+		return
+	}
+	defer s.queueing.release(adm.OrderID)
+	if !gated {
 		if rec, ok := s.remembered(customer, adm.OrderID); ok { // answered since the look above
 			s.answerRemembered(r.Context(), w, adm, rec)
 			return
@@ -252,6 +260,34 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/orders/"+req.OrderID.String())
 	problem.WriteAnswer(w, answer)
+}
+
+// keyHolds are the keys whose orders this process is queueing, with their
+// payloads' fingerprints.
+type keyHolds struct {
+	mu   sync.Mutex
+	keys map[uuid.UUID]string
+}
+
+// hold takes the order's key for a request with fingerprint fp; if another
+// request holds it, busy, with that request's fingerprint.
+func (k *keyHolds) hold(order uuid.UUID, fp string) (held string, busy bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if held, busy := k.keys[order]; busy {
+		return held, true
+	}
+	if k.keys == nil {
+		k.keys = map[uuid.UUID]string{}
+	}
+	k.keys[order] = fp
+	return "", false
+}
+
+func (k *keyHolds) release(order uuid.UUID) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.keys, order)
 }
 
 // The idempotency step's refusals, the same wherever it runs.

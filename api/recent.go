@@ -18,15 +18,19 @@ import (
 // reach this process's notifier (Decided): a key whose record Redis lost is
 // then answered with its order's 202 here too, never as new, never sold_out.
 //
-// It holds between size and 2×size orders: two generations, the older
-// dropped whole when the newer fills.
+// It holds between size and 2×size orders accepted here, and as many
+// decided elsewhere, apart, so that outcomes from other processes never push
+// out this process's own: two generations each, the older dropped whole
+// when the newer fills.
 type Recent struct {
-	mu     sync.RWMutex // read for every POST /orders, written per 202
-	orders *generations.Map[uuid.UUID, crowdpass.KeyRecord]
+	mu      sync.RWMutex // read for every POST /orders, written per 202 and per outcome
+	orders  *generations.Map[uuid.UUID, crowdpass.KeyRecord]
+	decided *generations.Map[uuid.UUID, crowdpass.KeyRecord]
 }
 
 // NewRecent returns a Recent of the given size (default 1<<16: at about
-// 400 bytes an order, 26 to 52 MB once full). A pending order needs it
+// 400 bytes an order, 26 to 52 MB once full, and as much again for orders
+// decided elsewhere). A pending order needs it
 // until a worker decides it, seconds at most unless PostgreSQL is down; a
 // key whose record Redis lost is answered from it as long as it is held
 // (postOrder's answerRemembered), which a sale of 50,000 orders covers.
@@ -34,7 +38,10 @@ func NewRecent(size int) *Recent {
 	if size <= 0 {
 		size = 1 << 16
 	}
-	return &Recent{orders: generations.New[uuid.UUID, crowdpass.KeyRecord](size)}
+	return &Recent{
+		orders:  generations.New[uuid.UUID, crowdpass.KeyRecord](size),
+		decided: generations.New[uuid.UUID, crowdpass.KeyRecord](size),
+	}
 }
 
 func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
@@ -45,25 +52,36 @@ func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
 
 // Decided remembers a decided order by its outcome, with the 202 its
 // acceptance was answered with, rebuilt from the outcome's fields. An order
-// held already (this process accepted it) is left as it is: the same 202.
+// this process accepted is left as it is: its own 202 is the one it gave.
 func (r *Recent) Decided(out crowdpass.Outcome) {
-	if _, ok := r.get(out.ID); ok {
+	r.mu.RLock()
+	_, own := r.orders.Get(out.ID)
+	_, known := r.decided.Get(out.ID)
+	r.mu.RUnlock()
+	if own || known {
 		return
 	}
-	r.add(out.ID, crowdpass.KeyRecord{
+	rec := crowdpass.KeyRecord{
 		CustomerID:  out.CustomerID,
 		Fingerprint: crowdpass.OrderPayload{EventID: out.EventID, CategoryID: out.CategoryID, Quantity: out.Quantity}.Fingerprint(),
 		Answer: acceptedAnswer(accepted{
 			OrderID: out.ID, Status: crowdpass.StatusPending, EventID: out.EventID,
 			CategoryID: out.CategoryID, Quantity: out.Quantity, AcceptedAt: out.AcceptedAt,
 		}),
-	})
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.decided.Put(out.ID, rec)
 }
 
+// get finds an order accepted here, else one decided elsewhere.
 func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return r.orders.Get(id)
+	if rec, ok := r.orders.Get(id); ok {
+		return rec, true
+	}
+	return r.decided.Get(id)
 }
 
 // Lookuper finds an order's record by its id, as the gate does.
