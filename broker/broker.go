@@ -88,6 +88,15 @@ func Dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
 	return conn, nil
 }
 
+// Close closes conn, waiting for the broker's answer for at most 5 s:
+// amqp091-go's own Close waits for it without a deadline, so a stalled
+// broker would hold a shutdown until its heartbeats run out, or for ever.
+func Close(conn *amqp.Connection) error {
+	return conn.CloseDeadline(time.Now().Add(closeTimeout))
+}
+
+const closeTimeout = 5 * time.Second
+
 // Open dials the broker (for at most 10 seconds), opens a channel and
 // declares the topology on it: the start of every consumer's session.
 // Closing the connection closes the channel.
@@ -100,11 +109,11 @@ func (t Topology) Open(ctx context.Context, url, name string) (*amqp.Connection,
 	}
 	ch, err := conn.Channel()
 	if err != nil {
-		conn.Close()
+		Close(conn)
 		return nil, nil, fmt.Errorf("opening channel: %w", err)
 	}
 	if err := t.Declare(ch); err != nil {
-		conn.Close()
+		Close(conn)
 		return nil, nil, err
 	}
 	return conn, ch, nil

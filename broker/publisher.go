@@ -79,7 +79,7 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer Close(conn)
 	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 	if p.cfg.Declare != nil {
 		ch, err := conn.Channel()
@@ -94,7 +94,7 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 	pool := make([]*confirmChannel, 0, p.cfg.Channels)
 	var wg sync.WaitGroup
 	defer func() {
-		conn.Close() // ends the dispatchers
+		Close(conn) // ends the dispatchers
 		wg.Wait()
 	}()
 	for range p.cfg.Channels {
@@ -107,7 +107,7 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 			cc.dispatch()
 			// A channel the broker closed takes the connection with it, so
 			// that the pool is rebuilt whole rather than left a channel short.
-			conn.Close()
+			Close(conn)
 		})
 	}
 	p.mu.Lock()

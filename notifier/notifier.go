@@ -172,7 +172,7 @@ func (n *Notifier) session(ctx context.Context, onConnected func()) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer broker.Close(conn)
 	// A queue of our own, gone with us: outcomes for sockets that are not
 	// here are not kept; a client that reconnects subscribes again.
 	q, err := ch.QueueDeclare(n.cfg.Topology.NotifierQueue(), false, true, true, false, nil)

@@ -130,7 +130,7 @@ func (w *Worker) session(ctx context.Context, onConnected func()) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer broker.Close(conn)
 	if err := ch.Qos(w.cfg.Prefetch, 0, false); err != nil {
 		return fmt.Errorf("setting prefetch: %w", err)
 	}
