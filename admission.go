@@ -80,6 +80,9 @@ type KeyRecord struct {
 	Fingerprint string
 	Answer      Answer
 	InFlight    bool
+	// Decided is the order as decided, where the record is this process's
+	// memory of an outcome it saw (api.Recent); nil while pending.
+	Decided *Order
 }
 
 // OrderPayload is what POST /orders asks for.

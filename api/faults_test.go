@@ -259,16 +259,7 @@ func TestAKeyDecidedElsewhereIsAnsweredWithItsOrderAfterRedisLostIt(t *testing.T
 	cat := event.Categories[0]
 	adm := h.acceptedElsewhere(event, "alice", "k") // and answered there
 	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
-	// Its outcome reaches this process, as the notifier passes it on.
-	var payloadJSON []byte
-	if err := h.db.Pool.QueryRow(testkit.Context(t), "SELECT payload FROM outbox WHERE aggregate_id = $1", adm.OrderID).Scan(&payloadJSON); err != nil {
-		t.Fatal(err)
-	}
-	var out crowdpass.Outcome
-	if err := json.Unmarshal(payloadJSON, &out); err != nil {
-		t.Fatal(err)
-	}
-	h.recent.Decided(out)
+	h.recent.Decided(h.outcome(adm.OrderID)) // as the notifier passes it on
 	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
 		t.Fatal(err)
 	}
@@ -390,6 +381,29 @@ func TestARetryWithoutRedisWaitsForTheGatedAttemptInFlight(t *testing.T) {
 	h.amqpProxy.Resume()
 	if r := <-first; r.status != http.StatusAccepted {
 		t.Fatalf("the first attempt: %d %s", r.status, r.body)
+	}
+}
+
+// An order decided before the database stalled reads as decided, from the
+// outcome this process saw, not as pending: an outcome is a committed fact.
+func TestADecidedOrderReadsAsDecidedWhileTheDatabaseIsLocked(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 1})
+	event := h.event(4, 10)
+	if r := h.order("alice", "k", orderJSON(event, 0, 2)); r.status != http.StatusAccepted {
+		t.Fatalf("order: %d %s", r.status, r.body)
+	}
+	id := crowdpass.OrderID("alice", "k")
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
+	h.recent.Decided(h.outcome(id)) // as the notifier passes it on
+	h.lock("orders, tickets")
+	r := h.do(http.MethodGet, "/orders/"+id.String(), http.Header{"Authorization": {"Bearer " + h.token("alice")}}, nil)
+	var got crowdpass.Order
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &got) != nil || got.Status != crowdpass.StatusConfirmed || len(got.Tickets) != 2 || got.ProcessedAt == nil {
+		t.Errorf("GET a confirmed order while the database is locked: %d %s, want it confirmed with 2 tickets", r.status, r.body)
+	}
+	if r := h.do(http.MethodGet, "/orders/"+id.String(), http.Header{"Authorization": {"Bearer " + h.token("bob")}}, nil); r.status != http.StatusNotFound {
+		t.Errorf("another customer read it: %d %s", r.status, r.body)
 	}
 }
 

@@ -208,6 +208,21 @@ func (h *harness) acceptedElsewhere(event crowdpass.Event, customer, key string)
 	return adm
 }
 
+// outcome is the decided order's outcome as its outbox row holds it: what
+// the notifier of a process passes to Recent.Decided.
+func (h *harness) outcome(order uuid.UUID) crowdpass.Outcome {
+	h.t.Helper()
+	var payload []byte
+	if err := h.db.Pool.QueryRow(testkit.Context(h.t), "SELECT payload FROM outbox WHERE aggregate_id = $1", order).Scan(&payload); err != nil {
+		h.t.Fatal(err)
+	}
+	var out crowdpass.Outcome
+	if err := json.Unmarshal(payload, &out); err != nil {
+		h.t.Fatal(err)
+	}
+	return out
+}
+
 func (h *harness) token(customer string) string {
 	tok, err := h.authority.Issue(customer, false, time.Hour)
 	if err != nil {

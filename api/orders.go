@@ -426,7 +426,15 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	lookupCtx, cancelLookup := context.WithTimeout(r.Context(), s.cfg.ReadTimeout)
 	defer cancelLookup()
 	rec, err := s.cfg.Recent.Pending(s.gate).Lookup(lookupCtx, id)
-	if err == nil && rec.CustomerID == customer && rec.Answer.Status == http.StatusAccepted {
+	if err == nil && rec.CustomerID != customer {
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order")) // another's
+		return
+	}
+	if err == nil && rec.Decided != nil {
+		problem.WriteJSON(w, http.StatusOK, rec.Decided) // an outcome this process saw
+		return
+	}
+	if err == nil && rec.Answer.Status == http.StatusAccepted {
 		var a accepted
 		if json.Unmarshal(rec.Answer.Body, &a) == nil {
 			problem.WriteJSON(w, http.StatusOK, crowdpass.Order{

@@ -50,18 +50,32 @@ func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
 	r.orders.Put(id, rec)
 }
 
-// Decided remembers a decided order by its outcome, with the 202 its
-// acceptance was answered with, rebuilt from the outcome's fields. An order
-// this process accepted is left as it is: its own 202 is the one it gave.
+// Decided remembers a decided order by its outcome: as decided, for reads
+// while PostgreSQL cannot answer (an outcome is a committed fact), and with
+// the 202 its acceptance was answered with, rebuilt from the outcome's
+// fields. An order this process accepted keeps its own 202, the one it gave.
 func (r *Recent) Decided(out crowdpass.Outcome) {
-	r.mu.RLock()
-	_, own := r.orders.Get(out.ID)
+	order := out.Order
+	order.CustomerID = out.CustomerID
+	if order.Tickets == nil {
+		order.Tickets = []crowdpass.Ticket{} // as GET /orders/{id} shows a rejected order
+	}
+	r.mu.Lock()
+	if rec, own := r.orders.Get(out.ID); own {
+		if rec.Decided == nil {
+			rec.Decided = &order
+			r.orders.Put(out.ID, rec)
+		}
+		r.mu.Unlock()
+		return
+	}
 	_, known := r.decided.Get(out.ID)
-	r.mu.RUnlock()
-	if own || known {
+	r.mu.Unlock()
+	if known {
 		return
 	}
 	rec := crowdpass.KeyRecord{
+		Decided:     &order,
 		CustomerID:  out.CustomerID,
 		Fingerprint: crowdpass.OrderPayload{EventID: out.EventID, CategoryID: out.CategoryID, Quantity: out.Quantity}.Fingerprint(),
 		Answer: acceptedAnswer(accepted{
@@ -78,10 +92,16 @@ func (r *Recent) Decided(out crowdpass.Outcome) {
 func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	if rec, ok := r.orders.Get(id); ok {
-		return rec, true
+	rec, ok := r.orders.Get(id)
+	if !ok {
+		return r.decided.Get(id)
 	}
-	return r.decided.Get(id)
+	if rec.Decided == nil { // its outcome may have come just before the 202 was added
+		if other, ok := r.decided.Get(id); ok {
+			rec.Decided = other.Decided
+		}
+	}
+	return rec, true
 }
 
 // Lookuper finds an order's record by its id, as the gate does.

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/api"
 	"github.com/crowdpass/crowdpass/auth"
 	"github.com/crowdpass/crowdpass/broker"
 	"github.com/crowdpass/crowdpass/gate"
@@ -276,21 +277,57 @@ func TestSubscribeAnswersPendingWhileTheDatabaseStalls(t *testing.T) {
 	if err := g.Complete(testkit.Context(t), adm, crowdpass.Answer{Status: http.StatusAccepted, Body: accepted}); err != nil {
 		t.Fatal(err)
 	}
-	proxy, dbURL := testkit.NewURLProxy(t, b.db.URL)
-	pool, err := postgres.NewPool(dbURL, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	proxy.Stall()
-	t.Cleanup(proxy.Resume) // first: lets the pool's connection attempt end
-	_, url := b.notifierOver(notifier.Config{LookupTimeout: time.Second}, nil, postgres.NewStore(pool, nil), g)
+	_, url := b.notifierOver(notifier.Config{LookupTimeout: time.Second}, nil, b.stalledStore(), g)
 	alice := b.dial(url, "alice")
 	if err := alice.Write(testkit.Context(t), websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","order_id":%q}`, order.OrderID)); err != nil {
 		t.Fatal(err)
 	}
 	if f := read(t, alice); f.Type != "order.pending" || f.Status != "pending" || f.OrderID != order.OrderID.String() || f.Quantity != 1 {
 		t.Errorf("subscribe while the database stalls answered %+v, want order.pending", f)
+	}
+}
+
+// stalledStore is the test's database behind a proxy that holds every byte.
+func (b *bundle) stalledStore() *postgres.Store {
+	b.t.Helper()
+	proxy, dbURL := testkit.NewURLProxy(b.t, b.db.URL)
+	pool, err := postgres.NewPool(dbURL, 2)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Cleanup(pool.Close)
+	proxy.Stall()
+	b.t.Cleanup(proxy.Resume) // first: lets the pool's connection attempt end
+	return postgres.NewStore(pool, nil)
+}
+
+// An order decided before the database stalled is answered as decided, from
+// the outcome the process saw (api.Recent), not as pending.
+func TestSubscribeAnswersADecidedOrderWhileTheDatabaseStalls(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	order := testkit.OrderRequest("alice", "k", event, 0, 2)
+	if _, err := b.store.DecideOrders(testkit.Context(t), []crowdpass.OrderRequest{order}); err != nil {
+		t.Fatal(err)
+	}
+	var payload []byte
+	if err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT payload FROM outbox WHERE aggregate_id = $1", order.OrderID).Scan(&payload); err != nil {
+		t.Fatal(err)
+	}
+	var out crowdpass.Outcome
+	if err := json.Unmarshal(payload, &out); err != nil {
+		t.Fatal(err)
+	}
+	recent := api.NewRecent(0)
+	recent.Decided(out)
+	_, url := b.notifierOver(notifier.Config{LookupTimeout: time.Second}, nil, b.stalledStore(), recent.Pending(nil))
+	alice := b.dial(url, "alice")
+	if err := alice.Write(testkit.Context(t), websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","order_id":%q}`, order.OrderID)); err != nil {
+		t.Fatal(err)
+	}
+	if f := read(t, alice); f.Type != "order.confirmed" || f.Status != "confirmed" || len(f.Tickets) != 2 || f.ProcessedAt == "" {
+		t.Errorf("subscribe to a decided order while the database stalls answered %+v, want order.confirmed", f)
 	}
 }
 

@@ -179,6 +179,10 @@ func (n *Notifier) subscribe(ctx context.Context, c *client, rawID string) {
 		lookupCtx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
 		rec, perr := n.pending.Lookup(lookupCtx, id)
 		cancel()
+		if perr == nil && rec.CustomerID == c.customer && rec.Decided != nil {
+			n.offerOrder(c, *rec.Decided) // an outcome this process saw
+			return
+		}
 		if perr == nil && rec.CustomerID == c.customer && rec.Answer.Status == http.StatusAccepted {
 			var a struct {
 				crowdpass.Order
