@@ -219,11 +219,14 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.queueing.release(adm.OrderID)
-	if !gated {
-		if rec, ok := s.remembered(customer, adm.OrderID); ok { // answered since the look above
-			s.answerRemembered(r.Context(), w, adm, rec)
-			return
+	// Answered since the look above, by a request that held the key then
+	// (the gate can have missed it: Redis was down, or lost the key).
+	if rec, ok := s.remembered(customer, adm.OrderID); ok {
+		if gated {
+			s.abort(adm, owner, admitted)
 		}
+		s.answerRemembered(r.Context(), w, adm, rec)
+		return
 	}
 
 	req := crowdpass.OrderRequest{

@@ -19,21 +19,21 @@ import (
 // then answered with its order's 202 here too, never as new, never sold_out.
 //
 // It holds between size and 2×size orders accepted here, and as many
-// decided elsewhere, apart, so that outcomes from other processes never push
-// out this process's own: two generations each, the older dropped whole
-// when the newer fills.
+// decided (by any process), apart, so that outcomes never push out this
+// process's own 202s: two generations each, the older dropped whole when
+// the newer fills.
 type Recent struct {
 	mu      sync.RWMutex // read for every POST /orders, written per 202 and per outcome
 	orders  *generations.Map[uuid.UUID, crowdpass.KeyRecord]
 	decided *generations.Map[uuid.UUID, crowdpass.KeyRecord]
 }
 
-// NewRecent returns a Recent of the given size (default 1<<16: at about
-// 400 bytes an order, 26 to 52 MB once full, and as much again for orders
-// decided elsewhere). A pending order needs it
-// until a worker decides it, seconds at most unless PostgreSQL is down; a
-// key whose record Redis lost is answered from it as long as it is held
-// (postOrder's answerRemembered), which a sale of 50,000 orders covers.
+// NewRecent returns a Recent of the given size (default 1<<16: 65,536 to
+// 131,072 orders accepted here and as many decided, a few hundred bytes
+// each, tens of MB once full). A pending order needs it until a worker
+// decides it, seconds at most unless PostgreSQL is down; a key whose record
+// Redis lost is answered from it as long as it is held (postOrder's
+// answerRemembered), which a sale of 50,000 orders covers.
 func NewRecent(size int) *Recent {
 	if size <= 0 {
 		size = 1 << 16
@@ -53,35 +53,29 @@ func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
 // Decided remembers a decided order by its outcome: as decided, for reads
 // while PostgreSQL cannot answer (an outcome is a committed fact), and with
 // the 202 its acceptance was answered with, rebuilt from the outcome's
-// fields. An order this process accepted keeps its own 202, the one it gave.
+// fields. It goes with the orders decided elsewhere, never into this
+// process's own, which it must not push out; get joins the two. An order
+// this process accepted keeps its own 202, the one it gave.
 func (r *Recent) Decided(out crowdpass.Outcome) {
+	r.mu.RLock()
+	_, known := r.decided.Get(out.ID)
+	r.mu.RUnlock()
+	if known {
+		return
+	}
 	order := out.Order
 	order.CustomerID = out.CustomerID
 	if order.Tickets == nil {
 		order.Tickets = []crowdpass.Ticket{} // as GET /orders/{id} shows a rejected order
 	}
-	r.mu.Lock()
-	if rec, own := r.orders.Get(out.ID); own {
-		if rec.Decided == nil {
-			rec.Decided = &order
-			r.orders.Put(out.ID, rec)
-		}
-		r.mu.Unlock()
-		return
-	}
-	_, known := r.decided.Get(out.ID)
-	r.mu.Unlock()
-	if known {
-		return
-	}
 	rec := crowdpass.KeyRecord{
-		Decided:     &order,
 		CustomerID:  out.CustomerID,
 		Fingerprint: crowdpass.OrderPayload{EventID: out.EventID, CategoryID: out.CategoryID, Quantity: out.Quantity}.Fingerprint(),
 		Answer: acceptedAnswer(accepted{
 			OrderID: out.ID, Status: crowdpass.StatusPending, EventID: out.EventID,
 			CategoryID: out.CategoryID, Quantity: out.Quantity, AcceptedAt: out.AcceptedAt,
 		}),
+		Decided: &order,
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -96,10 +90,8 @@ func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
 	if !ok {
 		return r.decided.Get(id)
 	}
-	if rec.Decided == nil { // its outcome may have come just before the 202 was added
-		if other, ok := r.decided.Get(id); ok {
-			rec.Decided = other.Decided
-		}
+	if other, ok := r.decided.Get(id); ok { // its outcome, kept apart
+		rec.Decided = other.Decided
 	}
 	return rec, true
 }
