@@ -33,6 +33,12 @@ type Admission struct {
 	// AcceptedAt is when this attempt accepts the order, kept with the key
 	// while it is in flight.
 	AcceptedAt Time
+	// Remaining is the category's remaining tickets as the catalog last read
+	// them from PostgreSQL (RemainingKnown): a gate that has lost the
+	// category's stock (Redis flushed) starts it again from there, an upper
+	// bound since tickets never come back, instead of admitting blind.
+	Remaining      int
+	RemainingKnown bool
 }
 
 // Verdict is what the gate made of an admission.

@@ -130,6 +130,8 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		Window:      event.SaleState(now),
 		SoldOut:     s.catalog.soldOutAnswer(category),
 		AcceptedAt:  crowdpass.NewTime(now),
+		// Where Redis lost the gate's stock, it starts again from here.
+		Remaining: category.Remaining, RemainingKnown: true,
 	}
 	windowErr := func() error {
 		if adm.Window == crowdpass.ESaleNotOpen {

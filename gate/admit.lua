@@ -3,7 +3,8 @@
 -- ARGV: fingerprint, quantity, window ('' when the sale is open), in-flight ms,
 --       sold-out record, in-flight record up to its owner's '@', answer ttl ms,
 --       in-flight record after its deadline up to its body, this attempt's
---       acceptance time (unix microseconds; the in-flight record's body).
+--       acceptance time (unix microseconds; the in-flight record's body),
+--       the category's remaining as the catalog last read it ('' unknown).
 -- An in-flight record's owner ends in '@' and the time (Redis's, in ms) after
 -- which its attempt cannot be publishing any more. It is kept as long as an
 -- answer: if the attempt's process died before answering, its order may be
@@ -38,6 +39,14 @@ end
 if ARGV[3] ~= '' then return {'window'} end
 local qty = tonumber(ARGV[2])
 local stock = redis.call('GET', KEYS[2])
+if not stock and ARGV[10] ~= '' then
+  -- The gate lost the category's stock (Redis flushed or restarted): start
+  -- it from the catalog's remaining, an upper bound, rather than admit
+  -- blind until the next reconcile. Queued orders are not in it yet, so it
+  -- may admit a few too many, which the workers reject.
+  redis.call('SET', KEYS[2], ARGV[10])
+  stock = ARGV[10]
+end
 local taken = 0
 if stock then
   stock = tonumber(stock)
@@ -48,6 +57,6 @@ if stock then
   redis.call('DECRBY', KEYS[2], qty)
   taken = qty
 end
--- A missing stock key means the gate does not know: admit, the database decides.
+-- A stock still missing means the gate does not know: admit, the database decides.
 mark(ARGV[9])
 return {'admitted', taken}

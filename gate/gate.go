@@ -95,7 +95,7 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 	head, tail := record{fp: a.Fingerprint, owner: owner + "@", customer: a.CustomerID}.split()
 	val, err := g.pipe.do(ctx, admitScript, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
 		a.Fingerprint, a.Quantity, string(a.Window), g.cfg.InFlightTTL.Milliseconds(),
-		soldOut.encode(), head, g.cfg.AnswerTTL.Milliseconds(), tail, acceptedAt(a.AcceptedAt))
+		soldOut.encode(), head, g.cfg.AnswerTTL.Milliseconds(), tail, acceptedAt(a.AcceptedAt), remaining(a))
 	if err != nil {
 		return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: %w", err)
 	}
@@ -142,6 +142,14 @@ func acceptedAt(t crowdpass.Time) string {
 		return ""
 	}
 	return strconv.FormatInt(t.UnixMicro(), 10)
+}
+
+// remaining is the catalog's remaining for the admission script; "" if unknown.
+func remaining(a crowdpass.Admission) string {
+	if !a.RemainingKnown {
+		return ""
+	}
+	return strconv.Itoa(max(a.Remaining, 0))
 }
 
 // Refuse answers a request its caller has found the stock cannot cover, in

@@ -107,6 +107,24 @@ func TestAMissingStockKeyAdmitsWithoutTaking(t *testing.T) {
 	}
 }
 
+// A stock key Redis lost starts again from the catalog's remaining, sent
+// with the admission, rather than admitting blind.
+func TestAMissingStockKeyStartsFromTheCatalogsRemaining(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	ctx, cat := testkit.Context(t), uuid.New()
+	a := admission("alice", "k", cat, 1)
+	a.Remaining, a.RemainingKnown = 1, true
+	if r, err := g.Admit(ctx, a, "o"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 1 {
+		t.Fatalf("first admission after the loss: %+v, %v; want the ticket taken", r, err)
+	}
+	b := admission("bob", "k", cat, 1)
+	b.Remaining, b.RemainingKnown = 1, true // the catalog has not read the sale yet
+	if r, err := g.Admit(ctx, b, "o"); err != nil || r.Verdict != crowdpass.SoldOut {
+		t.Errorf("second admission: %+v, %v; want sold out from the restarted stock", r, err)
+	}
+}
+
 func TestAbortGivesBackOnlyItsOwnAdmission(t *testing.T) {
 	t.Parallel()
 	g := setup(t)
