@@ -199,6 +199,12 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		})
 	} else {
 		log.Info("no HTTP server; set HTTP_ADDR for /healthz, /readyz and /metrics", "role", role)
+		// With no HTTP server to outlive, the publishers stop with the rest.
+		g.Go(func() error {
+			<-ctx.Done()
+			stopPublishers()
+			return nil
+		})
 	}
 	if cfg.PprofAddr != "" {
 		g.Go(func() error { return serveHTTP(ctx, cfg.PprofAddr, pprofHandler(), log) })

@@ -77,6 +77,28 @@ func TestServeTakesAnOrderToTheBuyersSocket(t *testing.T) {
 	testkit.CheckInvariants(t, db.Pool)
 }
 
+// A role without HTTP_ADDR serves no HTTP; it still stops when told. A lone
+// relay's publisher used to wait for the end of an HTTP server it never had.
+func TestRolesWithoutHTTPStopWhenTold(t *testing.T) {
+	t.Parallel()
+	db := testkit.NewDB(t)
+	ns := testkit.Namespace(t)
+	for _, role := range []string{"relay", "worker"} {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- run(ctx, []string{role}, env(db, ns), io.Discard, io.Discard) }()
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s stopped with %v", role, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s still running 30 s after it was told to stop", role)
+		}
+	}
+}
+
 // TestRushSellsEveryTicketAndPassesItsAudit runs a small rush against serve.
 func TestRushSellsEveryTicketAndPassesItsAudit(t *testing.T) {
 	t.Parallel()
@@ -117,16 +139,25 @@ func TestRushSellsEveryTicketAndPassesItsAudit(t *testing.T) {
 // /readyz on addr says it is ready.
 func startServe(t *testing.T, getenv func(string) string, addr string) {
 	t.Helper()
+	startRole(t, "serve", getenv, addr)
+}
+
+// startRole runs one crowdpass role until the test ends, and waits for its
+// /readyz where it serves HTTP (addr not empty).
+func startRole(t *testing.T, role string, getenv func(string) string, addr string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"serve"}, getenv, io.Discard, io.Discard) }()
+	go func() { done <- run(ctx, []string{role}, getenv, io.Discard, io.Discard) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("serve stopped with %v", err)
+			t.Errorf("%s stopped with %v", role, err)
 		}
 	})
-	waitReady(t, addr)
+	if addr != "" {
+		waitReady(t, addr)
+	}
 }
 
 func waitReady(t *testing.T, addr string) {
