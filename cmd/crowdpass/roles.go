@@ -128,8 +128,8 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		g.Go(func() error { return w.Run(ctx) })
 	}
 	// The orders this process accepts lately, for reads of pending orders
-	// that Redis does not hold (it was down, or lost them), and, where the
-	// notifier runs too, those any process decided lately, for keys whose
+	// that Redis does not hold (it was down, or lost them), and those any
+	// process decided lately (from a notifier's outcomes), for keys whose
 	// record Redis lost.
 	recent := api.NewRecent(0)
 	var (
@@ -152,6 +152,14 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		checks = append(checks, api.Check{Name: "notifier", Critical: true, OK: func(context.Context) bool { return n.Ready() }})
 		g.Go(func() error { return n.Run(ctx) })
 		ws, local = n, n.Deliver
+	} else if roles["api"] {
+		// A lone API still learns every decided order, for keys whose record
+		// Redis loses: a notifier that serves no socket, only its outcomes.
+		n := notifier.New(notifier.Config{
+			AMQPURL: cfg.AMQPURL, Topology: topo, Name: "crowdpass-api-outcomes", Logger: log, Registry: registry,
+			Decided: recent.Decided,
+		}, readStore, nil, authority)
+		g.Go(func() error { return n.Run(ctx) })
 	}
 	if roles["relay"] {
 		r := relay.New(relay.Config{

@@ -99,6 +99,65 @@ func TestRolesWithoutHTTPStopWhenTold(t *testing.T) {
 	}
 }
 
+// Roles in processes of their own, two APIs among them: a key accepted at
+// one API and decided is answered with its 202 by the other once Redis has
+// lost it, because every API learns the decided orders.
+func TestALoneAPIAnswersAKeyDecidedElsewhereAfterRedisLostIt(t *testing.T) {
+	t.Parallel()
+	db := testkit.NewDB(t)
+	ns := testkit.Namespace(t)
+	event, err := postgres.NewStore(db.Pool, nil).CreateEvent(testkit.Context(t), crowdpass.EventSpec{
+		Name: "Final", Categories: []crowdpass.CategorySpec{{Name: "A", Capacity: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := freeAddr(t), freeAddr(t)
+	startRole(t, "worker", env(db, ns), "")
+	startRole(t, "relay", env(db, ns), "")
+	startRole(t, "api", env(db, ns, "HTTP_ADDR", a), a)
+	startRole(t, "api", env(db, ns, "HTTP_ADDR", b), b)
+
+	authority, _ := auth.New([]byte("test-secret"), nil)
+	token, _ := authority.Issue("alice", false, time.Hour)
+	order := func(addr string) (int, http.Header, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/orders", strings.NewReader(
+			fmt.Sprintf(`{"event_id":%q,"category_id":%q,"quantity":1}`, event.ID, event.Categories[0].ID)))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Idempotency-Key", "k")
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header, body
+	}
+	status, _, first := order(a)
+	if status != http.StatusAccepted {
+		t.Fatalf("first order at API a: %d %s", status, first)
+	}
+	// API b has the outcome once its consumer has seen one.
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		resp, err := http.Get("http://" + b + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		metrics, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(metrics), `crowdpass_notifier_outcome_lag_seconds_count{path="broker"} 1`)
+	}, "the outcome at API b")
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), ns); err != nil {
+		t.Fatal(err)
+	}
+	status, header, again := order(b)
+	if status != http.StatusAccepted || header.Get("Idempotent-Replayed") != "true" || string(again) != string(first) {
+		t.Errorf("the key at API b after Redis lost it: %d %s, want a's 202 replayed (%s)", status, again, first)
+	}
+	testkit.CheckInvariants(t, db.Pool)
+}
+
 // TestRushSellsEveryTicketAndPassesItsAudit runs a small rush against serve.
 func TestRushSellsEveryTicketAndPassesItsAudit(t *testing.T) {
 	t.Parallel()
