@@ -42,22 +42,13 @@ func TestServeTakesAnOrderToTheBuyersSocket(t *testing.T) {
 	}
 	defer ws.CloseNow()
 
-	req, _ := http.NewRequest(http.MethodPost, base+"/orders", strings.NewReader(
-		fmt.Sprintf(`{"event_id":%q,"category_id":%q,"quantity":2}`, event.ID, event.Categories[0].ID)))
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Idempotency-Key", "e2e-1")
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	status, _, body := postOrder(t, base, token, "e2e-1", event, 2)
 	var accepted struct {
 		OrderID string `json:"order_id"`
 	}
-	json.NewDecoder(resp.Body).Decode(&accepted)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST /orders: %d", resp.StatusCode)
+	json.Unmarshal(body, &accepted)
+	if status != http.StatusAccepted {
+		t.Fatalf("POST /orders: %d %s", status, body)
 	}
 
 	readCtx, readCancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -121,18 +112,7 @@ func TestALoneAPIAnswersAKeyDecidedElsewhereAfterRedisLostIt(t *testing.T) {
 	token, _ := authority.Issue("alice", false, time.Hour)
 	order := func(addr string) (int, http.Header, []byte) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/orders", strings.NewReader(
-			fmt.Sprintf(`{"event_id":%q,"category_id":%q,"quantity":1}`, event.ID, event.Categories[0].ID)))
-		req.Header.Set("Authorization", "Bearer "+token)
-		req.Header.Set("Idempotency-Key", "k")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, resp.Header, body
+		return postOrder(t, "http://"+addr, token, "k", event, 1)
 	}
 	status, _, first := order(a)
 	if status != http.StatusAccepted {
@@ -196,6 +176,24 @@ func TestRushSellsEveryTicketAndPassesItsAudit(t *testing.T) {
 
 // startServe runs crowdpass serve until the test ends and waits until
 // /readyz on addr says it is ready.
+// postOrder buys quantity tickets of event's first category at base under
+// key, and returns the answer.
+func postOrder(t *testing.T, base, token, key string, event crowdpass.Event, quantity int) (int, http.Header, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, base+"/orders", strings.NewReader(
+		fmt.Sprintf(`{"event_id":%q,"category_id":%q,"quantity":%d}`, event.ID, event.Categories[0].ID, quantity)))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Idempotency-Key", key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, body
+}
+
 func startServe(t *testing.T, getenv func(string) string, addr string) {
 	t.Helper()
 	startRole(t, "serve", getenv, addr)
