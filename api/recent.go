@@ -82,7 +82,8 @@ func (r *Recent) Decided(out crowdpass.Outcome) {
 	r.decided.Put(out.ID, rec)
 }
 
-// get finds an order accepted here, else one decided elsewhere.
+// get finds an order accepted here, with its outcome if seen, else one
+// decided by any process.
 func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
