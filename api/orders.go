@@ -295,10 +295,11 @@ func (k *keyHolds) release(order uuid.UUID) {
 	delete(k.keys, order)
 }
 
-// The idempotency step's refusals, the same wherever it runs.
+// The problems answered from more than one place.
 var (
 	errKeyMismatch = crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload")
 	errInProgress  = crowdpass.Errorf(crowdpass.ERequestInProgress, "the first request with this Idempotency-Key is still being handled")
+	errNoSuchOrder = crowdpass.Errorf(crowdpass.ENotFound, "no such order") // nor another customer's
 )
 
 var replayedTrue = []string{"true"} // shared: see problem.WriteAnswer
@@ -312,8 +313,8 @@ func replay(w http.ResponseWriter, order uuid.UUID, answer crowdpass.Answer) {
 	problem.WriteAnswer(w, answer)
 }
 
-// remembered returns the record of an order this process accepted lately
-// (Recent) under the customer's key.
+// remembered returns the record Recent holds of the customer's key: an
+// order this process accepted lately, or one any process decided lately.
 func (s *Server) remembered(customer string, order uuid.UUID) (crowdpass.KeyRecord, bool) {
 	rec, ok := s.cfg.Recent.get(order)
 	if !ok || rec.CustomerID != customer || rec.Answer.Status != http.StatusAccepted {
@@ -322,7 +323,8 @@ func (s *Server) remembered(customer string, order uuid.UUID) (crowdpass.KeyReco
 	return rec, true
 }
 
-// answerRemembered answers a key whose order this process accepted lately.
+// answerRemembered answers a key whose order this process accepted, or saw
+// decided, lately.
 // Redis may have lost the key's record, or be unreachable: the order must
 // then be neither queued again nor answered sold_out. The remembered 202
 // goes back into Redis where Redis lost it (gate/remember.lua), and the key
@@ -414,7 +416,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	customer := principal(r).Customer
 	id, err := uuid.Parse(chi.URLParam(r, "id"))
 	if err != nil {
-		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
+		problem.WriteError(w, errNoSuchOrder)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReadTimeout)
@@ -422,7 +424,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	order, dbErr := s.store.Order(ctx, id)
 	if dbErr == nil {
 		if order.CustomerID != customer {
-			problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
+			problem.WriteError(w, errNoSuchOrder)
 			return
 		}
 		problem.WriteJSON(w, http.StatusOK, order)
@@ -432,7 +434,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	defer cancelLookup()
 	rec, err := s.cfg.Recent.Pending(s.gate).Lookup(lookupCtx, id)
 	if err == nil && rec.CustomerID != customer {
-		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order")) // another's
+		problem.WriteError(w, errNoSuchOrder) // another's
 		return
 	}
 	if err == nil && rec.Decided != nil {
@@ -450,7 +452,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if crowdpass.Code(dbErr) == crowdpass.ENotFound {
-		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such order"))
+		problem.WriteError(w, errNoSuchOrder)
 		return
 	}
 	s.log.Warn("order lookup failed", "order_id", id, "err", dbErr)
