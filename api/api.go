@@ -83,9 +83,13 @@ type Config struct {
 	// MissTimeout bounds the PostgreSQL read of an event the catalog does
 	// not hold yet (default 250ms).
 	MissTimeout time.Duration
-	Logger      *slog.Logger
-	Now         func() time.Time
-	Registry    *prometheus.Registry
+	// InProgressWait bounds how long a request waits for another request
+	// of its key in this process, a double click's first click, before it
+	// is answered request_in_progress (default 1s).
+	InProgressWait time.Duration
+	Logger         *slog.Logger
+	Now            func() time.Time
+	Registry       *prometheus.Registry
 	// Checks are added to /readyz, for the other roles of the process.
 	Checks []Check
 	// Recent remembers the orders accepted here (default: its own); share
@@ -110,7 +114,7 @@ type Server struct {
 	router      chi.Router
 
 	redisDown  atomic.Bool
-	queueing   keyHolds     // keys this process is queueing (see postOrder)
+	queueing   keyHolds     // keys whose requests this process is handling (see postOrder)
 	publishing atomic.Int64 // orders between gate and confirm in this process
 }
 
@@ -121,6 +125,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, 2*time.Second)
 	cfg.WriteTimeout = cmp.Or(cfg.WriteTimeout, 10*time.Second)
 	cfg.MissTimeout = cmp.Or(cfg.MissTimeout, 250*time.Millisecond)
+	cfg.InProgressWait = cmp.Or(cfg.InProgressWait, time.Second)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -139,6 +144,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 		metrics:     newMetrics(cfg.Registry),
 		missLookups: rate.NewLimiter(missRate, missBurst),
 	}
+	s.queueing.waiting = s.metrics.waiting
 	s.router = s.routes()
 	return s
 }

@@ -40,6 +40,8 @@ type options struct {
 	reconcile time.Duration
 	// publishTimeout is the API's PUBLISH_TIMEOUT (default 2s).
 	publishTimeout time.Duration
+	// inProgressWait is how long a double click waits for its first (default 1s).
+	inProgressWait time.Duration
 }
 
 type harness struct {
@@ -95,6 +97,7 @@ func setup(t testing.TB, opts options) *harness {
 	h.server = api.New(api.Config{
 		Recent:            h.recent,
 		PublishTimeout:    cmp.Or(opts.publishTimeout, 2*time.Second),
+		InProgressWait:    opts.inProgressWait,
 		WriteTimeout:      3 * time.Second,
 		ReconcileInterval: cmp.Or(opts.reconcile, 50*time.Millisecond),
 		MissTimeout:       10 * time.Second, // a loaded CI machine's first read may be slow
@@ -274,6 +277,17 @@ func orderJSON(e crowdpass.Event, category, quantity int) []byte {
 }
 
 // order posts an order as customer under key.
+// metric returns the value of a series of the API's /metrics, "" if absent.
+func (h *harness) metric(name string) string {
+	h.t.Helper()
+	for _, line := range bytes.Split(h.do(http.MethodGet, "/metrics", nil, nil).body, []byte("\n")) {
+		if v, ok := bytes.CutPrefix(line, []byte(name+" ")); ok {
+			return string(v)
+		}
+	}
+	return ""
+}
+
 func (h *harness) order(customer, key string, body []byte) reply {
 	h.t.Helper()
 	return h.do(http.MethodPost, "/orders", http.Header{

@@ -89,6 +89,35 @@ func TestKeyInFlightAnswersInProgressOrMismatch(t *testing.T) {
 	}
 }
 
+// A double click is answered as its first click is: the second request
+// waits for the first and gets its 202 replayed, not request_in_progress.
+func TestADoubleClickGetsTheFirstClicksAnswer(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{proxyAMQP: true, publishTimeout: 20 * time.Second, inProgressWait: 20 * time.Second})
+	event := h.event(4, 10)
+	h.amqpProxy.Stall() // the first click's publish waits
+	clicks := make(chan reply, 2)
+	click := func() { clicks <- h.order("alice", "k", orderJSON(event, 0, 1)) }
+	go click()
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		rec, err := h.gate.Lookup(testkit.Context(t), crowdpass.OrderID("alice", "k"))
+		return err == nil && rec.InFlight
+	}, "the first click admitted")
+	go click()
+	testkit.Eventually(t, 10*time.Second, func() bool { return h.metric("crowdpass_orders_waiting_for_key") == "1" }, "the second click waiting")
+	h.amqpProxy.Resume()
+	first, second := <-clicks, <-clicks
+	if first.status != http.StatusAccepted || first.header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("the first click: %d %v %s", first.status, first.header, first.body)
+	}
+	if second.status != http.StatusAccepted || !bytes.Equal(second.body, first.body) || second.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("the second click: %d %v %s, want the first's 202 replayed: %s", second.status, second.header, second.body, first.body)
+	}
+	if n := h.metric("crowdpass_orders_waiting_for_key"); n != "0" {
+		t.Errorf("%s requests still waiting", n)
+	}
+}
+
 func TestConcurrentSendsOfOneKeyMakeOneOrder(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{workers: 1})
@@ -173,15 +202,7 @@ func TestSoldOutFastPathKeepsReplaysExact(t *testing.T) {
 	if accepted.status != http.StatusAccepted {
 		t.Fatalf("alice: %d %s", accepted.status, accepted.body)
 	}
-	refusals := func() string {
-		t.Helper()
-		for _, line := range bytes.Split(h.do(http.MethodGet, "/metrics", nil, nil).body, []byte("\n")) {
-			if bytes.HasPrefix(line, []byte("crowdpass_gate_refusals_total ")) {
-				return string(line[len("crowdpass_gate_refusals_total "):])
-			}
-		}
-		return ""
-	}
+	refusals := func() string { return h.metric("crowdpass_gate_refusals_total") }
 	// The script finds the category sold out; the fast path is fresh for a
 	// moment after it, so the checks run until one batch of them has been
 	// answered through it.

@@ -15,6 +15,7 @@ type metrics struct {
 	refused    prometheus.Counter
 	reconcile  *prometheus.CounterVec
 	remembered *prometheus.CounterVec
+	waiting    prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -53,7 +54,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "POST /orders for a key whose 202 this process remembers, by what Redis held: " +
 				"held (its record), restored (the 202 written back: Redis had lost it), error or redis_down (answered from memory).",
 		}, []string{"result"}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "crowdpass_orders_waiting_for_key",
+			Help: "POST /orders waiting for an earlier request of their Idempotency-Key in this process to finish (a double click's second click).",
+		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered)
+	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered, m.waiting)
 	return m
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/problem"
@@ -144,6 +145,23 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		s.answerRemembered(r.Context(), w, adm, rec)
 		return
 	}
+	// This process keeps a key's requests apart itself, one at a time: a
+	// double click waits for its first click and gets that answer, instead
+	// of request_in_progress and a second's wait. The gate keeps apart the
+	// requests of different processes; without it (Redis down), and when
+	// Redis fails or comes back mid-request, this is what keeps one process
+	// from queueing a key twice.
+	if err := s.queueing.hold(r.Context(), adm.OrderID, adm.Fingerprint, s.cfg.InProgressWait); err != nil {
+		problem.WriteError(w, err)
+		return
+	}
+	defer s.queueing.release(adm.OrderID)
+	// Answered since the look above, by the request that held the key (the
+	// gate can have missed it: Redis was down, or lost the key).
+	if rec, ok := s.remembered(customer, adm.OrderID); ok {
+		s.answerRemembered(r.Context(), w, adm, rec)
+		return
+	}
 	owner, gated, acceptedAt := "", !s.redisDown.Load(), adm.AcceptedAt
 	var admitted crowdpass.AdmissionResult
 	if gated {
@@ -203,33 +221,6 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	// This process also keeps a key's requests apart itself, as the gate
-	// would: without the gate (Redis down) nothing else does, and when Redis
-	// fails or comes back mid-request, the gated and the ungated requests of
-	// one key do not see each other. The first queues the order; the others
-	// are in progress, or mismatched, until it is remembered (Recent).
-	// Another process cannot be told.
-	if held, busy := s.queueing.hold(adm.OrderID, adm.Fingerprint); busy {
-		if gated {
-			s.abort(adm, owner, admitted)
-		}
-		if held != adm.Fingerprint {
-			problem.WriteError(w, errKeyMismatch)
-		} else {
-			problem.WriteError(w, errInProgress)
-		}
-		return
-	}
-	defer s.queueing.release(adm.OrderID)
-	// Answered since the look above, by a request that held the key then
-	// (the gate can have missed it: Redis was down, or lost the key).
-	if rec, ok := s.remembered(customer, adm.OrderID); ok {
-		if gated {
-			s.abort(adm, owner, admitted)
-		}
-		s.answerRemembered(r.Context(), w, adm, rec)
-		return
-	}
 
 	req := crowdpass.OrderRequest{
 		OrderID:        adm.OrderID,
@@ -267,32 +258,74 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	problem.WriteAnswer(w, answer)
 }
 
-// keyHolds are the keys whose orders this process is queueing, with their
-// payloads' fingerprints.
+// keyHolds are the keys whose requests this process is handling, one
+// request per key at a time.
 type keyHolds struct {
-	mu   sync.Mutex
-	keys map[uuid.UUID]string
+	mu      sync.Mutex
+	keys    map[uuid.UUID]keyHold
+	waiting prometheus.Gauge
 }
 
-// hold takes the order's key for a request with fingerprint fp; if another
-// request holds it, busy, with that request's fingerprint.
-func (k *keyHolds) hold(order uuid.UUID, fp string) (held string, busy bool) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if held, busy := k.keys[order]; busy {
-		return held, true
+type keyHold struct {
+	fp   string        // the holder's payload fingerprint
+	done chan struct{} // closed on release; made by the first request that waits
+}
+
+// hold takes the order's key for a request with payload fingerprint fp.
+// While another request holds it with the same payload, hold waits for it
+// to finish, for at most wait; it fails with errInProgress when the wait or
+// ctx ends first, and with errKeyMismatch for another payload.
+func (k *keyHolds) hold(ctx context.Context, order uuid.UUID, fp string, wait time.Duration) error {
+	var timeout <-chan time.Time
+	for {
+		k.mu.Lock()
+		h, busy := k.keys[order]
+		if !busy {
+			if k.keys == nil {
+				k.keys = map[uuid.UUID]keyHold{}
+			}
+			k.keys[order] = keyHold{fp: fp}
+			k.mu.Unlock()
+			return nil
+		}
+		if h.fp != fp {
+			k.mu.Unlock()
+			return errKeyMismatch
+		}
+		if h.done == nil {
+			h.done = make(chan struct{})
+			k.keys[order] = h
+		}
+		k.mu.Unlock()
+		if timeout == nil {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		k.waiting.Inc()
+		var err error
+		select {
+		case <-h.done:
+		case <-timeout:
+			err = errInProgress
+		case <-ctx.Done():
+			err = errInProgress
+		}
+		k.waiting.Dec()
+		if err != nil {
+			return err
+		}
 	}
-	if k.keys == nil {
-		k.keys = map[uuid.UUID]string{}
-	}
-	k.keys[order] = fp
-	return "", false
 }
 
 func (k *keyHolds) release(order uuid.UUID) {
 	k.mu.Lock()
-	defer k.mu.Unlock()
+	h := k.keys[order]
 	delete(k.keys, order)
+	k.mu.Unlock()
+	if h.done != nil {
+		close(h.done)
+	}
 }
 
 // The problems answered from more than one place.
