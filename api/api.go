@@ -114,7 +114,7 @@ type Server struct {
 	router      chi.Router
 
 	redisDown  atomic.Bool
-	queueing   keyHolds     // keys whose requests this process is handling (see postOrder)
+	keys       keyHolds     // keys whose requests this process is handling (see postOrder)
 	publishing atomic.Int64 // orders between gate and confirm in this process
 }
 
@@ -144,7 +144,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 		metrics:     newMetrics(cfg.Registry),
 		missLookups: rate.NewLimiter(missRate, missBurst),
 	}
-	s.queueing.waiting = s.metrics.waiting
+	s.keys.waiting = s.metrics.waiting
 	s.router = s.routes()
 	return s
 }

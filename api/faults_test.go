@@ -355,14 +355,12 @@ func TestRedisDownOrdersTakeTheSlowPath(t *testing.T) {
 	}, "the gate back on")
 }
 
-// An order accepted while Redis is down reads as pending, by its owner
-// only, until a worker decides it (here none runs).
-// When Redis fails while an order is being queued, a retry of its key,
-// which takes the slow path, is in progress here, not queued a second time
-// with its own 202.
+// When Redis fails while an order is being queued, a retry of its key is
+// in progress here (after waiting for the first, in vain), not queued a
+// second time on the slow path with its own 202.
 func TestARetryWithoutRedisWaitsForTheGatedAttemptInFlight(t *testing.T) {
 	t.Parallel()
-	h := setup(t, options{proxyAMQP: true, proxyRedis: true, publishTimeout: 20 * time.Second})
+	h := setup(t, options{proxyAMQP: true, proxyRedis: true, publishTimeout: 20 * time.Second, inProgressWait: 200 * time.Millisecond})
 	event := h.event(4, 10)
 	h.amqpProxy.Stall() // the first attempt's publish waits
 	first := make(chan reply, 1)

@@ -276,7 +276,6 @@ func orderJSON(e crowdpass.Event, category, quantity int) []byte {
 	return fmt.Appendf(nil, `{"event_id":%q,"category_id":%q,"quantity":%d}`, e.ID, e.Categories[category].ID, quantity)
 }
 
-// order posts an order as customer under key.
 // metric returns the value of a series of the API's /metrics, "" if absent.
 func (h *harness) metric(name string) string {
 	h.t.Helper()
@@ -288,6 +287,7 @@ func (h *harness) metric(name string) string {
 	return ""
 }
 
+// order posts an order as customer under key.
 func (h *harness) order(customer, key string, body []byte) reply {
 	h.t.Helper()
 	return h.do(http.MethodPost, "/orders", http.Header{

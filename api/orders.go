@@ -74,8 +74,10 @@ func acceptedAnswer(a accepted) crowdpass.Answer {
 }
 
 // postOrder runs the contract's checks in its order: auth (middleware), the
-// key, media type, size, shape, fields, catalog, then the idempotency step,
-// window and stock in one atomic gate call, then the durable publish.
+// key, media type, size, shape, fields, catalog, then the idempotency step
+// (this process's memory and key holds, then the gate, which also checks
+// the window and takes the stock in the same atomic call), then the durable
+// publish.
 func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	customer := principal(r).Customer
 	key, err := idempotencyKey(r.Header)
@@ -141,27 +143,37 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		return crowdpass.Errorf(crowdpass.ESaleClosed, "the sale closed at %s", event.ClosesAt)
 	}
 
-	if rec, ok := s.remembered(customer, adm.OrderID); ok {
-		s.answerRemembered(r.Context(), w, adm, rec)
-		return
-	}
 	// This process keeps a key's requests apart itself, one at a time: a
-	// double click waits for its first click and gets that answer, instead
-	// of request_in_progress and a second's wait. The gate keeps apart the
-	// requests of different processes; without it (Redis down), and when
-	// Redis fails or comes back mid-request, this is what keeps one process
-	// from queueing a key twice.
-	if err := s.queueing.hold(r.Context(), adm.OrderID, adm.Fingerprint, s.cfg.InProgressWait); err != nil {
-		problem.WriteError(w, err)
-		return
+	// double click waits for its first click and is then answered as a
+	// retry, instead of request_in_progress and a second's wait. The gate
+	// keeps apart the requests of different processes; without it (Redis
+	// down), and when Redis fails or comes back mid-request, this is what
+	// keeps one process from queueing a key twice.
+	deadline := time.Now().Add(s.cfg.InProgressWait)
+	for {
+		if rec, ok := s.remembered(customer, adm.OrderID); ok {
+			s.answerRemembered(r.Context(), w, adm, rec)
+			return
+		}
+		held, err := s.keys.take(r.Context(), adm.OrderID, adm.Fingerprint, deadline)
+		if err != nil {
+			problem.WriteError(w, err)
+			return
+		}
+		if held {
+			break
+		}
+		// The holder finished; its answer may be remembered now.
 	}
-	defer s.queueing.release(adm.OrderID)
-	// Answered since the look above, by the request that held the key (the
-	// gate can have missed it: Redis was down, or lost the key).
+	// Answered between the look above and the hold, by the request that
+	// held the key then (the gate can have missed it: Redis was down, or
+	// lost the key). Memory answers without the hold.
 	if rec, ok := s.remembered(customer, adm.OrderID); ok {
+		s.keys.release(adm.OrderID)
 		s.answerRemembered(r.Context(), w, adm, rec)
 		return
 	}
+	defer s.keys.release(adm.OrderID)
 	owner, gated, acceptedAt := "", !s.redisDown.Load(), adm.AcceptedAt
 	var admitted crowdpass.AdmissionResult
 	if gated {
@@ -221,6 +233,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	s.keys.queueing(adm.OrderID)
 
 	req := crowdpass.OrderRequest{
 		OrderID:        adm.OrderID,
@@ -267,54 +280,65 @@ type keyHolds struct {
 }
 
 type keyHold struct {
-	fp   string        // the holder's payload fingerprint
-	done chan struct{} // closed on release; made by the first request that waits
+	fp       string        // the holder's payload fingerprint
+	queueing bool          // the holder was admitted: its payload is the key's
+	done     chan struct{} // closed on release; made by the first request that waits
 }
 
-// hold takes the order's key for a request with payload fingerprint fp.
-// While another request holds it with the same payload, hold waits for it
-// to finish, for at most wait; it fails with errInProgress when the wait or
-// ctx ends first, and with errKeyMismatch for another payload.
-func (k *keyHolds) hold(ctx context.Context, order uuid.UUID, fp string, wait time.Duration) error {
-	var timeout <-chan time.Time
-	for {
-		k.mu.Lock()
-		h, busy := k.keys[order]
-		if !busy {
-			if k.keys == nil {
-				k.keys = map[uuid.UUID]keyHold{}
-			}
-			k.keys[order] = keyHold{fp: fp}
-			k.mu.Unlock()
-			return nil
+// take holds the order's key for a request with payload fingerprint fp, and
+// reports true, if no other request holds it. Otherwise it waits until the
+// holder releases it and reports false, so that the caller looks for the
+// holder's answer before it tries again. It fails with errKeyMismatch at
+// once if the holder is queueing another payload's order, and with
+// errInProgress if the deadline or ctx comes first.
+func (k *keyHolds) take(ctx context.Context, order uuid.UUID, fp string, deadline time.Time) (bool, error) {
+	k.mu.Lock()
+	h, busy := k.keys[order]
+	if !busy {
+		if k.keys == nil {
+			k.keys = map[uuid.UUID]keyHold{}
 		}
-		if h.fp != fp {
-			k.mu.Unlock()
-			return errKeyMismatch
-		}
-		if h.done == nil {
-			h.done = make(chan struct{})
-			k.keys[order] = h
-		}
+		k.keys[order] = keyHold{fp: fp}
 		k.mu.Unlock()
-		if timeout == nil {
-			t := time.NewTimer(wait)
-			defer t.Stop()
-			timeout = t.C
-		}
-		k.waiting.Inc()
-		var err error
-		select {
-		case <-h.done:
-		case <-timeout:
-			err = errInProgress
-		case <-ctx.Done():
-			err = errInProgress
-		}
-		k.waiting.Dec()
-		if err != nil {
-			return err
-		}
+		return true, nil
+	}
+	if h.queueing && h.fp != fp {
+		k.mu.Unlock()
+		return false, errKeyMismatch
+	}
+	// A holder with another payload that is not queueing yet may still be
+	// refused (a mismatch, a closed sale): the gate decides after it.
+	if h.done == nil {
+		h.done = make(chan struct{})
+		k.keys[order] = h
+	}
+	k.mu.Unlock()
+	k.waiting.Inc()
+	defer k.waiting.Dec()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-h.done:
+		return false, nil
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	select {
+	case <-h.done: // released as the wait ended
+		return false, nil
+	default:
+		return false, errInProgress
+	}
+}
+
+// queueing marks the held key's request as admitted, its order about to be
+// queued.
+func (k *keyHolds) queueing(order uuid.UUID) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if h, ok := k.keys[order]; ok {
+		h.queueing = true
+		k.keys[order] = h
 	}
 }
 
