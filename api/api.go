@@ -84,12 +84,15 @@ type Config struct {
 	// not hold yet (default 250ms).
 	MissTimeout time.Duration
 	// InProgressWait bounds how long a request waits for another request
-	// of its key in this process, a double click's first click, before it
-	// is answered request_in_progress (default 1s).
+	// of its key in this process (a double click's first click, or another
+	// payload the gate has not decided yet) before it is answered
+	// request_in_progress (default 1s).
 	InProgressWait time.Duration
-	Logger         *slog.Logger
-	Now            func() time.Time
-	Registry       *prometheus.Registry
+	// GateTimeout bounds each call to the Redis gate (default 1s).
+	GateTimeout time.Duration
+	Logger      *slog.Logger
+	Now         func() time.Time
+	Registry    *prometheus.Registry
 	// Checks are added to /readyz, for the other roles of the process.
 	Checks []Check
 	// Recent remembers the orders accepted here (default: its own); share
@@ -126,6 +129,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 	cfg.WriteTimeout = cmp.Or(cfg.WriteTimeout, 10*time.Second)
 	cfg.MissTimeout = cmp.Or(cfg.MissTimeout, 250*time.Millisecond)
 	cfg.InProgressWait = cmp.Or(cfg.InProgressWait, time.Second)
+	cfg.GateTimeout = cmp.Or(cfg.GateTimeout, time.Second)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}

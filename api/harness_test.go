@@ -42,6 +42,8 @@ type options struct {
 	publishTimeout time.Duration
 	// inProgressWait is how long a double click waits for its first (default 1s).
 	inProgressWait time.Duration
+	// gateTimeout bounds each Redis gate call (default 1s).
+	gateTimeout time.Duration
 }
 
 type harness struct {
@@ -98,6 +100,7 @@ func setup(t testing.TB, opts options) *harness {
 		Recent:            h.recent,
 		PublishTimeout:    cmp.Or(opts.publishTimeout, 2*time.Second),
 		InProgressWait:    opts.inProgressWait,
+		GateTimeout:       opts.gateTimeout,
 		WriteTimeout:      3 * time.Second,
 		ReconcileInterval: cmp.Or(opts.reconcile, 50*time.Millisecond),
 		MissTimeout:       10 * time.Second, // a loaded CI machine's first read may be slow

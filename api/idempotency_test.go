@@ -131,7 +131,8 @@ func TestADoubleClickGetsTheFirstClicksAnswer(t *testing.T) {
 // waits, and gets the key's stored answer replayed.
 func TestARetryWaitsBehindAnotherPayloadTheGateHasNotDecided(t *testing.T) {
 	t.Parallel()
-	h := setup(t, options{proxyRedis: true, inProgressWait: 20 * time.Second})
+	// The gate's calls wait for Redis as long as the test holds it.
+	h := setup(t, options{proxyRedis: true, inProgressWait: 20 * time.Second, gateTimeout: 20 * time.Second})
 	event := h.event(4, 1)
 	if r := h.order("bob", "b", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
 		t.Fatalf("bob: %d %s", r.status, r.body)

@@ -150,30 +150,32 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	// down), and when Redis fails or comes back mid-request, this is what
 	// keeps one process from queueing a key twice.
 	deadline := time.Now().Add(s.cfg.InProgressWait)
-	for {
+	held := false
+	defer func() {
+		if held {
+			s.keys.release(adm.OrderID)
+		}
+	}()
+	for !held {
 		if rec, ok := s.remembered(customer, adm.OrderID); ok {
 			s.answerRemembered(r.Context(), w, adm, rec)
 			return
 		}
-		held, err := s.keys.take(r.Context(), adm.OrderID, adm.Fingerprint, deadline)
-		if err != nil {
+		if held, err = s.keys.take(r.Context(), adm.OrderID, adm.Fingerprint, deadline); err != nil {
 			problem.WriteError(w, err)
 			return
 		}
-		if held {
-			break
-		}
-		// The holder finished; its answer may be remembered now.
+		// Not held: the holder finished, or was admitted; look again.
 	}
 	// Answered between the look above and the hold, by the request that
 	// held the key then (the gate can have missed it: Redis was down, or
 	// lost the key). Memory answers without the hold.
 	if rec, ok := s.remembered(customer, adm.OrderID); ok {
 		s.keys.release(adm.OrderID)
+		held = false
 		s.answerRemembered(r.Context(), w, adm, rec)
 		return
 	}
-	defer s.keys.release(adm.OrderID)
 	owner, gated, acceptedAt := "", !s.redisDown.Load(), adm.AcceptedAt
 	var admitted crowdpass.AdmissionResult
 	if gated {
@@ -181,7 +183,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		// The admission runs to its end even if the client goes away: its
 		// script may already be queued, and a half-known outcome would leave
 		// the key in flight with its stock taken.
-		admitCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Second)
+		admitCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.GateTimeout)
 		var res crowdpass.AdmissionResult
 		if adm.Window == "" && s.edge.short(category.ID, adm.Quantity, now) {
 			s.metrics.refused.Inc()
@@ -261,7 +263,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		// The order is queued whatever happens now; if the answer cannot be
 		// stored, the in-flight mark expires and a retry is queued again,
 		// which the workers recognise by its id.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Second)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.GateTimeout)
 		if err := s.gate.Complete(ctx, adm, answer); err != nil {
 			s.log.Warn("answer not stored", "order_id", req.OrderID, "err", err)
 		}
@@ -282,15 +284,15 @@ type keyHolds struct {
 type keyHold struct {
 	fp       string        // the holder's payload fingerprint
 	queueing bool          // the holder was admitted: its payload is the key's
-	done     chan struct{} // closed on release; made by the first request that waits
+	changed  chan struct{} // closed when the holder is admitted or releases; made by the first request that waits
 }
 
 // take holds the order's key for a request with payload fingerprint fp, and
 // reports true, if no other request holds it. Otherwise it waits until the
-// holder releases it and reports false, so that the caller looks for the
-// holder's answer before it tries again. It fails with errKeyMismatch at
-// once if the holder is queueing another payload's order, and with
-// errInProgress if the deadline or ctx comes first.
+// holder is admitted or releases the key, and reports false, so that the
+// caller looks for the holder's answer and tries again. It fails with
+// errKeyMismatch at once if the holder is queueing another payload's order,
+// and with errInProgress if the deadline or ctx comes first.
 func (k *keyHolds) take(ctx context.Context, order uuid.UUID, fp string, deadline time.Time) (bool, error) {
 	k.mu.Lock()
 	h, busy := k.keys[order]
@@ -308,8 +310,8 @@ func (k *keyHolds) take(ctx context.Context, order uuid.UUID, fp string, deadlin
 	}
 	// A holder with another payload that is not queueing yet may still be
 	// refused (a mismatch, a closed sale): the gate decides after it.
-	if h.done == nil {
-		h.done = make(chan struct{})
+	if h.changed == nil {
+		h.changed = make(chan struct{})
 		k.keys[order] = h
 	}
 	k.mu.Unlock()
@@ -318,13 +320,13 @@ func (k *keyHolds) take(ctx context.Context, order uuid.UUID, fp string, deadlin
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
-	case <-h.done:
+	case <-h.changed:
 		return false, nil
 	case <-timer.C:
 	case <-ctx.Done():
 	}
 	select {
-	case <-h.done: // released as the wait ended
+	case <-h.changed: // as the wait ended
 		return false, nil
 	default:
 		return false, errInProgress
@@ -332,13 +334,21 @@ func (k *keyHolds) take(ctx context.Context, order uuid.UUID, fp string, deadlin
 }
 
 // queueing marks the held key's request as admitted, its order about to be
-// queued.
+// queued, and wakes the requests waiting for it: another payload is a
+// mismatch now.
 func (k *keyHolds) queueing(order uuid.UUID) {
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	if h, ok := k.keys[order]; ok {
-		h.queueing = true
-		k.keys[order] = h
+	h, ok := k.keys[order]
+	if !ok {
+		k.mu.Unlock()
+		return
+	}
+	changed := h.changed
+	h.queueing, h.changed = true, nil
+	k.keys[order] = h
+	k.mu.Unlock()
+	if changed != nil {
+		close(changed)
 	}
 }
 
@@ -347,8 +357,8 @@ func (k *keyHolds) release(order uuid.UUID) {
 	h := k.keys[order]
 	delete(k.keys, order)
 	k.mu.Unlock()
-	if h.done != nil {
-		close(h.done)
+	if h.changed != nil {
+		close(h.changed)
 	}
 }
 
@@ -396,7 +406,7 @@ func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, ad
 	}
 	how := "redis_down"
 	if !s.redisDown.Load() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
 		held, stored, err := s.gate.Remember(ctx, adm, rec)
 		cancel()
 		switch {
@@ -442,7 +452,7 @@ func (s *Server) abort(adm crowdpass.Admission, owner string, admitted crowdpass
 	if admitted.Taken > 0 {
 		s.edge.forget(adm.CategoryID) // stock comes back: the sold-out view is stale
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.GateTimeout)
 	defer cancel()
 	if err := s.gate.Abort(ctx, adm, owner, admitted); err != nil {
 		s.log.Warn("admission not undone; the in-flight mark expires and the gate is reconciled later", "order_id", adm.OrderID, "err", err)
