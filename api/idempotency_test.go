@@ -144,6 +144,7 @@ func TestARetryWaitsBehindAnotherPayloadTheGateHasNotDecided(t *testing.T) {
 	h.redisProxy.Stall() // the other payload's gate call waits
 	other := make(chan reply, 1)
 	go func() { other <- h.order("alice", "k", orderJSON(event, 0, 2)) }()
+	// In flight: the other payload and the /metrics request that asks.
 	testkit.Eventually(t, 10*time.Second, func() bool { return h.metric("crowdpass_http_requests_in_flight") == "2" }, "the other payload in the gate")
 	retry := make(chan reply, 1)
 	go func() { retry <- h.order("alice", "k", orderJSON(event, 0, 1)) }()

@@ -56,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"result"}),
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "crowdpass_orders_waiting_for_key",
-			Help: "POST /orders waiting for an earlier request of their Idempotency-Key in this process to finish (a double click's second click).",
+			Help: "POST /orders waiting for another request of their Idempotency-Key in this process (a double click's second click waiting for its first).",
 		}),
 	}
 	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered, m.waiting)
