@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -17,21 +18,47 @@ type OrderQueue struct {
 	Topology  Topology
 }
 
-// Enqueue publishes an order request and returns once the broker confirmed it.
+// Enqueue publishes an order request and returns once the broker confirmed
+// it. A publish whose channel was lost before its confirm may have been
+// queued all the same, so it is sent again (the same message id: workers
+// decide an order once) until one is confirmed or ctx ends; an error then
+// leaves the order's fate unknown only if a message left the process. A
+// publish that never left (not connected, blocked) fails at once.
 func (q OrderQueue) Enqueue(ctx context.Context, r crowdpass.OrderRequest) error {
 	body, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encoding order request: %w", err)
 	}
-	return q.Publisher.Publish(ctx, "", q.Topology.Orders(), amqp.Publishing{
+	msg := amqp.Publishing{
 		ContentType:  "application/json",
 		DeliveryMode: amqp.Persistent,
 		MessageId:    r.OrderID.String(),
 		Timestamp:    time.Now(),
 		Type:         "order.requested",
 		Body:         body,
-	})
+	}
+	sent := false
+	for {
+		err := q.Publisher.Publish(ctx, "", q.Topology.Orders(), msg)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ErrChannelLost):
+			sent = true
+		case !sent:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(resendPause):
+		}
+	}
 }
+
+// resendPause spaces the resends of a publish whose channel was lost while
+// the publisher reconnects.
+const resendPause = 50 * time.Millisecond
 
 // Ready reports whether orders can be queued now.
 func (q OrderQueue) Ready() bool { return q.Publisher.Ready() }

@@ -20,6 +20,7 @@ var (
 	ErrNacked       = errors.New("the broker refused the message")
 	ErrUnroutable   = errors.New("the message was unroutable")
 	ErrChannelLost  = errors.New("the channel closed before the broker confirmed")
+	ErrBlocked      = errors.New("the broker is blocking publishes (a resource alarm)")
 )
 
 // PublisherConfig configures a Publisher.
@@ -47,6 +48,10 @@ type Publisher struct {
 	pool      []*confirmChannel
 	next      atomic.Uint64
 	ready     atomic.Bool
+	// blocked is set while the broker holds publishes back (connection.blocked,
+	// sent on a memory or disk alarm): a publish then fails at once instead of
+	// hanging in a write the broker does not read.
+	blocked atomic.Bool
 }
 
 // NewPublisher returns a publisher; Run connects it.
@@ -61,8 +66,9 @@ func NewPublisher(cfg PublisherConfig) *Publisher {
 	return &Publisher{cfg: cfg, log: cfg.Logger, redeclare: make(chan struct{}, 1)}
 }
 
-// Ready reports whether the publisher is connected.
-func (p *Publisher) Ready() bool { return p.ready.Load() }
+// Ready reports whether the publisher is connected and the broker takes
+// its publishes.
+func (p *Publisher) Ready() bool { return p.ready.Load() && !p.blocked.Load() }
 
 // Run keeps the publisher connected until ctx is done, reconnecting after
 // any loss. Cancel ctx only once no more publishes are wanted: in-flight
@@ -81,6 +87,8 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 	}
 	defer Close(conn)
 	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 1))
+	defer p.blocked.Store(false) // the next connection starts unblocked
 	if p.cfg.Declare != nil {
 		ch, err := conn.Channel()
 		if err != nil {
@@ -130,6 +138,17 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 				return errors.New("connection closed")
 			}
 			return err
+		case b, ok := <-blocked:
+			if !ok {
+				blocked = nil
+				continue
+			}
+			p.blocked.Store(b.Active)
+			if b.Active {
+				p.log.Warn("the broker blocks publishes", "connection", p.cfg.Name, "reason", b.Reason)
+			} else {
+				p.log.Info("the broker takes publishes again", "connection", p.cfg.Name)
+			}
 		case <-p.redeclare:
 			if p.cfg.Declare == nil {
 				continue
@@ -152,9 +171,9 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 // the broker's confirm or ctx's end. It returns nil only if the broker
 // confirmed the message and did not return it as unroutable.
 func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
-	cc := p.channel()
-	if cc == nil {
-		return ErrNotConnected
+	cc, err := p.channel()
+	if err != nil {
+		return err
 	}
 	w, err := cc.start(ctx, exchange, key, true, msg)
 	if err == nil {
@@ -169,14 +188,17 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 	return err
 }
 
-// channel picks the next confirming channel, round robin; nil when not connected.
-func (p *Publisher) channel() *confirmChannel {
+// channel picks the next confirming channel, round robin.
+func (p *Publisher) channel() (*confirmChannel, error) {
+	if p.blocked.Load() {
+		return nil, ErrBlocked
+	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if len(p.pool) == 0 {
-		return nil
+		return nil, ErrNotConnected
 	}
-	return p.pool[p.next.Add(1)%uint64(len(p.pool))]
+	return p.pool[p.next.Add(1)%uint64(len(p.pool))], nil
 }
 
 // Message is one message of a batch.
@@ -191,10 +213,10 @@ type Message struct {
 // between, then waits for all the confirms; errs[i] is message i's outcome.
 func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) (errs []error) {
 	errs = make([]error, len(msgs))
-	cc := p.channel()
-	if cc == nil {
+	cc, err := p.channel()
+	if err != nil {
 		for i := range errs {
-			errs[i] = ErrNotConnected
+			errs[i] = err
 		}
 		return errs
 	}
@@ -217,7 +239,9 @@ type confirmChannel struct {
 	returns  chan amqp.Return
 	confirms chan amqp.Confirmation
 
-	publishMu sync.Mutex // makes taking a sequence number and publishing one step
+	// publishing is a slot taken to make taking a sequence number and
+	// publishing one step; a caller waits for it only until its deadline.
+	publishing chan struct{}
 
 	mu      sync.Mutex
 	pending map[uint64]*waiter
@@ -246,30 +270,44 @@ func openConfirmChannel(conn *amqp.Connection) (*confirmChannel, error) {
 		// the broker sends a message's return before its ack, the client
 		// cannot hand over the ack before the return was taken, so a
 		// returned message is always known as such when its ack arrives.
-		returns:  ch.NotifyReturn(make(chan amqp.Return)),
-		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 1024)),
-		pending:  map[uint64]*waiter{},
-		byID:     map[string][]*waiter{},
+		returns:    ch.NotifyReturn(make(chan amqp.Return)),
+		confirms:   ch.NotifyPublish(make(chan amqp.Confirmation, 1024)),
+		pending:    map[uint64]*waiter{},
+		byID:       map[string][]*waiter{},
+		publishing: make(chan struct{}, 1),
 	}
 	return cc, nil
 }
 
 // start publishes msg and returns the waiter its confirm will reach.
 func (cc *confirmChannel) start(ctx context.Context, exchange, key string, mandatory bool, msg amqp.Publishing) (*waiter, error) {
+	select {
+	case cc.publishing <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting to publish: %w", ctx.Err())
+	}
+	defer func() { <-cc.publishing }()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("waiting to publish: %w", err)
+	}
 	w := &waiter{id: msg.MessageId, done: make(chan error, 1)}
-	cc.publishMu.Lock()
 	cc.mu.Lock()
 	if cc.dead {
 		cc.mu.Unlock()
-		cc.publishMu.Unlock()
 		return nil, ErrChannelLost
 	}
 	seq := cc.ch.GetNextPublishSeqNo()
 	cc.pending[seq] = w
 	cc.byID[w.id] = append(cc.byID[w.id], w)
 	cc.mu.Unlock()
+	// A write the broker does not read (TCP flow control, a stalled broker)
+	// cannot be interrupted, and the publishes of every channel queue behind
+	// it on the connection. Past the caller's deadline the connection is
+	// cut at once: that write and every publish pending on the connection
+	// fail with ErrChannelLost, and the session reconnects.
+	stop := context.AfterFunc(ctx, func() { _ = cc.conn.CloseDeadline(time.Now()) })
 	err := cc.ch.PublishWithContext(ctx, exchange, key, mandatory, false, msg)
-	cc.publishMu.Unlock()
+	stop()
 	if err != nil {
 		cc.settle(seq, nil)
 		return nil, fmt.Errorf("publishing: %w", err)
@@ -363,11 +401,16 @@ func (cc *confirmChannel) fail() {
 // QueueDepth returns the messages ready in a queue (not those delivered and
 // unacknowledged), on a channel of its own.
 func (p *Publisher) QueueDepth(ctx context.Context, queue string) (int, error) {
-	cc := p.channel()
-	if cc == nil {
+	p.mu.RLock()
+	var conn *amqp.Connection
+	if len(p.pool) > 0 {
+		conn = p.pool[0].conn
+	}
+	p.mu.RUnlock()
+	if conn == nil {
 		return 0, ErrNotConnected
 	}
-	ch, err := cc.conn.Channel()
+	ch, err := conn.Channel()
 	if err != nil {
 		return 0, fmt.Errorf("opening channel: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -22,6 +23,7 @@ type Proxy struct {
 	flowing chan struct{} // closed while bytes flow; open while stalled
 	done    chan struct{} // closed when the proxy closes
 	wg      sync.WaitGroup
+	held    atomic.Int64 // bytes read while stalled
 }
 
 // NewProxy listens on a free loopback port and forwards to target (host:port).
@@ -97,6 +99,10 @@ func (p *Proxy) Resume() {
 	}
 }
 
+// Held is how many bytes the proxy has read while stalled, in either
+// direction: a test waits on it to know that a write reached the proxy.
+func (p *Proxy) Held() int64 { return p.held.Load() }
+
 // Allow undoes Refuse.
 func (p *Proxy) Allow() {
 	p.mu.Lock()
@@ -147,6 +153,9 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
+		if n > 0 && p.stalled() {
+			p.held.Add(int64(n))
+		}
 		if !p.flow() {
 			break
 		}
@@ -165,6 +174,17 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	delete(p.conns, dst)
 	delete(p.conns, src)
 	p.mu.Unlock()
+}
+
+func (p *Proxy) stalled() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.flowing:
+		return false
+	default:
+		return true
+	}
 }
 
 // flow waits while the proxy is stalled; false once it is closed.

@@ -1,0 +1,102 @@
+package broker_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/broker"
+	"github.com/crowdpass/crowdpass/testkit"
+)
+
+// runPublisher starts a publisher on url under a namespace of its own and
+// waits until it is connected.
+func runPublisher(t *testing.T, url string) (*broker.Publisher, broker.Topology) {
+	t.Helper()
+	topo := broker.Topology{Namespace: testkit.Namespace(t)}
+	pub := broker.NewPublisher(broker.PublisherConfig{
+		URL: url, Name: "publisher-test", Declare: topo.Declare,
+		RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond, Logger: testkit.Logger(t),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = pub.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	testkit.Eventually(t, 10*time.Second, pub.Ready, "publisher not connected")
+	return pub, topo
+}
+
+// An order whose publish was written but whose connection was lost before
+// the confirm may be queued, so it is sent again on the next connection
+// rather than reported as not queued (which the API would turn into a 503
+// that promises nothing was created).
+func TestAnOrderWhoseConnectionWasLostBeforeItsConfirmIsSentAgain(t *testing.T) {
+	t.Parallel()
+	proxy, url := testkit.NewURLProxy(t, testkit.AMQPURL())
+	pub, topo := runPublisher(t, url)
+	queue := broker.OrderQueue{Publisher: pub, Topology: topo}
+	req := crowdpass.OrderRequest{
+		OrderID: crowdpass.OrderID("c1", "k1"), CustomerID: "c1", IdempotencyKey: "k1",
+		EventID: uuid.New(), CategoryID: uuid.New(), Quantity: 1, AcceptedAt: crowdpass.NewTime(time.Now()),
+	}
+
+	proxy.Stall()
+	t.Cleanup(proxy.Resume)
+	held := proxy.Held()
+	result := make(chan error, 1)
+	go func() { result <- queue.Enqueue(testkit.Context(t), req) }()
+	testkit.Eventually(t, 10*time.Second, func() bool { return proxy.Held() > held }, "the publish never reached the proxy")
+	proxy.Cut() // the broker never gets the held message, nor its sender a confirm
+	proxy.Resume()
+
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatalf("Enqueue = %v, want nil: the message is sent again once reconnected", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Enqueue still waiting 30 s after the connection was cut")
+	}
+	check := testkit.NewPublisher(t, topo)
+	if n := check.QueueDepth(topo.Orders()); n != 1 {
+		t.Errorf("%d messages queued, want the one resent", n)
+	}
+}
+
+// A publish the broker does not read (stalled, or holding publishers back
+// by TCP flow control) ends at the caller's deadline: the connection is cut
+// under it, instead of the caller hanging until the broker wakes.
+func TestAPublishTheBrokerDoesNotReadEndsAtItsDeadline(t *testing.T) {
+	t.Parallel()
+	proxy, url := testkit.NewURLProxy(t, testkit.AMQPURL())
+	pub, topo := runPublisher(t, url)
+	proxy.Stall()
+	t.Cleanup(proxy.Resume)
+
+	// Far more than the sockets' buffers hold, so that the write blocks.
+	body := make([]byte, 64<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	result := make(chan error, 1)
+	go func() {
+		result <- pub.Publish(ctx, "", topo.Orders(), amqp.Publishing{MessageId: "big", Body: body})
+	}()
+	select {
+	case err := <-result:
+		if err == nil {
+			t.Fatal("Publish = nil through a stalled broker")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Publish still blocked 20 s after its 500 ms deadline")
+	}
+}
