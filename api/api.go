@@ -116,9 +116,11 @@ type Server struct {
 	metrics     *metrics
 	router      chi.Router
 
-	redisDown  atomic.Bool
-	keys       keyHolds     // keys whose requests this process is handling (see postOrder)
-	publishing atomic.Int64 // orders between gate and confirm in this process
+	redisDown atomic.Bool
+	keys      keyHolds // keys whose requests this process is handling (see postOrder)
+	// inFlight counts this process's orders from before their admission
+	// until they are queued or given back.
+	inFlight atomic.Int64
 }
 
 // New returns the API; Handler serves it and Run keeps its caches fresh.
@@ -351,9 +353,12 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 // reconcile rebuilds the gate from PostgreSQL's remaining. A missing stock
 // key is set at once: a copy of remaining that may be a second old can only
 // admit a few orders too many, which the workers reject as sold out. A known
-// one is corrected only when the queue is drained and nothing is being
-// published from here, as only then is remaining the whole truth; the
-// compare-and-set leaves it alone if an order took stock meanwhile.
+// one is corrected only when the queue is drained and no order of this
+// process is between its admission and the queue, as only then is
+// remaining the whole truth; the compare-and-set leaves it alone if an
+// order took stock meanwhile. (Other processes' orders in that gap are not
+// seen: their stock can come back to the gate, and the workers reject what
+// it over-admits.)
 func (s *Server) reconcile(ctx context.Context) {
 	if s.redisDown.Load() || !s.catalog.isLoaded() {
 		return
@@ -373,7 +378,7 @@ func (s *Server) reconcile(ctx context.Context) {
 			if !checked {
 				checked = true
 				d, err := s.queue.Drained(ctx)
-				drained = err == nil && d && s.publishing.Load() == 0
+				drained = err == nil && d && s.inFlight.Load() == 0
 			}
 			if !drained {
 				continue

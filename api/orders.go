@@ -178,6 +178,15 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	owner, gated, acceptedAt := "", !s.redisDown.Load(), adm.AcceptedAt
 	var admitted crowdpass.AdmissionResult
+	// From before an admission can take stock until its order is queued or
+	// the stock given back, the reconcile must not take the gate's stock
+	// for drift: the order is in neither the queue nor remaining.
+	inFlight := false
+	defer func() {
+		if inFlight {
+			s.inFlight.Add(-1)
+		}
+	}()
 	if gated {
 		owner = newOwner()
 		// The admission runs to its end even if the client goes away: its
@@ -189,7 +198,13 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			s.metrics.refused.Inc()
 			res, err = s.gate.Refuse(admitCtx, adm, owner)
 		} else {
+			s.inFlight.Add(1)
+			inFlight = true
 			res, err = s.gate.Admit(admitCtx, adm, owner)
+			if err == nil && res.Verdict != crowdpass.Admitted {
+				s.inFlight.Add(-1)
+				inFlight = false
+			}
 		}
 		if err == nil && res.Verdict == crowdpass.SoldOut && res.StockKnown {
 			s.edge.observe(category.ID, res.Stock, now)
@@ -236,6 +251,10 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.keys.queueing(adm.OrderID)
+	if !inFlight {
+		s.inFlight.Add(1)
+		inFlight = true
+	}
 
 	req := crowdpass.OrderRequest{
 		OrderID:        adm.OrderID,
@@ -436,8 +455,6 @@ func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, ad
 // enqueue publishes and waits for the confirm, bounded by PublishTimeout
 // even if the client goes away: an order is either confirmed or given back.
 func (s *Server) enqueue(ctx context.Context, req crowdpass.OrderRequest) error {
-	s.publishing.Add(1)
-	defer s.publishing.Add(-1)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()
