@@ -159,17 +159,19 @@ const (
 )
 
 // findEvent returns the event from the catalog or, on a miss, from
-// PostgreSQL; ok is false if neither knows it (or the database could not
-// say in time, when the answer is the catalog's: not found).
-func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, bool) {
+// PostgreSQL. It fails with not_found if neither knows it, and with
+// unavailable if the database could not say: over the rate of miss lookups,
+// failed or out of time. An event that may exist is never answered as
+// unknown.
+func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, error) {
 	if e, ok := s.catalog.event(id); ok {
-		return e, true
+		return e, nil
 	}
 	if s.catalog.wasMissed(id) {
-		return crowdpass.Event{}, false
+		return crowdpass.Event{}, errNoEvent(id)
 	}
 	if !s.missLookups.Allow() {
-		return crowdpass.Event{}, false
+		return crowdpass.Event{}, errEventUnknown
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.MissTimeout)
 	defer cancel()
@@ -177,11 +179,17 @@ func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, 
 	switch {
 	case errors.Is(err, crowdpass.ErrNotFound):
 		s.catalog.miss(id)
-		return crowdpass.Event{}, false
+		return crowdpass.Event{}, errNoEvent(id)
 	case err != nil:
 		s.log.Debug("event lookup failed", "event_id", id, "err", err)
-		return crowdpass.Event{}, false
+		return crowdpass.Event{}, errEventUnknown
 	}
 	s.catalog.add(e)
-	return e, true
+	return e, nil
 }
+
+func errNoEvent(id uuid.UUID) error {
+	return crowdpass.Errorf(crowdpass.ENotFound, "event %s does not exist", id)
+}
+
+var errEventUnknown = crowdpass.Errorf(crowdpass.EUnavailable, "the event is not in this process's catalog and the database could not be asked in time; nothing was created, retry")

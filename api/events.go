@@ -22,9 +22,9 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the event catalog is not loaded yet"))
 		return
 	}
-	event, ok := s.findEvent(r.Context(), id)
-	if !ok {
-		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such event"))
+	event, err := s.findEvent(r.Context(), id)
+	if err != nil {
+		problem.WriteError(w, err)
 		return
 	}
 	problem.WriteJSON(w, http.StatusOK, event)

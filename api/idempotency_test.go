@@ -307,6 +307,35 @@ func TestStockBackInTheGateIsSoldAgain(t *testing.T) {
 	}, "the ticket back in the gate sold")
 }
 
+// An event the catalog has not loaded yet, looked up when PostgreSQL cannot
+// be asked (here: a flood of unknown ids has used up the lookups' rate), is
+// unavailable, never not found: it may exist.
+func TestAnEventThatMayExistIsNeverNotFound(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{reconcile: time.Hour})
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return h.do(http.MethodGet, "/events/"+uuid.NewString(), nil, nil).status == http.StatusNotFound
+	}, "catalog loaded")
+	unavailable := 0
+	for round := 0; unavailable == 0 && round < 20; round++ {
+		event := testkit.CreateEvent(t, h.store, 4, 10)
+		for range 40 {
+			h.do(http.MethodGet, "/events/"+uuid.NewString(), nil, nil)
+		}
+		r := h.order("alice", fmt.Sprint("k", round), orderJSON(event, 0, 1))
+		switch {
+		case r.status == http.StatusAccepted:
+		case r.status == http.StatusServiceUnavailable && r.problem(t)["code"] == string(crowdpass.EUnavailable) && r.header.Get("Retry-After") != "":
+			unavailable++
+		default:
+			t.Fatalf("POST /orders for an event not yet in the catalog, lookups used up: %d %s", r.status, r.body)
+		}
+	}
+	if unavailable == 0 {
+		t.Fatal("the flood never used up the lookups; the check above proved nothing")
+	}
+}
+
 // An event created through another process (or `crowdpass event create`) is
 // known at once, not only after the next catalog refresh.
 func TestEventCreatedElsewhereIsOrderableAtOnce(t *testing.T) {

@@ -104,9 +104,9 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the event catalog is not loaded yet"))
 		return
 	}
-	event, ok := s.findEvent(r.Context(), payload.EventID)
-	if !ok {
-		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "event %s does not exist", payload.EventID))
+	event, err := s.findEvent(r.Context(), payload.EventID)
+	if err != nil {
+		problem.WriteError(w, err)
 		return
 	}
 	// The quantity's bound is a field check (422), which the contract puts
