@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -161,18 +162,25 @@ func (s *Server) Handler() http.Handler { return s.router }
 // Events returns the events of the catalog, as GET /events/{id} shows them.
 func (s *Server) Events() []crowdpass.Event { return s.catalog.all() }
 
-// Router lets other roles of the process mount their routes (the notifier's /ws).
-func (s *Server) Router() chi.Router { return s.router }
-
-func (s *Server) routes() chi.Router {
-	r := chi.NewRouter()
-	r.Use(s.recoverer, s.instrument)
+// Fallbacks makes r answer HEAD as GET, and unknown routes and methods
+// with problems, as every error is: for the API and the roles' ops servers.
+func Fallbacks(r chi.Router) {
+	r.Use(middleware.GetHead)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such route"))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EMethodNotAllowed, "method %s is not allowed here", r.Method))
 	})
+}
+
+// Router lets other roles of the process mount their routes (the notifier's /ws).
+func (s *Server) Router() chi.Router { return s.router }
+
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(s.recoverer, s.instrument)
+	Fallbacks(r)
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

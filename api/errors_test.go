@@ -73,6 +73,7 @@ func TestEveryProblemHasItsStatusAndCode(t *testing.T) {
 		{"key twice", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "a", "Idempotency-Key", "b", "Content-Type", "application/json"), body, 400, crowdpass.EKeyInvalid},
 		{"key bad beats media type", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", ""), body, 400, crowdpass.EKeyInvalid},
 		{"no content type", "POST", "/orders", withoutCT, body, 415, crowdpass.EUnsupportedMediaType},
+		{"json with a parameter without value", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k", "Content-Type", "application/json; charset"), orderJSON(event, 1, 3), 422, crowdpass.EValidation},
 		{"text body", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k", "Content-Type", "text/plain"), body, 415, crowdpass.EUnsupportedMediaType},
 		{"too large", "POST", "/orders", std("k-big"), []byte(`{"event_id":"` + strings.Repeat("x", 17<<10) + `"}`), 413, crowdpass.EPayloadTooLarge},
 		{"not json", "POST", "/orders", std("k"), []byte(`{nope`), 400, crowdpass.EMalformedBody},
@@ -120,6 +121,12 @@ func TestEveryProblemHasItsStatusAndCode(t *testing.T) {
 		}
 		if c.code == crowdpass.EValidation && p["errors"] == nil {
 			t.Errorf("%s: validation problem without errors: %s", c.name, r.body)
+		}
+	}
+	// HEAD is answered as GET, without the body.
+	for _, path := range []string{"/healthz", "/readyz", "/events/" + event.ID.String()} {
+		if r := h.do(http.MethodHead, path, nil, nil); r.status != http.StatusOK || len(r.body) != 0 {
+			t.Errorf("HEAD %s: %d %q", path, r.status, r.body)
 		}
 	}
 	// Nothing but the first order was accepted.

@@ -38,8 +38,10 @@ func idempotencyKey(h http.Header) (string, error) {
 // readJSONBody checks the media type and size and returns the body.
 func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" { // the usual header, without parsing
+		// A parameter ParseMediaType cannot read ("; charset") leaves the
+		// media type itself good; the parameters are not used.
 		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || mt != "application/json" {
+		if (err != nil && !errors.Is(err, mime.ErrInvalidMediaParameter)) || mt != "application/json" {
 			return nil, crowdpass.Errorf(crowdpass.EUnsupportedMediaType, "the body must be application/json")
 		}
 	}

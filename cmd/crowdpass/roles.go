@@ -239,6 +239,7 @@ func pprofHandler() http.Handler {
 // API, and /ws for a notifier on its own.
 func opsHandler(checks []api.Check, registry *prometheus.Registry, ws http.Handler) http.Handler {
 	r := chi.NewRouter()
+	api.Fallbacks(r)
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
