@@ -12,6 +12,54 @@ import (
 	"github.com/google/uuid"
 )
 
+const outboxAfter = `-- name: OutboxAfter :many
+SELECT id, aggregate_id, event_type, payload
+FROM outbox
+WHERE id > $1::bigint
+ORDER BY id
+LIMIT $2
+`
+
+type OutboxAfterParams struct {
+	AfterID int64
+	MaxRows int32
+}
+
+type OutboxAfterRow struct {
+	ID          int64
+	AggregateID uuid.UUID
+	EventType   string
+	Payload     []byte
+}
+
+// OutboxAfter reads outcome rows after an id, published or not, oldest
+// first: a notifier that was cut from the broker reads what it may have
+// missed.
+func (q *Queries) OutboxAfter(ctx context.Context, arg OutboxAfterParams) ([]OutboxAfterRow, error) {
+	rows, err := q.db.Query(ctx, outboxAfter, arg.AfterID, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []OutboxAfterRow
+	for rows.Next() {
+		var i OutboxAfterRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.AggregateID,
+			&i.EventType,
+			&i.Payload,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const outboxAsyncCommit = `-- name: OutboxAsyncCommit :exec
 SELECT set_config('synchronous_commit', 'off', true)
 `
@@ -114,6 +162,17 @@ func (q *Queries) OutboxDeletePublished(ctx context.Context, arg OutboxDeletePub
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const outboxLastID = `-- name: OutboxLastID :one
+SELECT coalesce(max(id), 0)::bigint AS last_id FROM outbox
+`
+
+func (q *Queries) OutboxLastID(ctx context.Context) (int64, error) {
+	row := q.db.QueryRow(ctx, outboxLastID)
+	var last_id int64
+	err := row.Scan(&last_id)
+	return last_id, err
 }
 
 const outboxListen = `-- name: OutboxListen :exec

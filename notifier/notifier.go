@@ -36,6 +36,13 @@ type Pending interface {
 	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
 }
 
+// Outbox reads the outbox, for the outcomes published while the notifier
+// was cut from the broker.
+type Outbox interface {
+	OutboxAfter(ctx context.Context, after int64, max int) ([]crowdpass.OutboxMessage, error)
+	OutboxLastID(ctx context.Context) (int64, error)
+}
+
 // Verifier checks bearer tokens.
 type Verifier interface {
 	Verify(token string) (auth.Principal, error)
@@ -61,7 +68,11 @@ type Config struct {
 	Decided func(crowdpass.Outcome)
 	// LookupTimeout bounds each of a subscribe's reads: the order in the
 	// database, then, if that fails, its stored 202 in the gate (default 2s).
-	LookupTimeout      time.Duration
+	LookupTimeout time.Duration
+	// Outbox, if set, is read when the notifier is back on the broker after
+	// losing it: its queue went with the connection, so the outcomes
+	// published meanwhile are pushed from the outbox (clients dedupe).
+	Outbox             Outbox
 	RetryMin, RetryMax time.Duration
 	Logger             *slog.Logger
 	Registry           prometheus.Registerer
@@ -88,6 +99,12 @@ type Notifier struct {
 	lag     *prometheus.HistogramVec // by path: local or broker
 
 	handed *handedOver
+	// seen is the highest outbox id received (from the broker or the relay
+	// of this process); caughtUp, once known, the highest read from the
+	// outbox. Sessions read from the lower of both, less catchUpWindow.
+	seen     atomic.Int64
+	caughtUp int64
+	marked   bool // caughtUp is known; only the sessions use these two
 }
 
 // New returns a notifier; Run consumes outcomes, ServeHTTP serves /ws.
@@ -186,6 +203,7 @@ func (n *Notifier) session(ctx context.Context, onConnected func()) error {
 	if err != nil {
 		return fmt.Errorf("consuming outcomes: %w", err)
 	}
+	n.catchUp(ctx)
 	n.ready.Store(true)
 	onConnected()
 	for {
@@ -210,6 +228,7 @@ func (n *Notifier) session(ctx context.Context, onConnected func()) error {
 // consume) is still measured, on the broker's copies.
 func (n *Notifier) Deliver(rows []crowdpass.OutboxMessage) {
 	for _, row := range rows {
+		n.observeSeen(row.ID)
 		if !n.handed.add(row.ID, row.AggregateID) {
 			continue
 		}
@@ -223,6 +242,61 @@ func (n *Notifier) Deliver(rows []crowdpass.OutboxMessage) {
 	}
 }
 
+// Catching up after a loss of the broker: outbox ids commit out of order, so
+// the rows read start catchUpWindow ids below the highest known; at most
+// catchUpPages pages of catchUpPage rows are read, within catchUpTimeout.
+const (
+	catchUpWindow  = 10_000
+	catchUpPage    = 1_000
+	catchUpPages   = 100
+	catchUpTimeout = 10 * time.Second
+)
+
+// catchUp runs when a session's queue is bound. The first time it only
+// notes where the outbox ends. After a loss, it pushes every outcome from
+// a little before the last one known: those published while there was no
+// queue were dropped by the broker. Its failure is logged: the outcomes of
+// that gap then go out only to clients that subscribe again.
+func (n *Notifier) catchUp(ctx context.Context) {
+	if n.cfg.Outbox == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, catchUpTimeout)
+	defer cancel()
+	if !n.marked {
+		last, err := n.cfg.Outbox.OutboxLastID(ctx)
+		if err != nil {
+			n.log.Warn("outbox end not read; outcomes missed while cut from the broker will not be caught up", "err", err)
+			return
+		}
+		n.caughtUp, n.marked = last, true
+		return
+	}
+	after := max(max(n.seen.Load(), n.caughtUp)-catchUpWindow, 0)
+	pushed := 0
+	for range catchUpPages {
+		rows, err := n.cfg.Outbox.OutboxAfter(ctx, after, catchUpPage)
+		if err != nil {
+			n.log.Warn("catching up from the outbox failed", "after", after, "pushed", pushed, "err", err)
+			return
+		}
+		for _, row := range rows {
+			after = row.ID
+			if out, ok := n.decode(row.Payload, strconv.FormatInt(row.ID, 10)); ok {
+				n.decided(out)
+				n.push(out)
+				pushed++
+			}
+		}
+		n.caughtUp = max(n.caughtUp, after)
+		if len(rows) < catchUpPage {
+			n.log.Info("caught up from the outbox after a loss of the broker", "outcomes", pushed)
+			return
+		}
+	}
+	n.log.Warn("caught up only partly from the outbox: too many outcomes since the loss of the broker", "outcomes", pushed)
+}
+
 // fromBroker pushes one outcome the broker delivered, unless this process's
 // relay handed it over first.
 func (n *Notifier) fromBroker(d amqp.Delivery) {
@@ -231,11 +305,23 @@ func (n *Notifier) fromBroker(d amqp.Delivery) {
 		return
 	}
 	n.observeLag(out, "broker")
-	if id, err := strconv.ParseInt(d.MessageId, 10, 64); err == nil && n.handed.take(id, out.ID) {
-		return
+	if id, err := strconv.ParseInt(d.MessageId, 10, 64); err == nil {
+		n.observeSeen(id)
+		if n.handed.take(id, out.ID) {
+			return
+		}
 	}
 	n.decided(out)
 	n.push(out)
+}
+
+func (n *Notifier) observeSeen(id int64) {
+	for {
+		seen := n.seen.Load()
+		if id <= seen || n.seen.CompareAndSwap(seen, id) {
+			return
+		}
+	}
 }
 
 func (n *Notifier) decided(out crowdpass.Outcome) {

@@ -1,6 +1,7 @@
 package notifier_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -78,7 +79,7 @@ func (b *bundle) notifier(cfg notifier.Config, listener func(net.Listener) net.L
 
 // notifierOver starts a notifier that reads orders from orders and pending.
 func (b *bundle) notifierOver(cfg notifier.Config, listener func(net.Listener) net.Listener, orders notifier.Orders, pending notifier.Pending) (*notifier.Notifier, string) {
-	cfg.AMQPURL, cfg.Topology, cfg.Logger = testkit.AMQPURL(), b.topo, testkit.Logger(b.t)
+	cfg.AMQPURL, cfg.Topology, cfg.Logger = cmp.Or(cfg.AMQPURL, testkit.AMQPURL()), b.topo, testkit.Logger(b.t)
 	n := notifier.New(cfg, orders, pending, b.authority)
 	b.wg.Go(func() { n.Run(b.ctx) })
 	srv := httptest.NewUnstartedServer(n)
@@ -158,6 +159,34 @@ func TestOutcomeReachesEverySocketOfItsCustomerAndNoOther(t *testing.T) {
 	b.pub.Orders(bobs)
 	if f := read(t, bob); f.OrderID != bobs.OrderID.String() {
 		t.Errorf("bob got %+v first", f)
+	}
+}
+
+// The notifier's queue goes with its connection: an outcome published while
+// the notifier was cut from the broker is dropped there, and the notifier
+// pushes it from the outbox once it is back.
+func TestAnOutcomePublishedWhileTheNotifierWasCutReachesTheSocket(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	proxy, amqpURL := testkit.NewURLProxy(t, testkit.AMQPURL())
+	n, url := b.notifier(notifier.Config{AMQPURL: amqpURL, Outbox: b.store, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond}, nil)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	alice := b.dial(url, "alice")
+
+	proxy.Refuse()
+	testkit.Eventually(t, 10*time.Second, func() bool { return !n.Ready() }, "notifier still on the broker")
+	order := testkit.OrderRequest("alice", "k", event, 0, 1)
+	b.pub.Orders(order)
+	b.pipeline()
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		var published bool
+		err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT published_at IS NOT NULL FROM outbox WHERE aggregate_id = $1", order.OrderID).Scan(&published)
+		return err == nil && published
+	}, "the outcome was never published")
+	proxy.Allow()
+
+	if f := read(t, alice); f.Type != crowdpass.EventOrderConfirmed || f.OrderID != order.OrderID.String() {
+		t.Errorf("alice got %+v", f)
 	}
 }
 

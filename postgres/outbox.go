@@ -91,3 +91,26 @@ func (s *Store) ListenOutbox(ctx context.Context, wake func(from int64)) error {
 		wake(from)
 	}
 }
+
+// OutboxAfter returns up to max outbox rows with ids after after, published
+// or not, oldest first.
+func (s *Store) OutboxAfter(ctx context.Context, after int64, max int) ([]crowdpass.OutboxMessage, error) {
+	rows, err := db.New(s.pool).OutboxAfter(ctx, db.OutboxAfterParams{AfterID: after, MaxRows: int32(max)})
+	if err != nil {
+		return nil, fmt.Errorf("reading the outbox: %w", err)
+	}
+	msgs := make([]crowdpass.OutboxMessage, len(rows))
+	for i, r := range rows {
+		msgs[i] = crowdpass.OutboxMessage{ID: r.ID, AggregateID: r.AggregateID, EventType: r.EventType, Payload: r.Payload}
+	}
+	return msgs, nil
+}
+
+// OutboxLastID returns the highest outbox id (0 for an empty outbox).
+func (s *Store) OutboxLastID(ctx context.Context) (int64, error) {
+	id, err := db.New(s.pool).OutboxLastID(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("reading the outbox's last id: %w", err)
+	}
+	return id, nil
+}

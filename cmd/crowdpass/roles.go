@@ -147,7 +147,7 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		}
 		n := notifier.New(notifier.Config{
 			AMQPURL: cfg.AMQPURL, Topology: topo, AllowedOrigins: cfg.AllowedOrigins, Logger: log, Registry: registry,
-			Decided: decided,
+			Decided: decided, Outbox: readStore,
 		}, readStore, pending, authority)
 		checks = append(checks, api.Check{Name: "notifier", Critical: true, OK: func(context.Context) bool { return n.Ready() }})
 		g.Go(func() error { return n.Run(ctx) })
@@ -157,7 +157,7 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		// Redis loses: a notifier that serves no socket, only its outcomes.
 		n := notifier.New(notifier.Config{
 			AMQPURL: cfg.AMQPURL, Topology: topo, Name: "crowdpass-api-outcomes", Logger: log, Registry: registry,
-			Decided: recent.Decided,
+			Decided: recent.Decided, Outbox: readStore,
 		}, readStore, nil, authority)
 		g.Go(func() error { return n.Run(ctx) })
 	}

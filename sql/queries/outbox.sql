@@ -36,3 +36,16 @@ WHERE published_at IS NULL;
 
 -- name: OutboxListen :exec
 LISTEN crowdpass_outbox;
+
+-- OutboxAfter reads outcome rows after an id, published or not, oldest
+-- first: a notifier that was cut from the broker reads what it may have
+-- missed.
+-- name: OutboxAfter :many
+SELECT id, aggregate_id, event_type, payload
+FROM outbox
+WHERE id > @after_id::bigint
+ORDER BY id
+LIMIT @max_rows;
+
+-- name: OutboxLastID :one
+SELECT coalesce(max(id), 0)::bigint AS last_id FROM outbox;
