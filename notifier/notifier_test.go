@@ -316,6 +316,28 @@ func TestSubscribeAnswersPendingWhileTheDatabaseStalls(t *testing.T) {
 	}
 }
 
+// Subscribes that wait for a stalled database do not stop the socket's
+// reader: the client's pongs are still read, and it is not taken for one
+// that stopped reading.
+func TestSlowSubscribesDoNotStopPongs(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, url := b.notifierOver(notifier.Config{LookupTimeout: time.Second, PingInterval: 50 * time.Millisecond, WriteTimeout: 300 * time.Millisecond},
+		nil, b.stalledStore(), nil)
+	alice := b.dial(url, "alice")
+	const n = 3
+	for range n {
+		if err := alice.Write(testkit.Context(t), websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","order_id":%q}`, uuid.NewString())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range n { // each lookup takes its whole second, several pings' time
+		if f := read(t, alice); f.Type != "error" || f.Code != string(crowdpass.EUnavailable) {
+			t.Errorf("subscribe while the database stalls answered %+v, want unavailable", f)
+		}
+	}
+}
+
 // stalledStore is the test's database behind a proxy that holds every byte.
 func (b *bundle) stalledStore() *postgres.Store {
 	b.t.Helper()

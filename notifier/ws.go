@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -73,15 +74,30 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	stop := context.AfterFunc(n.stopping(), cancel)
 	defer stop()
-	readerDone := make(chan struct{})
-	go func() {
-		defer close(readerDone)
-		n.read(ctx, cancel, conn, c)
-	}()
+	// Subscribes are answered apart from the reader, which must go on
+	// reading meanwhile: it handles the client's pongs, and a subscribe may
+	// wait seconds for a stalled database.
+	subs := make(chan string, subscribeQueue)
+	var wg sync.WaitGroup
+	wg.Go(func() { n.read(ctx, cancel, conn, c, subs) })
+	wg.Go(func() {
+		for {
+			select {
+			case id := <-subs:
+				n.subscribe(ctx, c, id)
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
 	n.write(ctx, conn, c)
 	cancel()
-	<-readerDone
+	wg.Wait()
 }
+
+// subscribeQueue is how many subscribes of one socket wait for their
+// answer before its reader waits too.
+const subscribeQueue = 16
 
 // write sends the client's frames and pings until the socket ends.
 func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client) {
@@ -137,8 +153,9 @@ func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client) {
 	}
 }
 
-// read handles the client's messages: subscribe, answered at once.
-func (n *Notifier) read(ctx context.Context, cancel context.CancelFunc, conn *websocket.Conn, c *client) {
+// read handles the client's messages: subscribes go to subs, to be
+// answered in turn.
+func (n *Notifier) read(ctx context.Context, cancel context.CancelFunc, conn *websocket.Conn, c *client, subs chan<- string) {
 	defer cancel()
 	for {
 		typ, data, err := conn.Read(ctx)
@@ -154,7 +171,11 @@ func (n *Notifier) read(ctx context.Context, cancel context.CancelFunc, conn *we
 				"detail": `send {"type": "subscribe", "order_id": "..."}`})
 			continue
 		}
-		n.subscribe(ctx, c, msg.OrderID)
+		select {
+		case subs <- msg.OrderID:
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 

@@ -141,13 +141,11 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		if redisGate != nil {
 			pending = recent.Pending(redisGate)
 		}
-		var decided func(crowdpass.Outcome)
-		if roles["api"] {
-			decided = recent.Decided
-		}
+		// The outcomes it sees also answer subscribes while PostgreSQL
+		// cannot (a lone notifier included), rather than the gate's 202.
 		n := notifier.New(notifier.Config{
 			AMQPURL: cfg.AMQPURL, Topology: topo, AllowedOrigins: cfg.AllowedOrigins, Logger: log, Registry: registry,
-			Decided: decided, Outbox: readStore,
+			Decided: recent.Decided, Outbox: readStore,
 		}, readStore, pending, authority)
 		checks = append(checks, api.Check{Name: "notifier", Critical: true, OK: func(context.Context) bool { return n.Ready() }})
 		g.Go(func() error { return n.Run(ctx) })
