@@ -467,3 +467,32 @@ func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
 		t.Errorf("%d confirmed orders for one key, want 1", n)
 	}
 }
+
+// A key refused at the edge keeps its answer after Redis lost it: replayed,
+// never decided anew, although the gate, rebuilt from remaining while the
+// sold ticket's order still waits in the queue, would admit it now.
+func TestAKeyRefusedAtTheEdgeIsReplayedAfterRedisLostIt(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{}) // no worker: remaining stays 1 while alice's order waits
+	event := h.event(4, 1)
+	cat := event.Categories[0]
+	h.waitGate(cat.ID, 1)
+	if r := h.order("alice", "a", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("alice: %d %s", r.status, r.body)
+	}
+	first := h.order("bob", "b", orderJSON(event, 0, 1))
+	if first.status != http.StatusConflict || first.problem(t)["code"] != string(crowdpass.ESoldOut) {
+		t.Fatalf("bob: %d %s", first.status, first.body)
+	}
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	h.waitGate(cat.ID, 1) // rebuilt from remaining: a ticket, as far as the gate knows
+	again := h.order("bob", "b", orderJSON(event, 0, 1))
+	if again.status != first.status || !bytes.Equal(again.body, first.body) || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("bob's retry after Redis lost his key: %d %s %v, want his sold_out replayed", again.status, again.body, again.header)
+	}
+	if r := h.order("bob", "b", orderJSON(event, 0, 2)); r.status != http.StatusUnprocessableEntity || r.problem(t)["code"] != string(crowdpass.EKeyMismatch) {
+		t.Errorf("another payload under bob's key: %d %s, want a mismatch", r.status, r.body)
+	}
+}

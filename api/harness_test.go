@@ -214,6 +214,23 @@ func (h *harness) acceptedElsewhere(event crowdpass.Event, customer, key string)
 	return adm
 }
 
+// refusedElsewhere stores a sold_out answer for the customer's key, as
+// another API process refusing it at the edge would, and returns it.
+func (h *harness) refusedElsewhere(event crowdpass.Event, customer, key string) crowdpass.Answer {
+	h.t.Helper()
+	cat := event.Categories[0]
+	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: cat.ID, Quantity: 1}
+	answer := crowdpass.Answer{Status: http.StatusConflict, Body: []byte(`{"code":"sold_out","elsewhere":true}` + "\n")}
+	adm := crowdpass.Admission{
+		OrderID: crowdpass.OrderID(customer, key), CustomerID: customer, Fingerprint: payload.Fingerprint(),
+		CategoryID: cat.ID, Quantity: 1, SoldOut: answer,
+	}
+	if r, err := h.gate.Refuse(testkit.Context(h.t), adm, "elsewhere"); err != nil || r.Verdict != crowdpass.SoldOut {
+		h.t.Fatalf("refusal %+v, %v", r, err)
+	}
+	return answer
+}
+
 // outcome is the decided order's outcome as its outbox row holds it: what
 // the notifier of a process passes to Recent.Decided.
 func (h *harness) outcome(order uuid.UUID) crowdpass.Outcome {

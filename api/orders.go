@@ -234,6 +234,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 				problem.WriteError(w, windowErr())
 				return
 			case crowdpass.SoldOut:
+				s.cfg.Recent.refuse(adm.OrderID, adm.Fingerprint, res.Answer)
 				problem.WriteAnswer(w, res.Answer)
 				return
 			}
@@ -400,24 +401,30 @@ func replay(w http.ResponseWriter, order uuid.UUID, answer crowdpass.Answer) {
 }
 
 // remembered returns the record Recent holds of the customer's key: an
-// order this process accepted lately, or one any process decided lately.
+// order this process accepted lately, one any process decided lately, or a
+// refusal this process answered at the edge lately.
 func (s *Server) remembered(customer string, order uuid.UUID) (crowdpass.KeyRecord, bool) {
 	rec, ok := s.cfg.Recent.get(order)
-	if !ok || rec.CustomerID != customer || rec.Answer.Status != http.StatusAccepted {
-		return crowdpass.KeyRecord{}, false
+	if ok && rec.CustomerID == customer && rec.Answer.Status == http.StatusAccepted {
+		return rec, true
 	}
-	return rec, true
+	// The order id is the customer's and the key's: a refusal found by it
+	// is this customer's.
+	if fp, answer, ok := s.cfg.Recent.refusal(order); ok {
+		return crowdpass.KeyRecord{CustomerID: customer, Fingerprint: fp, Answer: answer}, true
+	}
+	return crowdpass.KeyRecord{}, false
 }
 
 // answerRemembered answers a key whose order this process accepted, or saw
-// decided, lately.
+// decided, lately, or that it refused at the edge lately.
 // Redis may have lost the key's record, or be unreachable: the order must
-// then be neither queued again nor answered sold_out. The remembered 202
-// goes back into Redis where Redis lost it (gate/remember.lua), and the key
-// is answered as it was first used: its 202 replayed, or a mismatch for
-// another payload, as while Redis held the key. A 202 that Redis holds for
-// the key stands, and is replayed. With Redis unreachable the memory answers
-// alone.
+// then be neither queued again nor answered sold_out, and a refused key not
+// decided anew (it could be admitted now). The remembered answer goes back
+// into Redis where Redis lost it (Gate.Remember), and the key is answered as
+// it was first used: its answer replayed, or a mismatch for another
+// payload, as while Redis held the key. A 202 that Redis holds for the key
+// stands, and is replayed. With Redis unreachable the memory answers alone.
 func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, adm crowdpass.Admission, rec crowdpass.KeyRecord) {
 	res := crowdpass.AdmissionResult{Verdict: crowdpass.Replay, Answer: rec.Answer}
 	if adm.Fingerprint != rec.Fingerprint {

@@ -26,7 +26,30 @@ type Recent struct {
 	mu      sync.RWMutex // read for every POST /orders, written per 202 and per outcome
 	orders  *generations.Map[uuid.UUID, crowdpass.KeyRecord]
 	decided *generations.Map[uuid.UUID, crowdpass.KeyRecord]
+	refused refusals
 }
+
+// refusals remembers the keys this process refused at the edge (sold_out),
+// so that their answer is replayed, not decided anew, once Redis has lost
+// them. A sale refuses far more keys than it accepts, so each is an order id
+// and the index of its answer among the few distinct ones (a category's
+// sold_out for one quantity): no pointer for the collector to scan.
+type refusals struct {
+	mu      sync.RWMutex // read for every POST /orders, written per refusal
+	keys    *generations.Map[uuid.UUID, uint32]
+	answers []refusal
+	byFP    map[string][]uint32 // indexes into answers, by fingerprint
+}
+
+type refusal struct {
+	fingerprint string
+	status      int
+	body        string
+}
+
+// maxRefusals bounds the distinct refusal answers kept; past it, no new
+// one is remembered.
+const maxRefusals = 1 << 12
 
 // NewRecent returns a Recent of the given size (default 1<<16: 65,536 to
 // 131,072 orders accepted here and as many decided, a few hundred bytes
@@ -41,7 +64,41 @@ func NewRecent(size int) *Recent {
 	return &Recent{
 		orders:  generations.New[uuid.UUID, crowdpass.KeyRecord](size),
 		decided: generations.New[uuid.UUID, crowdpass.KeyRecord](size),
+		refused: refusals{keys: generations.New[uuid.UUID, uint32](4 * size), byFP: map[string][]uint32{}},
 	}
+}
+
+// refuse remembers that the key of order id was refused with answer.
+func (r *Recent) refuse(id uuid.UUID, fingerprint string, answer crowdpass.Answer) {
+	rs := &r.refused
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for _, i := range rs.byFP[fingerprint] { // no copy of the body made to look
+		if a := rs.answers[i]; a.status == answer.Status && a.body == string(answer.Body) {
+			rs.keys.Put(id, i)
+			return
+		}
+	}
+	if len(rs.answers) >= maxRefusals {
+		return
+	}
+	i := uint32(len(rs.answers))
+	rs.answers = append(rs.answers, refusal{fingerprint: fingerprint, status: answer.Status, body: string(answer.Body)})
+	rs.byFP[fingerprint] = append(rs.byFP[fingerprint], i)
+	rs.keys.Put(id, i)
+}
+
+// refusal finds the answer the key of order id was refused with.
+func (r *Recent) refusal(id uuid.UUID) (fingerprint string, answer crowdpass.Answer, ok bool) {
+	rs := &r.refused
+	rs.mu.RLock()
+	defer rs.mu.RUnlock()
+	i, ok := rs.keys.Get(id)
+	if !ok {
+		return "", crowdpass.Answer{}, false
+	}
+	a := rs.answers[i]
+	return a.fingerprint, crowdpass.Answer{Status: a.status, Body: []byte(a.body)}, true
 }
 
 func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {

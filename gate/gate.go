@@ -12,6 +12,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -179,12 +180,25 @@ func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission, owner string)
 	return held.verdict(a.Fingerprint), nil
 }
 
-// Remember stores rec, the 202 this process gave the key, where Redis lost
-// it (see remember.lua for what it replaces), and answers a from the record
-// Redis then holds: a replay or a mismatch. stored reports whether rec was
-// written.
+// Remember stores rec, the answer this process gave the key, where Redis
+// lost it, and answers a from the record Redis then holds: a replay, a
+// mismatch, or, for a refusal, in progress if the key was admitted anew
+// meanwhile. A 202 takes the place of what remember.lua says; a refusal
+// (sold_out at the edge: no order exists) only of no record, since the key
+// may have been admitted since Redis lost it, and that admission stands.
+// stored reports whether rec was written.
 func (g *Redis) Remember(ctx context.Context, a crowdpass.Admission, rec crowdpass.KeyRecord) (res crowdpass.AdmissionResult, stored bool, err error) {
 	answer := record{status: rec.Answer.Status, fp: rec.Fingerprint, customer: a.CustomerID, body: rec.Answer.Body}
+	if rec.Answer.Status != http.StatusAccepted {
+		held, stored, err := g.setNX(ctx, a.OrderID, answer)
+		switch {
+		case err != nil:
+			return crowdpass.AdmissionResult{}, false, fmt.Errorf("remembering answer: %w", err)
+		case stored:
+			return answer.verdict(a.Fingerprint), true, nil
+		}
+		return held.verdict(a.Fingerprint), false, nil
+	}
 	val, err := g.pipe.do(ctx, rememberScript, []string{g.keyKey(a.OrderID)}, answer.encode(), g.cfg.AnswerTTL.Milliseconds(), rec.Fingerprint)
 	if errors.Is(err, redis.Nil) {
 		return answer.verdict(a.Fingerprint), true, nil
