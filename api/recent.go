@@ -35,7 +35,9 @@ type Recent struct {
 // and the index of its answer among the few distinct ones (a category's
 // sold_out for one quantity): no pointer for the collector to scan.
 type refusals struct {
-	mu      sync.RWMutex // read for every POST /orders, written per refusal
+	// mu is taken for every POST /orders and once more per refusal: a
+	// plain mutex, cheaper than a RWMutex where writes are most of the use.
+	mu      sync.Mutex
 	keys    *generations.Map[uuid.UUID, uint32]
 	answers []refusal
 	byFP    map[string][]uint32 // indexes into answers, by fingerprint
@@ -91,13 +93,16 @@ func (r *Recent) refuse(id uuid.UUID, fingerprint string, answer crowdpass.Answe
 // refusal finds the answer the key of order id was refused with.
 func (r *Recent) refusal(id uuid.UUID) (fingerprint string, answer crowdpass.Answer, ok bool) {
 	rs := &r.refused
-	rs.mu.RLock()
-	defer rs.mu.RUnlock()
+	rs.mu.Lock()
 	i, ok := rs.keys.Get(id)
+	var a refusal
+	if ok {
+		a = rs.answers[i]
+	}
+	rs.mu.Unlock()
 	if !ok {
 		return "", crowdpass.Answer{}, false
 	}
-	a := rs.answers[i]
 	return a.fingerprint, crowdpass.Answer{Status: a.status, Body: []byte(a.body)}, true
 }
 
