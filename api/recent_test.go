@@ -28,3 +28,48 @@ func TestDecidedOrdersDoNotPushOutOwnOnes(t *testing.T) {
 		t.Errorf("own 202 replaced by its outcome's: %s", rec.Answer.Body)
 	}
 }
+
+// A refusal is remembered by its key with its answer, and the answers are
+// kept once however many keys share them.
+func TestRefusalsShareTheirAnswers(t *testing.T) {
+	r := NewRecent(4)
+	soldOut := crowdpass.Answer{Status: 409, Body: []byte(`{"code":"sold_out"}` + "\n")}
+	ids := make([]uuid.UUID, 10)
+	for i := range ids {
+		ids[i] = uuid.New()
+		r.refuse(ids[i], "fp1", soldOut)
+	}
+	r.refuse(uuid.New(), "fp2", soldOut)
+	if n := len(r.refused.answers); n != 2 {
+		t.Errorf("%d answers kept for two fingerprints", n)
+	}
+	fp, answer, ok := r.refusal(ids[9])
+	if !ok || fp != "fp1" || answer.Status != 409 || string(answer.Body) != string(soldOut.Body) {
+		t.Errorf("refusal = %q %+v %v", fp, answer, ok)
+	}
+	if _, _, ok := r.refusal(uuid.New()); ok {
+		t.Error("an unknown key found refused")
+	}
+}
+
+// The cost a sold-out answer pays to be remembered.
+//
+//	go test -run '^$' -bench Refuse ./api/
+func BenchmarkRefuse(b *testing.B) {
+	r := NewRecent(0)
+	soldOut := crowdpass.Answer{Status: 409, Body: []byte(`{"type":"urn:crowdpass:problem:sold_out","title":"Sold out","status":409,"detail":"not enough tickets left in the category","code":"sold_out"}` + "\n")}
+	ids := make([]uuid.UUID, 1<<20)
+	for i := range ids {
+		ids[i] = uuid.New()
+	}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			id := ids[i&(len(ids)-1)]
+			i += 7919
+			r.refusal(id)
+			r.refuse(id, "fp", soldOut)
+		}
+	})
+}
