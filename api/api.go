@@ -359,10 +359,8 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 }
 
 // reconcile rebuilds the gate from PostgreSQL's remaining. A missing stock
-// key is set at once, less the tickets this process queued and has not seen
-// decided: a copy of remaining that may be a second old, and other
-// processes' queued orders, can only admit orders too many, which the
-// workers reject as sold out. A known
+// key is set at once: a copy of remaining that may be a second old can only
+// admit a few orders too many, which the workers reject as sold out. A known
 // one is corrected only when the queue is drained and no order of this
 // process is between its admission and the queue, as only then is
 // remaining the whole truth; the compare-and-set leaves it alone if an
@@ -394,15 +392,7 @@ func (s *Server) reconcile(ctx context.Context) {
 				continue
 			}
 		}
-		// A missing key starts, as in the admission script, from remaining
-		// less this process's queued, undecided tickets; a drifted one, once
-		// the queue is drained, from remaining alone: that is the truth then,
-		// and gives back tickets of orders whose outcome was never seen.
-		target := c.Remaining
-		if !known {
-			target = max(c.Remaining-s.cfg.Recent.pendingTickets(c.ID), 0)
-		}
-		set, err := s.gate.SetStock(ctx, c.ID, n, known, target)
+		set, err := s.gate.SetStock(ctx, c.ID, n, known, c.Remaining)
 		if err != nil {
 			return
 		}
@@ -413,7 +403,7 @@ func (s *Server) reconcile(ctx context.Context) {
 				why = "drift"
 			}
 			s.metrics.reconcile.WithLabelValues(why).Inc()
-			s.log.Debug("gate stock reconciled", "category", c.ID, "was", n, "known", known, "now", target)
+			s.log.Debug("gate stock reconciled", "category", c.ID, "was", n, "known", known, "now", c.Remaining)
 		}
 	}
 }

@@ -133,10 +133,8 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		Window:      event.SaleState(now),
 		SoldOut:     s.catalog.soldOutAnswer(category),
 		AcceptedAt:  crowdpass.NewTime(now),
-		// Where Redis lost the gate's stock, it starts again from here: the
-		// catalog's remaining, less the tickets of orders queued here and not
-		// decided yet, which remaining does not count.
-		Remaining: category.Remaining - s.cfg.Recent.pendingTickets(category.ID), RemainingKnown: true,
+		// Where Redis lost the gate's stock, it starts again from here.
+		Remaining: category.Remaining, RemainingKnown: true,
 	}
 	windowErr := func() error {
 		if adm.Window == crowdpass.ESaleNotOpen {
@@ -281,7 +279,6 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		CategoryID: req.CategoryID, Quantity: req.Quantity, AcceptedAt: req.AcceptedAt,
 	})
 	s.cfg.Recent.add(req.OrderID, crowdpass.KeyRecord{CustomerID: customer, Fingerprint: adm.Fingerprint, Answer: answer})
-	s.cfg.Recent.queued(req.OrderID, req.CategoryID, req.Quantity)
 	if gated {
 		// The order is queued whatever happens now; if the answer cannot be
 		// stored, the in-flight mark expires and a retry is queued again,

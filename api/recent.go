@@ -26,60 +26,7 @@ type Recent struct {
 	mu      sync.RWMutex // read for every POST /orders, written per 202 and per outcome
 	orders  *generations.Map[uuid.UUID, crowdpass.KeyRecord]
 	decided *generations.Map[uuid.UUID, crowdpass.KeyRecord]
-	pending queuedTickets // under mu
 	refused refusals
-}
-
-// queuedTickets counts, by category, the tickets of the orders this process
-// queued whose outcome it has not seen: stock the gate has taken and
-// PostgreSQL's remaining still counts. A gate that lost its stock key starts
-// again from remaining less these (pendingTickets), rather than admitting
-// the whole queue's worth again. It forgets an order whose outcome never
-// came (a broker gap the notifier could not catch up) after two
-// generations of newer ones; until then the gate starts that much lower,
-// and the reconcile gives it back once the queue is drained.
-type queuedTickets struct {
-	size      int
-	cur, prev map[uuid.UUID]queuedOrder
-	tickets   map[uuid.UUID]int // by category
-}
-
-type queuedOrder struct {
-	category uuid.UUID
-	quantity int
-}
-
-func (q *queuedTickets) add(id uuid.UUID, o queuedOrder) {
-	if _, ok := q.cur[id]; ok {
-		return
-	}
-	if _, ok := q.prev[id]; ok {
-		return
-	}
-	if len(q.cur) >= q.size {
-		for _, old := range q.prev {
-			q.count(old.category, -old.quantity)
-		}
-		q.prev, q.cur = q.cur, map[uuid.UUID]queuedOrder{}
-	}
-	q.cur[id] = o
-	q.count(o.category, o.quantity)
-}
-
-func (q *queuedTickets) done(id uuid.UUID) {
-	for _, m := range []map[uuid.UUID]queuedOrder{q.cur, q.prev} {
-		if o, ok := m[id]; ok {
-			delete(m, id)
-			q.count(o.category, -o.quantity)
-			return
-		}
-	}
-}
-
-func (q *queuedTickets) count(category uuid.UUID, n int) {
-	if q.tickets[category] += n; q.tickets[category] == 0 {
-		delete(q.tickets, category)
-	}
 }
 
 // refusals remembers the keys this process refused at the edge (sold_out),
@@ -119,28 +66,8 @@ func NewRecent(size int) *Recent {
 	return &Recent{
 		orders:  generations.New[uuid.UUID, crowdpass.KeyRecord](size),
 		decided: generations.New[uuid.UUID, crowdpass.KeyRecord](size),
-		pending: queuedTickets{size: size, cur: map[uuid.UUID]queuedOrder{}, tickets: map[uuid.UUID]int{}},
 		refused: refusals{keys: generations.New[uuid.UUID, uint32](4 * size), byFP: map[string][]uint32{}},
 	}
-}
-
-// queued counts an order this process queued until its outcome is seen;
-// one whose outcome came already is not counted.
-func (r *Recent) queued(id, category uuid.UUID, quantity int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if _, decided := r.decided.Get(id); decided {
-		return
-	}
-	r.pending.add(id, queuedOrder{category: category, quantity: quantity})
-}
-
-// pendingTickets is the tickets of the category's orders this process
-// queued and has not seen decided.
-func (r *Recent) pendingTickets(category uuid.UUID) int {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.pending.tickets[category]
 }
 
 // refuse remembers that the key of order id was refused with answer.
@@ -215,7 +142,6 @@ func (r *Recent) Decided(out crowdpass.Outcome) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.decided.Put(out.ID, rec)
-	r.pending.done(out.ID)
 }
 
 // get finds an order accepted here, with its outcome if seen, else one

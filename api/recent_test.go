@@ -73,31 +73,3 @@ func BenchmarkRefuse(b *testing.B) {
 		}
 	})
 }
-
-// The queued tickets count until their order's outcome is seen, an outcome
-// seen first keeps its order from counting, and orders two generations old
-// are forgotten with their tickets.
-func TestQueuedTicketsCountUntilDecided(t *testing.T) {
-	r := NewRecent(2)
-	cat := uuid.New()
-	a, b, early := uuid.New(), uuid.New(), uuid.New()
-	r.queued(a, cat, 2)
-	r.queued(b, cat, 1)
-	r.queued(a, cat, 2) // counted once
-	r.Decided(crowdpass.Outcome{CustomerID: "x", Order: crowdpass.Order{ID: early, CategoryID: cat, Quantity: 4}})
-	r.queued(early, cat, 4)
-	if n := r.pendingTickets(cat); n != 3 {
-		t.Fatalf("pending = %d, want 3", n)
-	}
-	r.Decided(crowdpass.Outcome{CustomerID: "x", Order: crowdpass.Order{ID: a, CategoryID: cat, Quantity: 2}})
-	r.Decided(crowdpass.Outcome{CustomerID: "x", Order: crowdpass.Order{ID: a, CategoryID: cat, Quantity: 2}}) // at least once
-	if n := r.pendingTickets(cat); n != 1 {
-		t.Fatalf("pending after a's outcome = %d, want 1", n)
-	}
-	for range 4 { // two generations of 2 push b out
-		r.queued(uuid.New(), uuid.New(), 1)
-	}
-	if n := r.pendingTickets(cat); n != 0 {
-		t.Errorf("pending after b was forgotten = %d, want 0", n)
-	}
-}
