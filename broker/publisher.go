@@ -302,10 +302,15 @@ func (cc *confirmChannel) start(ctx context.Context, exchange, key string, manda
 	cc.mu.Unlock()
 	// A write the broker does not read (TCP flow control, a stalled broker)
 	// cannot be interrupted, and the publishes of every channel queue behind
-	// it on the connection. Past the caller's deadline the connection is
-	// cut at once: that write and every publish pending on the connection
-	// fail with ErrChannelLost, and the session reconnects.
-	stop := context.AfterFunc(ctx, func() { _ = cc.conn.CloseDeadline(time.Now()) })
+	// it on the connection. A write still blocked writeStall past the
+	// caller's deadline cuts the connection: that write and every publish
+	// pending on it fail with ErrChannelLost, and the session reconnects.
+	// The grace keeps a deadline that merely falls inside a slow but moving
+	// write from cutting a healthy connection, and every publish on it.
+	stop := func() bool { return true }
+	if deadline, ok := ctx.Deadline(); ok {
+		stop = time.AfterFunc(time.Until(deadline)+writeStall, func() { _ = cc.conn.CloseDeadline(time.Now()) }).Stop
+	}
 	err := cc.ch.PublishWithContext(ctx, exchange, key, mandatory, false, msg)
 	stop()
 	if err != nil {
@@ -314,6 +319,10 @@ func (cc *confirmChannel) start(ctx context.Context, exchange, key string, manda
 	}
 	return w, nil
 }
+
+// writeStall is how long past its caller's deadline a publish's write may
+// stay blocked before the connection is cut under it.
+const writeStall = 5 * time.Second
 
 // wait waits for a started publish's confirm or ctx's end; if ctx ends
 // first the dispatcher settles the confirm when it comes.
