@@ -203,9 +203,11 @@ func (n *Notifier) session(ctx context.Context, onConnected func()) error {
 	if err != nil {
 		return fmt.Errorf("consuming outcomes: %w", err)
 	}
-	n.catchUp(ctx)
+	// Ready before catching up: the queue is bound, and what it receives
+	// meanwhile waits for the loop below.
 	n.ready.Store(true)
 	onConnected()
+	n.catchUp(ctx)
 	for {
 		select {
 		case <-ctx.Done():

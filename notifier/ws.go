@@ -96,7 +96,7 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // subscribeQueue is how many subscribes of one socket wait for their
-// answer before its reader waits too.
+// answer; one more is answered unavailable at once.
 const subscribeQueue = 16
 
 // write sends the client's frames and pings until the socket ends.
@@ -173,8 +173,9 @@ func (n *Notifier) read(ctx context.Context, cancel context.CancelFunc, conn *we
 		}
 		select {
 		case subs <- msg.OrderID:
-		case <-ctx.Done():
-			return
+		default: // answered at once, so that the reader never waits
+			n.offerJSON(c, map[string]string{"type": "error", "code": string(crowdpass.EUnavailable), "order_id": msg.OrderID,
+				"detail": "too many subscribes waiting for their answer; send it again later"})
 		}
 	}
 }
