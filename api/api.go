@@ -122,6 +122,9 @@ type Server struct {
 	// inFlight counts this process's orders from before their admission
 	// until they are queued or given back.
 	inFlight atomic.Int64
+	// admissions counts the admissions ever started here: the reconcile
+	// corrects nothing if one started while it looked.
+	admissions atomic.Uint64
 }
 
 // New returns the API; Handler serves it and Run keeps its caches fresh.
@@ -373,6 +376,10 @@ func (s *Server) reconcile(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReconcileInterval)
 	defer cancel()
+	// Taken before any stock is read: an admission in flight now, or one
+	// started from now on, may be in a stock read below and in neither the
+	// queue's depth nor remaining.
+	started, idle := s.admissions.Load(), s.inFlight.Load() == 0
 	var drained, checked bool
 	for _, c := range s.catalog.categories() {
 		n, known, err := s.gate.Stock(ctx, c.ID)
@@ -386,9 +393,9 @@ func (s *Server) reconcile(ctx context.Context) {
 			if !checked {
 				checked = true
 				d, err := s.queue.Drained(ctx)
-				drained = err == nil && d && s.inFlight.Load() == 0
+				drained = err == nil && d && idle
 			}
-			if !drained {
+			if !drained || s.admissions.Load() != started {
 				continue
 			}
 		}

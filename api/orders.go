@@ -198,6 +198,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			s.metrics.refused.Inc()
 			res, err = s.gate.Refuse(admitCtx, adm, owner)
 		} else {
+			s.admissions.Add(1)
 			s.inFlight.Add(1)
 			inFlight = true
 			res, err = s.gate.Admit(admitCtx, adm, owner)
@@ -253,6 +254,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	s.keys.queueing(adm.OrderID)
 	if !inFlight {
+		s.admissions.Add(1)
 		s.inFlight.Add(1)
 		inFlight = true
 	}
