@@ -159,19 +159,17 @@ const (
 )
 
 // findEvent returns the event from the catalog or, on a miss, from
-// PostgreSQL. It fails with not_found if neither knows it, and with
-// unavailable if the database could not say: over the rate of miss lookups,
-// failed or out of time. An event that may exist is never answered as
-// unknown.
+// PostgreSQL. It fails with not_found if neither knows it, or if the lookup
+// is over its rate: the catalog, at most a second old, then answers, so that
+// a flood of unknown ids never turns bad input into a 5xx (an event created
+// within that second is the price). It fails with unavailable if the
+// database failed or ran out of time: the event may exist.
 func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, error) {
 	if e, ok := s.catalog.event(id); ok {
 		return e, nil
 	}
-	if s.catalog.wasMissed(id) {
+	if s.catalog.wasMissed(id) || !s.missLookups.Allow() {
 		return crowdpass.Event{}, errNoEvent(id)
-	}
-	if !s.missLookups.Allow() {
-		return crowdpass.Event{}, errEventUnknown
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.MissTimeout)
 	defer cancel()
@@ -192,4 +190,4 @@ func errNoEvent(id uuid.UUID) error {
 	return crowdpass.Errorf(crowdpass.ENotFound, "event %s does not exist", id)
 }
 
-var errEventUnknown = crowdpass.Errorf(crowdpass.EUnavailable, "the event is not in this process's catalog and the database could not be asked in time; nothing was created, retry")
+var errEventUnknown = crowdpass.Errorf(crowdpass.EUnavailable, "the event is not in this process's catalog and the database did not answer in time; nothing was created, retry")

@@ -44,6 +44,8 @@ type options struct {
 	inProgressWait time.Duration
 	// gateTimeout bounds each Redis gate call (default 1s).
 	gateTimeout time.Duration
+	// missTimeout bounds a catalog miss's read (default 10s).
+	missTimeout time.Duration
 }
 
 type harness struct {
@@ -103,7 +105,7 @@ func setup(t testing.TB, opts options) *harness {
 		GateTimeout:       opts.gateTimeout,
 		WriteTimeout:      3 * time.Second,
 		ReconcileInterval: cmp.Or(opts.reconcile, 50*time.Millisecond),
-		MissTimeout:       10 * time.Second, // a loaded CI machine's first read may be slow
+		MissTimeout:       cmp.Or(opts.missTimeout, 10*time.Second), // a loaded CI machine's first read may be slow
 		Logger:            log,
 	}, h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, h.store, h.authority)
 
