@@ -47,8 +47,9 @@ run: migrate
 # The tests keep their Redis keys in database 15 of the same server (each
 # test under its own namespace), apart from make run's deployment in 0: a
 # test cleans its namespace with SCAN, which walks the whole database, and a
-# rush leaves a million keys behind. TEST_REDIS_URL overrides it.
-TEST_REDIS_URL ?= $(REDIS_URL:%/0=%/15)
+# rush leaves a million keys behind. A REDIS_URL naming another database
+# is used as it is; TEST_REDIS_URL overrides it.
+TEST_REDIS_URL ?= $(if $(filter %/0,$(REDIS_URL)),$(REDIS_URL:%/0=%/15),$(if $(findstring /,$(subst redis://,,$(REDIS_URL))),$(REDIS_URL),$(REDIS_URL)/15))
 
 test: services lint check-generated
 	REDIS_URL=$(TEST_REDIS_URL) $(GO) test -race -count=1 -timeout 10m ./...
