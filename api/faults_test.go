@@ -496,3 +496,39 @@ func TestAKeyRefusedAtTheEdgeIsReplayedAfterRedisLostIt(t *testing.T) {
 		t.Errorf("another payload under bob's key: %d %s, want a mismatch", r.status, r.body)
 	}
 }
+
+// A refusal this process remembers does not outlive an admission of the key
+// that another process made after Redis lost it and then died: the retry is
+// the gate's, which takes the dead attempt over, and gets the key's order,
+// never request_in_progress until the memory forgets.
+func TestARememberedRefusalGivesWayToAnAttemptMadeElsewhere(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{}) // no worker: remaining stays 1 while alice's order waits
+	event := h.event(4, 1)
+	cat := event.Categories[0]
+	h.waitGate(cat.ID, 1)
+	if r := h.order("alice", "a", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("alice: %d %s", r.status, r.body)
+	}
+	if r := h.order("bob", "b", orderJSON(event, 0, 1)); r.status != http.StatusConflict || r.problem(t)["code"] != string(crowdpass.ESoldOut) {
+		t.Fatalf("bob: %d %s", r.status, r.body)
+	}
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	h.waitGate(cat.ID, 1)
+	// Another process, its gate rebuilt from remaining, admits bob's key,
+	// queues his order and dies before answering.
+	adm := h.acceptedElsewhere(event, "bob", "b")
+	var r reply
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		r = h.order("bob", "b", orderJSON(event, 0, 1))
+		return !(r.status == http.StatusConflict && r.problem(t)["code"] == string(crowdpass.ERequestInProgress))
+	}, "bob's key out of flight")
+	if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() {
+		t.Fatalf("bob's retry: %d %s, want 202 for the order queued elsewhere (%s)", r.status, r.body, adm.OrderID)
+	}
+	if again := h.order("bob", "b", orderJSON(event, 0, 1)); again.status != r.status || !bytes.Equal(again.body, r.body) {
+		t.Errorf("bob's next retry: %d %s, want %d %s", again.status, again.body, r.status, r.body)
+	}
+}

@@ -51,8 +51,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"why"}),
 		remembered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "crowdpass_gate_remembered_total",
-			Help: "POST /orders for a key whose 202 this process remembers, by what Redis held: " +
-				"held (its record), restored (the 202 written back: Redis had lost it), error or redis_down (answered from memory).",
+			Help: "POST /orders for a key whose 202 or edge refusal this process remembers, by what Redis held: " +
+				"held (its record), restored (the answer written back: Redis had lost it), error or redis_down (answered from memory), " +
+				"superseded (a refusal Redis holds another attempt for: the gate decides).",
 		}, []string{"result"}),
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "crowdpass_orders_waiting_for_key",

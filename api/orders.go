@@ -156,10 +156,18 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			s.keys.release(adm.OrderID)
 		}
 	}()
+	// decideAnew is set when a refusal this process remembers meets another
+	// attempt of the same payload in Redis (Redis lost the key, and another
+	// process admitted it since): that attempt's order may be queued, so
+	// the gate decides, as for any retry, and never replays the sold_out.
+	decideAnew := false
 	for !held {
-		if rec, ok := s.remembered(customer, adm.OrderID); ok {
-			s.answerRemembered(r.Context(), w, adm, rec)
-			return
+		if rec, ok := s.remembered(customer, adm.OrderID, decideAnew); ok {
+			if s.answerRemembered(r.Context(), w, adm, rec) {
+				return
+			}
+			decideAnew = true
+			continue
 		}
 		if held, err = s.keys.take(r.Context(), adm.OrderID, adm.Fingerprint, deadline); err != nil {
 			problem.WriteError(w, err)
@@ -170,10 +178,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	// Answered between the look above and the hold, by the request that
 	// held the key then (the gate can have missed it: Redis was down, or
 	// lost the key). Memory answers without the hold.
-	if rec, ok := s.remembered(customer, adm.OrderID); ok {
-		s.keys.release(adm.OrderID)
-		held = false
-		s.answerRemembered(r.Context(), w, adm, rec)
+	if rec, ok := s.remembered(customer, adm.OrderID, decideAnew); ok && s.answerRemembered(r.Context(), w, adm, rec) {
 		return
 	}
 	owner, gated, acceptedAt := "", !s.redisDown.Load(), adm.AcceptedAt
@@ -403,12 +408,15 @@ func replay(w http.ResponseWriter, order uuid.UUID, answer crowdpass.Answer) {
 }
 
 // remembered returns the record Recent holds of the customer's key: an
-// order this process accepted lately, one any process decided lately, or a
-// refusal this process answered at the edge lately.
-func (s *Server) remembered(customer string, order uuid.UUID) (crowdpass.KeyRecord, bool) {
+// order this process accepted lately, one any process decided lately, or,
+// unless noRefusal, a refusal this process answered at the edge lately.
+func (s *Server) remembered(customer string, order uuid.UUID, noRefusal bool) (crowdpass.KeyRecord, bool) {
 	rec, ok := s.cfg.Recent.get(order)
 	if ok && rec.CustomerID == customer && rec.Answer.Status == http.StatusAccepted {
 		return rec, true
+	}
+	if noRefusal {
+		return crowdpass.KeyRecord{}, false
 	}
 	// The order id is the customer's and the key's: a refusal found by it
 	// is this customer's.
@@ -427,7 +435,12 @@ func (s *Server) remembered(customer string, order uuid.UUID) (crowdpass.KeyReco
 // it was first used: its answer replayed, or a mismatch for another
 // payload, as while Redis held the key. A 202 that Redis holds for the key
 // stands, and is replayed. With Redis unreachable the memory answers alone.
-func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, adm crowdpass.Admission, rec crowdpass.KeyRecord) {
+// It answers nothing, and reports false, for a refusal that Redis holds an
+// attempt in flight for: another process admitted the key after Redis lost
+// it, and may have queued its order (then died, or not yet answered), so
+// the key is the gate's to decide, which waits for that attempt or takes
+// it over.
+func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, adm crowdpass.Admission, rec crowdpass.KeyRecord) bool {
 	res := crowdpass.AdmissionResult{Verdict: crowdpass.Replay, Answer: rec.Answer}
 	if adm.Fingerprint != rec.Fingerprint {
 		res = crowdpass.AdmissionResult{Verdict: crowdpass.Mismatch}
@@ -447,6 +460,10 @@ func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, ad
 			how, res = "held", held
 		}
 	}
+	if res.Verdict == crowdpass.InProgress && rec.Answer.Status != http.StatusAccepted {
+		s.metrics.remembered.WithLabelValues("superseded").Inc()
+		return false
+	}
 	s.metrics.remembered.WithLabelValues(how).Inc()
 	switch {
 	case res.Verdict == crowdpass.Mismatch:
@@ -459,6 +476,7 @@ func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, ad
 	default:
 		replay(w, adm.OrderID, res.Answer)
 	}
+	return true
 }
 
 // enqueue publishes and waits for the confirm, bounded by PublishTimeout
