@@ -52,6 +52,9 @@ type Publisher struct {
 	// sent on a memory or disk alarm): a publish then fails at once instead of
 	// hanging in a write the broker does not read.
 	blocked atomic.Bool
+	// inspecting counts the QueueDepth calls waiting for the broker, which
+	// their callers may have stopped waiting for (maxInspecting at most).
+	inspecting atomic.Int32
 }
 
 // NewPublisher returns a publisher; Run connects it.
@@ -408,7 +411,11 @@ func (cc *confirmChannel) fail() {
 }
 
 // QueueDepth returns the messages ready in a queue (not those delivered and
-// unacknowledged), on a channel of its own.
+// unacknowledged), on a channel of its own. The client's calls take no
+// context, so they run apart and QueueDepth returns at ctx's end all the
+// same: a broker that stops answering holds a goroutine until the
+// heartbeat drops the connection, never the caller. Past maxInspecting such
+// calls, a new one fails at once with ErrBusy rather than pile up more.
 func (p *Publisher) QueueDepth(ctx context.Context, queue string) (int, error) {
 	p.mu.RLock()
 	var conn *amqp.Connection
@@ -419,6 +426,37 @@ func (p *Publisher) QueueDepth(ctx context.Context, queue string) (int, error) {
 	if conn == nil {
 		return 0, ErrNotConnected
 	}
+	if p.inspecting.Add(1) > maxInspecting {
+		p.inspecting.Add(-1)
+		return 0, ErrBusy
+	}
+	type depth struct {
+		n   int
+		err error
+	}
+	done := make(chan depth, 1)
+	go func() {
+		defer p.inspecting.Add(-1)
+		n, err := queueDepth(conn, queue)
+		done <- depth{n, err}
+	}()
+	select {
+	case d := <-done:
+		return d.n, cmp.Or(d.err, ctx.Err())
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// ErrBusy is QueueDepth's answer while maxInspecting earlier calls still
+// wait for the broker.
+var ErrBusy = errors.New("broker: earlier queue inspections are still waiting for the broker")
+
+// maxInspecting bounds the QueueDepth calls waiting for the broker at once:
+// a few callers (the reconcile, the dashboard) call it now and then.
+const maxInspecting = 4
+
+func queueDepth(conn *amqp.Connection, queue string) (int, error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return 0, fmt.Errorf("opening channel: %w", err)
@@ -428,5 +466,5 @@ func (p *Publisher) QueueDepth(ctx context.Context, queue string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("inspecting %s: %w", queue, err)
 	}
-	return q.Messages, ctx.Err()
+	return q.Messages, nil
 }

@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -108,4 +109,42 @@ func TestAPublishTheBrokerDoesNotReadEndsAtItsDeadline(t *testing.T) {
 	testkit.Eventually(t, 20*time.Second, func() bool {
 		return pub.Publish(ctx2, "", topo.Orders(), amqp.Publishing{MessageId: "small", Body: []byte("{}")}) == nil
 	}, "no publish confirmed after the broker woke")
+}
+
+// A queue inspection the broker does not answer ends at its caller's
+// deadline (the reconcile and the dashboard call it every second), and past
+// four such, the next fails at once rather than pile up behind them.
+func TestAQueueInspectionTheBrokerDoesNotAnswerEndsAtItsDeadline(t *testing.T) {
+	t.Parallel()
+	proxy, url := testkit.NewURLProxy(t, testkit.AMQPURL())
+	pub, topo := runPublisher(t, url)
+	proxy.Stall()
+	t.Cleanup(proxy.Resume)
+
+	depth := func(timeout time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		result := make(chan error, 1)
+		go func() {
+			_, err := pub.QueueDepth(ctx, topo.Orders())
+			result <- err
+		}()
+		select {
+		case err := <-result:
+			return err
+		case <-time.After(20 * time.Second):
+			t.Fatalf("QueueDepth still blocked 20 s after its %s deadline", timeout)
+			return nil
+		}
+	}
+	for range 4 {
+		if err := depth(200 * time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("QueueDepth through a stalled broker = %v, want the deadline", err)
+		}
+	}
+	if err := depth(time.Second); !errors.Is(err, broker.ErrBusy) {
+		t.Fatalf("QueueDepth behind four stalled ones = %v, want ErrBusy", err)
+	}
+	proxy.Resume()
+	testkit.Eventually(t, 20*time.Second, func() bool { return depth(5*time.Second) == nil }, "queue inspected after the broker woke")
 }
