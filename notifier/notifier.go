@@ -72,7 +72,14 @@ type Config struct {
 	// Outbox, if set, is read when the notifier is back on the broker after
 	// losing it: its queue went with the connection, so the outcomes
 	// published meanwhile are pushed from the outbox (clients dedupe).
-	Outbox             Outbox
+	Outbox Outbox
+	// Recall, with Decided and Outbox set, is how many outbox ids back from
+	// the last the notifier reads when it starts (at most that many rows:
+	// ids have gaps), and gives their outcomes to Decided, not to sockets.
+	// A process that restarts then still knows the orders decided before it
+	// started, and answers their keys with their 202 if Redis loses their
+	// records later (api.Recent). 0 reads none.
+	Recall             int
 	RetryMin, RetryMax time.Duration
 	Logger             *slog.Logger
 	Registry           prometheus.Registerer
@@ -92,11 +99,12 @@ type Notifier struct {
 	stopCtx context.Context
 	stopAll context.CancelFunc
 
-	sockets prometheus.Gauge
-	frames  prometheus.Counter
-	kicked  prometheus.Counter
-	latency prometheus.Histogram
-	lag     *prometheus.HistogramVec // by path: local or broker
+	sockets  prometheus.Gauge
+	frames   prometheus.Counter
+	kicked   prometheus.Counter
+	latency  prometheus.Histogram
+	lag      *prometheus.HistogramVec // by path: local or broker
+	recalled prometheus.Counter
 
 	handed *handedOver
 	// seen is the highest outbox id received (from the broker or the relay
@@ -151,11 +159,15 @@ func New(cfg Config, orders Orders, pending Pending, verifier Verifier) *Notifie
 		}, []string{"path"}),
 		handed: newHandedOver(1 << 16),
 	}
+	n.recalled = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "crowdpass_notifier_recalled_total",
+		Help: "Outcomes read from the outbox at start and remembered (Config.Recall); added once the read ends.",
+	})
 	for _, path := range []string{"local", "broker"} {
 		n.lag.WithLabelValues(path) // both series from the start
 	}
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(n.sockets, n.frames, n.kicked, n.latency, n.lag)
+		cfg.Registry.MustRegister(n.sockets, n.frames, n.kicked, n.latency, n.lag, n.recalled)
 	}
 	n.stopCtx, n.stopAll = context.WithCancel(context.Background())
 	return n
@@ -180,8 +192,52 @@ func (n *Notifier) Kicked() int {
 // Run consumes order_events until ctx is done, reconnecting after losses.
 func (n *Notifier) Run(ctx context.Context) error {
 	defer n.stopAll() // closes every socket with 1001
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if n.cfg.Recall > 0 && n.cfg.Decided != nil && n.cfg.Outbox != nil {
+		wg.Go(func() { n.recall(ctx) })
+	}
 	broker.Reconnect(ctx, n.log, n.cfg.RetryMin, n.cfg.RetryMax, n.session, func() { n.ready.Store(false) })
 	return nil
+}
+
+// recallTimeout bounds the read of Config.Recall outcomes at start.
+const recallTimeout = 30 * time.Second
+
+// recall gives Decided the outcomes of the outbox rows among the latest
+// Config.Recall ids, oldest first, beside the live ones: an order is decided once, so the two
+// can only agree. Its failure is logged and costs only the memory.
+func (n *Notifier) recall(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, recallTimeout)
+	defer cancel()
+	last, err := n.cfg.Outbox.OutboxLastID(ctx)
+	if err != nil {
+		n.log.Warn("outbox end not read; the outcomes decided before this start are not remembered", "err", err)
+		return
+	}
+	recalled := 0
+	defer func() { n.recalled.Add(float64(recalled)) }()
+	for after := max(last-int64(n.cfg.Recall), 0); after < last; {
+		rows, err := n.cfg.Outbox.OutboxAfter(ctx, after, catchUpPage)
+		if err != nil {
+			n.log.Warn("recalling outcomes from the outbox failed", "after", after, "recalled", recalled, "err", err)
+			return
+		}
+		if len(rows) == 0 {
+			break
+		}
+		for _, row := range rows {
+			if row.ID > last {
+				break
+			}
+			if out, ok := n.decode(row.Payload, strconv.FormatInt(row.ID, 10)); ok {
+				n.decided(out)
+				recalled++
+			}
+		}
+		after = rows[len(rows)-1].ID
+	}
+	n.log.Info("recalled the latest outcomes from the outbox", "outcomes", recalled)
 }
 
 func (n *Notifier) session(ctx context.Context, onConnected func()) error {

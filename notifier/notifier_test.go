@@ -190,6 +190,34 @@ func TestAnOutcomePublishedWhileTheNotifierWasCutReachesTheSocket(t *testing.T) 
 	}
 }
 
+// A notifier started with Recall gives its process the latest outcomes
+// decided before it started, as many as asked and the latest ones.
+func TestANotifierRecallsTheLatestOutcomesWhenItStarts(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.pipeline()
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	var orders []crowdpass.OrderRequest
+	for _, customer := range []string{"alice", "bob", "carol"} {
+		order := testkit.OrderRequest(customer, "k", event, 0, 1)
+		b.pub.Orders(order)
+		orders = append(orders, order)
+		testkit.Eventually(t, 20*time.Second, func() bool {
+			var published bool
+			err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT published_at IS NOT NULL FROM outbox WHERE aggregate_id = $1", order.OrderID).Scan(&published)
+			return err == nil && published
+		}, "%s's outcome published", customer)
+	}
+	var recalled decidedOrders
+	b.notifier(notifier.Config{Outbox: b.store, Decided: recalled.add, Recall: 2}, nil)
+	testkit.Eventually(t, 20*time.Second, func() bool { return recalled.len() == 2 }, "two outcomes recalled")
+	recalled.mu.Lock()
+	defer recalled.mu.Unlock()
+	if recalled.orders[orders[0].OrderID] || !recalled.orders[orders[1].OrderID] || !recalled.orders[orders[2].OrderID] {
+		t.Errorf("recalled %v, want the last two of %s, %s, %s", recalled.orders, orders[0].OrderID, orders[1].OrderID, orders[2].OrderID)
+	}
+}
+
 func TestWorkerRejectionArrivesWithItsReason(t *testing.T) {
 	t.Parallel()
 	b := setup(t)

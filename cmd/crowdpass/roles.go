@@ -130,8 +130,10 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	// The orders this process accepts lately, for reads of pending orders
 	// that Redis does not hold (it was down, or lost them), and those any
 	// process decided lately (from a notifier's outcomes), for keys whose
-	// record Redis lost.
-	recent := api.NewRecent(0)
+	// record Redis lost. Its notifier recalls as many outcomes from the
+	// outbox when it starts, so that a restart does not forget them.
+	const remembered = 1 << 16
+	recent := api.NewRecent(remembered)
 	var (
 		ws    http.Handler
 		local func([]crowdpass.OutboxMessage) // the notifier, for a relay in the same process
@@ -145,7 +147,7 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		// cannot (a lone notifier included), rather than the gate's 202.
 		n := notifier.New(notifier.Config{
 			AMQPURL: cfg.AMQPURL, Topology: topo, AllowedOrigins: cfg.AllowedOrigins, Logger: log, Registry: registry,
-			Decided: recent.Decided, Outbox: readStore,
+			Decided: recent.Decided, Outbox: readStore, Recall: remembered,
 		}, readStore, pending, authority)
 		checks = append(checks, api.Check{Name: "notifier", Critical: true, OK: func(context.Context) bool { return n.Ready() }})
 		g.Go(func() error { return n.Run(ctx) })
@@ -155,7 +157,7 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		// Redis loses: a notifier that serves no socket, only its outcomes.
 		n := notifier.New(notifier.Config{
 			AMQPURL: cfg.AMQPURL, Topology: topo, Name: "crowdpass-api-outcomes", Logger: log, Registry: registry,
-			Decided: recent.Decided, Outbox: readStore,
+			Decided: recent.Decided, Outbox: readStore, Recall: remembered,
 		}, readStore, nil, authority)
 		g.Go(func() error { return n.Run(ctx) })
 	}

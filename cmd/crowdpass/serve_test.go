@@ -120,13 +120,7 @@ func TestALoneAPIAnswersAKeyDecidedElsewhereAfterRedisLostIt(t *testing.T) {
 	}
 	// API b has the outcome once its consumer has seen one.
 	testkit.Eventually(t, 20*time.Second, func() bool {
-		resp, err := http.Get("http://" + b + "/metrics")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		metrics, _ := io.ReadAll(resp.Body)
-		return strings.Contains(string(metrics), `crowdpass_notifier_outcome_lag_seconds_count{path="broker"} 1`)
+		return strings.Contains(scrapeMetrics(t, b), `crowdpass_notifier_outcome_lag_seconds_count{path="broker"} 1`)
 	}, "the outcome at API b")
 	if err := testkit.DeleteRedisKeys(testkit.Context(t), ns); err != nil {
 		t.Fatal(err)
@@ -227,4 +221,54 @@ func waitReady(t *testing.T, addr string) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}, "%s ready", addr)
+}
+
+// A key whose order was decided before its API process started is answered
+// with its 202 after Redis lost its record: the process recalls the latest
+// outcomes from the outbox when it starts, so that a restart followed by a
+// flush does not make the key new (sold_out here: the ticket is its own).
+func TestAnAPIStartedAfterAnOrderWasDecidedAnswersItsKeyAfterRedisLostIt(t *testing.T) {
+	t.Parallel()
+	db := testkit.NewDB(t)
+	ns := testkit.Namespace(t)
+	event, err := postgres.NewStore(db.Pool, nil).CreateEvent(testkit.Context(t), crowdpass.EventSpec{
+		Name: "Final", Categories: []crowdpass.CategorySpec{{Name: "A", Capacity: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := freeAddr(t)
+	startServe(t, env(db, ns, "HTTP_ADDR", a), a)
+	authority, _ := auth.New([]byte("test-secret"), nil)
+	token, _ := authority.Issue("alice", false, time.Hour)
+	status, _, first := postOrder(t, "http://"+a, token, "k", event, 1)
+	if status != http.StatusAccepted {
+		t.Fatalf("first order: %d %s", status, first)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, db.Pool) == 1 }, "the order decided")
+
+	// A process started now has seen no outcome live.
+	b := freeAddr(t)
+	startRole(t, "api", env(db, ns, "HTTP_ADDR", b), b)
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		return strings.Contains(scrapeMetrics(t, b), "crowdpass_notifier_recalled_total 1\n")
+	}, "the outcome recalled at API b")
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), ns); err != nil {
+		t.Fatal(err)
+	}
+	status, header, again := postOrder(t, "http://"+b, token, "k", event, 1)
+	if status != http.StatusAccepted || header.Get("Idempotent-Replayed") != "true" || string(again) != string(first) {
+		t.Errorf("the key at API b after Redis lost it: %d %s, want its 202 replayed (%s)", status, again, first)
+	}
+	testkit.CheckInvariants(t, db.Pool)
+}
+
+func scrapeMetrics(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	metrics, _ := io.ReadAll(resp.Body)
+	return string(metrics)
 }
