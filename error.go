@@ -74,6 +74,10 @@ func Code(err error) ErrorCode {
 // ErrNotFound is returned when a looked-up thing does not exist.
 var ErrNotFound = &Error{Code: ENotFound, Message: "not found"}
 
+// ErrUnconfirmed is wrapped by a publish that left the process but whose
+// confirm did not come in time: the broker may have queued the message.
+var ErrUnconfirmed = errors.New("the broker did not confirm the message in time; it may be queued")
+
 type validator struct{ fields []FieldError }
 
 func (v *validator) add(field, message string) {

@@ -124,7 +124,8 @@ func TestPublishInterruptedMidFlightAnswersUnavailable(t *testing.T) {
 	h := setup(t, options{proxyAMQP: true})
 	event := h.event(4, 1000)
 	// Cut the connection repeatedly while orders stream in: every answer is
-	// a 202 or a 503, and every 503 gave its stock back.
+	// a 202 or a 503. A 503 gave its stock back if its order never left the
+	// process, else kept it, its order perhaps queued.
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -144,7 +145,55 @@ func TestPublishInterruptedMidFlightAnswersUnavailable(t *testing.T) {
 		t.Fatalf("answers %v", statuses)
 	}
 	testkit.Eventually(t, 20*time.Second, h.publisher.Ready, "publisher reconnected")
-	h.waitGate(event.Categories[0].ID, 1000-statuses[http.StatusAccepted])
+	// Every buyer retries until answered 202: each key then has its one
+	// ticket taken at the gate, none twice, none given back for good.
+	for i := 1; i <= 300; i++ {
+		var r reply
+		testkit.Eventually(t, 20*time.Second, func() bool {
+			r = h.order(fmt.Sprintf("cut-%d", i), "k", orderJSON(event, 0, 1))
+			return r.status != http.StatusConflict && r.status != http.StatusServiceUnavailable
+		}, "cut-%d answered", i)
+		if r.status != http.StatusAccepted {
+			t.Fatalf("cut-%d's retry: %d %s", i, r.status, r.body)
+		}
+	}
+	h.waitGate(event.Categories[0].ID, 1000-300)
+}
+
+// A publish the broker received but did not confirm in time may be queued:
+// its 503 keeps the ticket it took and its attempt in flight, so that the
+// retry resolves to that order, with its acceptance time, and the ticket
+// never goes to another buyer.
+func TestAnUnconfirmedOrderKeepsItsTicketForItsRetry(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{proxyAMQP: true, publishTimeout: 300 * time.Millisecond, workers: 1})
+	event := h.event(4, 1)
+	h.waitGate(event.Categories[0].ID, 1)
+	h.amqpProxy.Stall()
+	first := h.order("alice", "k", orderJSON(event, 0, 1))
+	h.amqpProxy.Resume()
+	if first.status != http.StatusServiceUnavailable || first.problem(t)["code"] != string(crowdpass.EUnavailable) || first.header.Get("Retry-After") == "" {
+		t.Fatalf("alice, unconfirmed: %d %v %s", first.status, first.header, first.body)
+	}
+	if r := h.order("bob", "k", orderJSON(event, 0, 1)); r.status != http.StatusConflict || r.problem(t)["code"] != string(crowdpass.ESoldOut) {
+		t.Fatalf("bob, after alice's unconfirmed order: %d %s, want sold_out", r.status, r.body)
+	}
+	var r reply
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		r = h.order("alice", "k", orderJSON(event, 0, 1))
+		return !(r.status == http.StatusConflict && r.problem(t)["code"] == string(crowdpass.ERequestInProgress))
+	}, "alice's attempt out of flight")
+	if r.status != http.StatusAccepted {
+		t.Fatalf("alice's retry: %d %s, want her order", r.status, r.body)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "alice's order decided")
+	var created time.Time
+	if err := h.db.Pool.QueryRow(testkit.Context(t), "SELECT created_at FROM orders WHERE customer_id = 'alice' AND status = 'confirmed'").Scan(&created); err != nil {
+		t.Fatal(err)
+	}
+	if at := r.problem(t)["accepted_at"]; at != crowdpass.NewTime(created).String() {
+		t.Errorf("alice's 202 accepted at %v, her order created at %s", at, crowdpass.NewTime(created))
+	}
 }
 
 func TestUnroutableOrderAnswersUnavailableAndHeals(t *testing.T) {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"sync"
@@ -274,6 +275,16 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		AcceptedAt:     acceptedAt,
 	}
 	if err := s.enqueue(r.Context(), req); err != nil {
+		if errors.Is(err, crowdpass.ErrUnconfirmed) {
+			// The broker may have queued the order: it keeps the stock it took
+			// and its attempt stays in flight, so that a retry waits for the
+			// mark's deadline and then queues the same order again, with this
+			// acceptance time (the workers decide it once), instead of the
+			// ticket going to someone else or the key being answered sold_out.
+			s.log.Warn("order not confirmed by the broker in time; it may be queued", "order_id", req.OrderID, "err", err)
+			problem.WriteError(w, errUnconfirmed)
+			return
+		}
 		s.log.Warn("order not queued", "order_id", req.OrderID, "err", err)
 		if gated {
 			s.abort(adm, owner, admitted)
@@ -394,6 +405,8 @@ var (
 	errKeyMismatch = crowdpass.Errorf(crowdpass.EKeyMismatch, "this Idempotency-Key was already used with another payload")
 	errInProgress  = crowdpass.Errorf(crowdpass.ERequestInProgress, "the first request with this Idempotency-Key is still being handled")
 	errNoSuchOrder = crowdpass.Errorf(crowdpass.ENotFound, "no such order") // nor another customer's
+	errUnconfirmed = crowdpass.Errorf(crowdpass.EUnavailable, "the broker did not confirm the order in time, so it may be queued or not; "+
+		"retry with the same Idempotency-Key: the retry resolves to this order, and nothing is created twice")
 )
 
 var replayedTrue = []string{"true"} // shared: see problem.WriteAnswer

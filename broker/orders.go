@@ -21,9 +21,10 @@ type OrderQueue struct {
 // Enqueue publishes an order request and returns once the broker confirmed
 // it. A publish whose channel was lost before its confirm may have been
 // queued all the same, so it is sent again (the same message id: workers
-// decide an order once) until one is confirmed or ctx ends; an error then
-// leaves the order's fate unknown only if a message left the process. A
-// publish that never left (not connected, blocked) fails at once.
+// decide an order once) until one is confirmed or ctx ends. Once a message
+// has left the process, a failure wraps crowdpass.ErrUnconfirmed: the
+// order's fate is unknown. A publish that never left (not connected,
+// blocked, refused) fails with its own error: nothing was queued.
 func (q OrderQueue) Enqueue(ctx context.Context, r crowdpass.OrderRequest) error {
 	body, err := json.Marshal(r)
 	if err != nil {
@@ -43,6 +44,8 @@ func (q OrderQueue) Enqueue(ctx context.Context, r crowdpass.OrderRequest) error
 		switch {
 		case err == nil:
 			return nil
+		case errors.Is(err, crowdpass.ErrUnconfirmed):
+			return err
 		case errors.Is(err, ErrChannelLost):
 			sent = true
 		case !sent:
@@ -50,7 +53,7 @@ func (q OrderQueue) Enqueue(ctx context.Context, r crowdpass.OrderRequest) error
 		}
 		select {
 		case <-ctx.Done():
-			return err
+			return fmt.Errorf("%w: %w", crowdpass.ErrUnconfirmed, err)
 		case <-time.After(resendPause):
 		}
 	}

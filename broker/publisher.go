@@ -11,6 +11,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/crowdpass/crowdpass"
 )
 
 // Publishing failures. Each means the message may not be queued: the caller
@@ -328,13 +330,14 @@ func (cc *confirmChannel) start(ctx context.Context, exchange, key string, manda
 const writeStall = 5 * time.Second
 
 // wait waits for a started publish's confirm or ctx's end; if ctx ends
-// first the dispatcher settles the confirm when it comes.
+// first the dispatcher settles the confirm when it comes, and wait fails
+// with crowdpass.ErrUnconfirmed: the message left, and may be queued.
 func (w *waiter) wait(ctx context.Context) error {
 	select {
 	case err := <-w.done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("waiting for the broker's confirm: %w", ctx.Err())
+		return fmt.Errorf("waiting for the broker's confirm: %w: %w", crowdpass.ErrUnconfirmed, ctx.Err())
 	}
 }
 
