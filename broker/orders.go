@@ -48,12 +48,18 @@ func (q OrderQueue) Enqueue(ctx context.Context, r crowdpass.OrderRequest) error
 			return err
 		case errors.Is(err, ErrChannelLost):
 			sent = true
+		case errors.Is(err, errChannelDead):
+			// Nothing left: the channel was lost before this publish. The
+			// publisher reconnects, and the next channel may be a new one.
 		case !sent:
 			return err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", crowdpass.ErrUnconfirmed, err)
+			if sent {
+				return fmt.Errorf("%w: %w", crowdpass.ErrUnconfirmed, err)
+			}
+			return err
 		case <-time.After(resendPause):
 		}
 	}

@@ -299,7 +299,7 @@ func (cc *confirmChannel) start(ctx context.Context, exchange, key string, manda
 	cc.mu.Lock()
 	if cc.dead {
 		cc.mu.Unlock()
-		return nil, ErrChannelLost
+		return nil, errChannelDead
 	}
 	seq := cc.ch.GetNextPublishSeqNo()
 	cc.pending[seq] = w
@@ -324,6 +324,10 @@ func (cc *confirmChannel) start(ctx context.Context, exchange, key string, manda
 	}
 	return w, nil
 }
+
+// errChannelDead is a publish's failure on a channel already lost when it
+// came: nothing was written, and the next channel may be a new one.
+var errChannelDead = fmt.Errorf("%w (its channel was lost)", ErrNotConnected)
 
 // writeStall is how long past its caller's deadline a publish's write may
 // stay blocked before the connection is cut under it.
