@@ -122,6 +122,10 @@ type Server struct {
 	// inFlight counts this process's orders from before their admission
 	// until they are queued or given back.
 	inFlight atomic.Int64
+	// unconfirmedUntil (unix ns) holds the reconcile off, like inFlight, for
+	// a while after an order left for the broker without a confirm: it may
+	// still be on its way into the queue, in neither its depth nor remaining.
+	unconfirmedUntil atomic.Int64
 	// admissions counts the admissions ever started here: the reconcile
 	// corrects nothing if one started while it looked.
 	admissions atomic.Uint64
@@ -379,7 +383,7 @@ func (s *Server) reconcile(ctx context.Context) {
 	// Taken before any stock is read: an admission in flight now, or one
 	// started from now on, may be in a stock read below and in neither the
 	// queue's depth nor remaining.
-	started, idle := s.admissions.Load(), s.inFlight.Load() == 0
+	started, idle := s.admissions.Load(), s.inFlight.Load() == 0 && time.Now().UnixNano() > s.unconfirmedUntil.Load()
 	var drained, checked bool
 	for _, c := range s.catalog.categories() {
 		n, known, err := s.gate.Stock(ctx, c.ID)

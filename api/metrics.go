@@ -6,16 +6,17 @@ import (
 
 // metrics are the API's Prometheus series.
 type metrics struct {
-	requests   *prometheus.CounterVec
-	latency    *prometheus.HistogramVec
-	inFlight   prometheus.Gauge
-	gate       *prometheus.CounterVec
-	confirm    prometheus.Histogram
-	slowPath   prometheus.Counter
-	refused    prometheus.Counter
-	reconcile  *prometheus.CounterVec
-	remembered *prometheus.CounterVec
-	waiting    prometheus.Gauge
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	inFlight    prometheus.Gauge
+	gate        *prometheus.CounterVec
+	confirm     prometheus.Histogram
+	slowPath    prometheus.Counter
+	refused     prometheus.Counter
+	reconcile   *prometheus.CounterVec
+	remembered  *prometheus.CounterVec
+	waiting     prometheus.Gauge
+	unconfirmed prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -55,11 +56,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 				"held (its record), restored (the answer written back: Redis had lost it), error or redis_down (answered from memory), " +
 				"superseded (a refusal Redis holds another attempt for: the gate decides).",
 		}, []string{"result"}),
+		unconfirmed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "crowdpass_orders_unconfirmed_total",
+			Help: "POST /orders answered 503 with the order perhaps queued: it left for the broker, which did not confirm it by PUBLISH_TIMEOUT.",
+		}),
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "crowdpass_orders_waiting_for_key",
 			Help: "POST /orders waiting for another request of their Idempotency-Key in this process (a double click's second click waiting for its first).",
 		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered, m.waiting)
+	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered, m.waiting, m.unconfirmed)
 	return m
 }

@@ -282,6 +282,8 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			// acceptance time (the workers decide it once), instead of the
 			// ticket going to someone else or the key being answered sold_out.
 			s.log.Warn("order not confirmed by the broker in time; it may be queued", "order_id", req.OrderID, "err", err)
+			s.metrics.unconfirmed.Inc()
+			s.holdReconcile(unconfirmedHold * s.cfg.PublishTimeout)
 			problem.WriteError(w, errUnconfirmed)
 			return
 		}
@@ -503,6 +505,24 @@ func (s *Server) enqueue(ctx context.Context, req crowdpass.OrderRequest) error 
 		s.metrics.confirm.Observe(time.Since(start).Seconds())
 	}
 	return err
+}
+
+// unconfirmedHold, in PUBLISH_TIMEOUTs, is how long the reconcile leaves
+// the gate's stock alone after an unconfirmed publish: the broker may still
+// be taking the message in, or a worker deciding it, out of both the
+// queue's ready count and remaining. Past it, a message never queued gives
+// its stock back at the next drained reconcile.
+const unconfirmedHold = 2
+
+// holdReconcile keeps the reconcile from correcting drift for d from now.
+func (s *Server) holdReconcile(d time.Duration) {
+	until := time.Now().Add(d).UnixNano()
+	for {
+		cur := s.unconfirmedUntil.Load()
+		if cur >= until || s.unconfirmedUntil.CompareAndSwap(cur, until) {
+			return
+		}
+	}
 }
 
 func (s *Server) abort(adm crowdpass.Admission, owner string, admitted crowdpass.AdmissionResult) {
