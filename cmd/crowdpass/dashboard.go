@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"math"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 func saleStats(registry *prometheus.Registry, events func() []crowdpass.Event, queueDepth func(context.Context) (int, error)) web.StatsSource {
 	var mu sync.Mutex
 	soldOut := map[string]*time.Time{}
+	depth := &sharedDepth{read: queueDepth, fresh: 500 * time.Millisecond}
 	return func(ctx context.Context) web.Stats {
 		s := web.Stats{At: time.Now(), Events: events(), SoldOutAt: map[string]*time.Time{}}
 		families, _ := registry.Gather()
@@ -35,7 +37,7 @@ func saleStats(registry *prometheus.Registry, events func() []crowdpass.Event, q
 				s.NotifyP50Ms, s.NotifyP99Ms = quantile(f, 0.5)*1000, quantile(f, 0.99)*1000
 			}
 		}
-		if n, err := queueDepth(ctx); err == nil {
+		if n, err := depth.get(ctx); err == nil {
 			s.QueueDepth = n
 		} else {
 			s.Unavailable = append(s.Unavailable, "queue depth")
@@ -54,6 +56,43 @@ func saleStats(registry *prometheus.Registry, events func() []crowdpass.Event, q
 		}
 		return s
 	}
+}
+
+// sharedDepth reads the queue's depth for every dashboard stream at once:
+// one read at a time, its value shared while fresh, so that many open
+// dashboards (a public page) cost the broker one passive declare now and
+// then, and never hold the publisher's inspection slots that the API's
+// reconcile needs.
+type sharedDepth struct {
+	read  func(context.Context) (int, error)
+	fresh time.Duration
+
+	mu   sync.Mutex
+	n    int
+	err  error
+	at   time.Time // of the last read's end; zero before the first
+	busy bool
+}
+
+var errNoDepthYet = errors.New("the queue's depth is being read")
+
+func (d *sharedDepth) get(ctx context.Context) (int, error) {
+	d.mu.Lock()
+	if d.busy || (!d.at.IsZero() && time.Since(d.at) < d.fresh) {
+		n, err := d.n, d.err
+		if d.at.IsZero() {
+			err = errNoDepthYet
+		}
+		d.mu.Unlock()
+		return n, err
+	}
+	d.busy = true
+	d.mu.Unlock()
+	n, err := d.read(ctx)
+	d.mu.Lock()
+	d.n, d.err, d.at, d.busy = n, err, time.Now(), false
+	d.mu.Unlock()
+	return n, err
 }
 
 // sumWhere adds the values of a family's series whose label has the value
