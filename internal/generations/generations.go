@@ -4,6 +4,8 @@
 // memories that only need to cover "lately".
 package generations
 
+import "iter"
+
 // Map is a two-generation map. It is not safe for concurrent use: callers
 // hold their own lock.
 type Map[K comparable, V any] struct {
@@ -37,4 +39,24 @@ func (m *Map[K, V]) Put(k K, v V) {
 func (m *Map[K, V]) Delete(k K) {
 	delete(m.cur, k)
 	delete(m.prev, k)
+}
+
+// All yields every entry held, as Get sees it, in no order. The map must
+// not change while it is ranged over.
+func (m *Map[K, V]) All() iter.Seq2[K, V] {
+	return func(yield func(K, V) bool) {
+		for k, v := range m.cur {
+			if !yield(k, v) {
+				return
+			}
+		}
+		for k, v := range m.prev {
+			if _, newer := m.cur[k]; newer {
+				continue
+			}
+			if !yield(k, v) {
+				return
+			}
+		}
+	}
 }

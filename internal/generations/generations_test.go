@@ -30,3 +30,20 @@ func TestAnEntryLastsTwoGenerations(t *testing.T) {
 		}
 	}
 }
+
+func TestAllYieldsWhatGetSees(t *testing.T) {
+	m := generations.New[int, string](2)
+	m.Put(1, "old")
+	m.Put(2, "v")
+	m.Put(1, "new") // 1 and 2 retire; 1 is set again in the newer generation
+	got := map[int]string{}
+	for k, v := range m.All() {
+		if _, twice := got[k]; twice {
+			t.Errorf("entry %d yielded twice", k)
+		}
+		got[k] = v
+	}
+	if len(got) != 2 || got[1] != "new" || got[2] != "v" {
+		t.Errorf("All yielded %v, want 1:new 2:v", got)
+	}
+}
