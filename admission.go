@@ -39,6 +39,11 @@ type Admission struct {
 	// bound since tickets never come back, instead of admitting blind.
 	Remaining      int
 	RemainingKnown bool
+	// AskStock, for a new key whose category the gate has lost the stock
+	// of, makes the admission change nothing and answer StockUnknown, so
+	// that the caller rebuilds the stock and asks again (the API counts its
+	// own queued orders, which remaining does not). It wins over Remaining.
+	AskStock bool
 }
 
 // Verdict is what the gate made of an admission.
@@ -58,6 +63,9 @@ const (
 	OutsideWindow
 	// SoldOut: the stock cannot cover the order; the sold-out answer was stored.
 	SoldOut
+	// StockUnknown: the key is new and the gate has lost its category's
+	// stock; nothing was stored (Admission.AskStock).
+	StockUnknown
 )
 
 // AdmissionResult is the gate's verdict.

@@ -4,7 +4,8 @@
 --       sold-out record, in-flight record up to its owner's '@', answer ttl ms,
 --       in-flight record after its deadline up to its body, this attempt's
 --       acceptance time (unix microseconds; the in-flight record's body),
---       the category's remaining as the catalog last read it ('' unknown).
+--       the category's remaining as the catalog last read it ('' unknown,
+--       '?' to answer 'nostock' where the gate lost the stock).
 -- An in-flight record's owner ends in '@' and the time (Redis's, in ms) after
 -- which its attempt cannot be publishing any more. It is kept as long as an
 -- answer: if the attempt's process died before answering, its order may be
@@ -39,6 +40,10 @@ end
 if ARGV[3] ~= '' then return {'window'} end
 local qty = tonumber(ARGV[2])
 local stock = redis.call('GET', KEYS[2])
+if not stock and ARGV[10] == '?' then
+  -- The caller rebuilds the stock from what it knows, then asks again.
+  return {'nostock'}
+end
 if not stock and ARGV[10] ~= '' then
   -- The gate lost the category's stock (Redis flushed or restarted): start
   -- it from the catalog's remaining, an upper bound, rather than admit

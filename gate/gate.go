@@ -129,6 +129,8 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 		return crowdpass.AdmissionResult{Verdict: crowdpass.InProgress}, nil
 	case verdict == "window":
 		return crowdpass.AdmissionResult{Verdict: crowdpass.OutsideWindow}, nil
+	case verdict == "nostock":
+		return crowdpass.AdmissionResult{Verdict: crowdpass.StockUnknown}, nil
 	case verdict == "soldout" && len(res) == 2:
 		stock, _ := res[1].(int64)
 		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut, Stock: int(stock), StockKnown: true}, nil
@@ -145,8 +147,12 @@ func acceptedAt(t crowdpass.Time) string {
 	return strconv.FormatInt(t.UnixMicro(), 10)
 }
 
-// remaining is the catalog's remaining for the admission script; "" if unknown.
+// remaining is the catalog's remaining for the admission script; "" if
+// unknown, "?" to be told the stock is missing.
 func remaining(a crowdpass.Admission) string {
+	if a.AskStock {
+		return "?"
+	}
 	if !a.RemainingKnown {
 		return ""
 	}

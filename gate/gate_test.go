@@ -2,6 +2,7 @@ package gate_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -122,6 +123,31 @@ func TestAMissingStockKeyStartsFromTheCatalogsRemaining(t *testing.T) {
 	b.Remaining, b.RemainingKnown = 1, true // the catalog has not read the sale yet
 	if r, err := g.Admit(ctx, b, "o"); err != nil || r.Verdict != crowdpass.SoldOut {
 		t.Errorf("second admission: %+v, %v; want sold out from the restarted stock", r, err)
+	}
+}
+
+// An admission that asks is told the stock is missing, and changes nothing;
+// a known key is answered as ever.
+func TestAMissingStockKeyIsToldToAnAdmissionThatAsks(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	ctx, cat := testkit.Context(t), uuid.New()
+	a := admission("alice", "k", cat, 1)
+	a.AskStock, a.Remaining, a.RemainingKnown = true, 1, true
+	if r, err := g.Admit(ctx, a, "o"); err != nil || r.Verdict != crowdpass.StockUnknown {
+		t.Fatalf("asking admission: %+v, %v; want StockUnknown", r, err)
+	}
+	if _, known, err := g.Stock(ctx, cat); err != nil || known {
+		t.Fatalf("stock after asking: known %v, %v; want still missing", known, err)
+	}
+	if _, err := g.Lookup(ctx, a.OrderID); !errors.Is(err, crowdpass.ErrNotFound) {
+		t.Fatalf("alice's key after asking: %v; want no record", err)
+	}
+	if ok, err := g.SetStock(ctx, cat, 0, false, 1); err != nil || !ok {
+		t.Fatalf("rebuilding the stock: %v, %v", ok, err)
+	}
+	if r, err := g.Admit(ctx, a, "o"); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 1 {
+		t.Fatalf("asking again: %+v, %v; want the ticket taken", r, err)
 	}
 }
 
