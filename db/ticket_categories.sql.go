@@ -185,3 +185,32 @@ func (q *Queries) TicketCategoryRulesMany(ctx context.Context, ids []uuid.UUID) 
 	}
 	return items, nil
 }
+
+const ticketCategoryUnsold = `-- name: TicketCategoryUnsold :one
+SELECT (c.remaining - COALESCE((
+    SELECT sum(q.quantity)
+    FROM (SELECT unnest($1::uuid[]) AS order_id, unnest($2::int[]) AS quantity) AS q
+    WHERE (SELECT true FROM orders o WHERE o.id = q.order_id) IS NULL
+), 0))::int AS unsold
+FROM ticket_categories c
+WHERE c.id = $3
+`
+
+type TicketCategoryUnsoldParams struct {
+	OrderIds   []uuid.UUID
+	Quantities []int32
+	CategoryID uuid.UUID
+}
+
+// TicketCategoryUnsold reads, in one snapshot, a category's remaining less
+// the tickets of the given orders that no worker has decided yet (not in
+// orders): what an API's gate that lost the category's stock has left to
+// sell, the given orders being those it queued. Each id is looked up in
+// orders' primary key (a scalar subquery, which the planner keeps as one
+// probe per id instead of hashing the whole table).
+func (q *Queries) TicketCategoryUnsold(ctx context.Context, arg TicketCategoryUnsoldParams) (int32, error) {
+	row := q.db.QueryRow(ctx, ticketCategoryUnsold, arg.OrderIds, arg.Quantities, arg.CategoryID)
+	var unsold int32
+	err := row.Scan(&unsold)
+	return unsold, err
+}

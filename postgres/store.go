@@ -124,6 +124,19 @@ func (s *Store) Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error
 	return eventFromRows(row, cats), nil
 }
 
+// Unsold returns a category's remaining less the tickets of the given
+// orders (ids and quantities, in the same order) that are not decided yet,
+// both read in one snapshot.
+func (s *Store) Unsold(ctx context.Context, category uuid.UUID, orders []uuid.UUID, quantities []int32) (int, error) {
+	n, err := db.New(s.pool).TicketCategoryUnsold(ctx, db.TicketCategoryUnsoldParams{
+		OrderIds: orders, Quantities: quantities, CategoryID: category,
+	})
+	if err != nil {
+		return 0, translate(err)
+	}
+	return int(n), nil
+}
+
 // EventByName returns the oldest event with the given name.
 func (s *Store) EventByName(ctx context.Context, name string) (crowdpass.Event, error) {
 	row, err := db.New(s.pool).EventGetByName(ctx, name)

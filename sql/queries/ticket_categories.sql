@@ -28,3 +28,18 @@ FROM ticket_categories
 WHERE id = ANY(@ids::uuid[])
 ORDER BY id
 FOR NO KEY UPDATE;
+
+-- TicketCategoryUnsold reads, in one snapshot, a category's remaining less
+-- the tickets of the given orders that no worker has decided yet (not in
+-- orders): what an API's gate that lost the category's stock has left to
+-- sell, the given orders being those it queued. Each id is looked up in
+-- orders' primary key (a scalar subquery, which the planner keeps as one
+-- probe per id instead of hashing the whole table).
+-- name: TicketCategoryUnsold :one
+SELECT (c.remaining - COALESCE((
+    SELECT sum(q.quantity)
+    FROM (SELECT unnest(@order_ids::uuid[]) AS order_id, unnest(@quantities::int[]) AS quantity) AS q
+    WHERE (SELECT true FROM orders o WHERE o.id = q.order_id) IS NULL
+), 0))::int AS unsold
+FROM ticket_categories c
+WHERE c.id = @category_id;
