@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,6 +54,9 @@ type Store interface {
 	CreateEvent(ctx context.Context, spec crowdpass.EventSpec) (crowdpass.Event, error)
 	Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error)
 	Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error)
+	// Unsold is remaining less the given orders' tickets not decided yet,
+	// in one snapshot: read only to rebuild a gate stock Redis lost.
+	Unsold(ctx context.Context, category uuid.UUID, orders []uuid.UUID, quantities []int32) (int, error)
 	Ping(ctx context.Context) error
 }
 
@@ -91,9 +95,12 @@ type Config struct {
 	InProgressWait time.Duration
 	// GateTimeout bounds each call to the Redis gate (default 1s).
 	GateTimeout time.Duration
-	Logger      *slog.Logger
-	Now         func() time.Time
-	Registry    *prometheus.Registry
+	// RestockTimeout bounds the PostgreSQL read that rebuilds a gate stock
+	// Redis lost (default 300ms); past it the catalog's remaining is used.
+	RestockTimeout time.Duration
+	Logger         *slog.Logger
+	Now            func() time.Time
+	Registry       *prometheus.Registry
 	// Checks are added to /readyz, for the other roles of the process.
 	Checks []Check
 	// Recent remembers the orders accepted here (default: its own); share
@@ -129,6 +136,7 @@ type Server struct {
 	// admissions counts the admissions ever started here: the reconcile
 	// corrects nothing if one started while it looked.
 	admissions atomic.Uint64
+	restocking restocks
 }
 
 // New returns the API; Handler serves it and Run keeps its caches fresh.
@@ -140,6 +148,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 	cfg.MissTimeout = cmp.Or(cfg.MissTimeout, 250*time.Millisecond)
 	cfg.InProgressWait = cmp.Or(cfg.InProgressWait, time.Second)
 	cfg.GateTimeout = cmp.Or(cfg.GateTimeout, time.Second)
+	cfg.RestockTimeout = cmp.Or(cfg.RestockTimeout, 300*time.Millisecond)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -366,9 +375,7 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 }
 
 // reconcile rebuilds the gate from PostgreSQL's remaining. A missing stock
-// key is set at once: a copy of remaining that may be a second old can only
-// admit a few orders too many, which the workers reject as sold out. A known
-// one is corrected only when the queue is drained and no order of this
+// key is rebuilt at once (restock). A known one is corrected only when the queue is drained and no order of this
 // process is between its admission and the queue, as only then is
 // remaining the whole truth; the compare-and-set leaves it alone if an
 // order took stock meanwhile. (Other processes' orders in that gap are not
@@ -390,33 +397,96 @@ func (s *Server) reconcile(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		if known {
-			if n == c.Remaining {
-				continue
-			}
-			if !checked {
-				checked = true
-				d, err := s.queue.Drained(ctx)
-				drained = err == nil && d && idle
-			}
-			if !drained || s.admissions.Load() != started {
-				continue
-			}
+		if !known {
+			s.restock(ctx, c)
+			continue
 		}
-		set, err := s.gate.SetStock(ctx, c.ID, n, known, c.Remaining)
+		if n == c.Remaining {
+			continue
+		}
+		if !checked {
+			checked = true
+			d, err := s.queue.Drained(ctx)
+			drained = err == nil && d && idle
+		}
+		if !drained || s.admissions.Load() != started {
+			continue
+		}
+		set, err := s.gate.SetStock(ctx, c.ID, n, true, c.Remaining)
 		if err != nil {
 			return
 		}
 		if set {
 			s.edge.forget(c.ID)
-			why := "missing"
-			if known {
-				why = "drift"
-			}
-			s.metrics.reconcile.WithLabelValues(why).Inc()
-			s.log.Debug("gate stock reconciled", "category", c.ID, "was", n, "known", known, "now", c.Remaining)
+			s.metrics.reconcile.WithLabelValues("drift").Inc()
+			s.log.Debug("gate stock reconciled", "category", c.ID, "was", n, "now", c.Remaining)
 		}
 	}
+}
+
+// restocks are the gate stock rebuilds under way, by category: the
+// requests that find a stock missing meanwhile wait for the one rebuild.
+type restocks struct {
+	mu    sync.Mutex
+	calls map[uuid.UUID]chan struct{} // closed when the rebuild ends
+}
+
+// restock rebuilds a category's gate stock that Redis lost (a flush, a
+// restart), once for every request that finds it missing meanwhile. It is
+// what is really left to sell: PostgreSQL's remaining less the tickets of
+// the orders this process queued that no worker has decided yet, both read
+// in one snapshot (remaining does not count the queue, and a gate rebuilt
+// from it alone sold the queue a second time: 1.4 orders per ticket after a
+// flush with the workers behind). Other processes' queued orders are not
+// known here: a few tickets too many may be admitted, which the workers
+// reject, never too few. The read is bounded by RestockTimeout; past it
+// (PostgreSQL slow or down) the catalog's remaining, at most a second old,
+// is used. The stock is set only where it
+// is still missing: another process's rebuild stands.
+func (s *Server) restock(ctx context.Context, c crowdpass.Category) {
+	r := &s.restocking
+	r.mu.Lock()
+	done, busy := r.calls[c.ID]
+	if !busy {
+		done = make(chan struct{})
+		if r.calls == nil {
+			r.calls = map[uuid.UUID]chan struct{}{}
+		}
+		r.calls[c.ID] = done
+	}
+	r.mu.Unlock()
+	if busy {
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+		return
+	}
+	defer func() {
+		r.mu.Lock()
+		delete(r.calls, c.ID)
+		r.mu.Unlock()
+		close(done)
+	}()
+	n, from := c.Remaining, "catalog"
+	ids, quantities := s.cfg.Recent.queuedIn(c.ID)
+	readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RestockTimeout)
+	unsold, err := s.store.Unsold(readCtx, c.ID, ids, quantities)
+	cancel()
+	if err == nil {
+		n, from = unsold, "database"
+	} else {
+		s.log.Warn("gate stock rebuilt from the catalog: the database did not say what is unsold", "category", c.ID, "queued_here", len(ids), "err", err)
+	}
+	setCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
+	defer cancel()
+	set, err := s.gate.SetStock(setCtx, c.ID, 0, false, max(n, 0))
+	if err != nil || !set {
+		return
+	}
+	s.edge.forget(c.ID)
+	s.metrics.reconcile.WithLabelValues("missing").Inc()
+	s.log.Info("gate stock rebuilt", "category", c.ID, "stock", max(n, 0), "from", from)
 }
 
 func newOwner() string {

@@ -262,7 +262,7 @@ type reply struct {
 	body   []byte
 }
 
-func (r reply) problem(t *testing.T) map[string]any {
+func (r reply) problem(t testing.TB) map[string]any {
 	t.Helper()
 	var p map[string]any
 	if err := json.Unmarshal(r.body, &p); err != nil {

@@ -207,7 +207,16 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			s.admissions.Add(1)
 			s.inFlight.Add(1)
 			inFlight = true
-			res, err = s.gate.Admit(admitCtx, adm, owner)
+			// Where Redis lost the category's stock, this process rebuilds it
+			// (restock) and asks again; the catalog's remaining answers if
+			// the stock is lost again meanwhile.
+			asked := adm
+			asked.AskStock = true
+			res, err = s.gate.Admit(admitCtx, asked, owner)
+			if err == nil && res.Verdict == crowdpass.StockUnknown {
+				s.restock(admitCtx, category)
+				res, err = s.gate.Admit(admitCtx, adm, owner)
+			}
 			if err == nil && res.Verdict != crowdpass.Admitted {
 				s.inFlight.Add(-1)
 				inFlight = false
@@ -259,6 +268,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.keys.queueing(adm.OrderID)
+	s.cfg.Recent.queue(adm.OrderID, category.ID, payload.Quantity)
 	if !inFlight {
 		s.admissions.Add(1)
 		s.inFlight.Add(1)
@@ -275,6 +285,9 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		AcceptedAt:     acceptedAt,
 	}
 	if err := s.enqueue(r.Context(), req); err != nil {
+		// Not counted as queued any more, even if it may be: a rebuilt
+		// stock may then admit one order too many, never one too few.
+		s.cfg.Recent.unqueue(req.OrderID)
 		if errors.Is(err, crowdpass.ErrUnconfirmed) {
 			// The broker may have queued the order: it keeps the stock it took
 			// and its attempt stays in flight, so that a retry waits for the

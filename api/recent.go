@@ -27,6 +27,24 @@ type Recent struct {
 	orders  *generations.Map[uuid.UUID, crowdpass.KeyRecord]
 	decided *generations.Map[uuid.UUID, crowdpass.KeyRecord]
 	refused refusals
+	queued  queuedOrders
+}
+
+// queuedOrders are the orders this process queued whose outcome it has not
+// seen: a gate stock Redis lost is rebuilt from remaining less those of
+// them no worker has decided yet (Server.restock), as remaining does not
+// count them. An outcome that never reaches this process leaves its order
+// here, which does no harm (the rebuild asks PostgreSQL which are
+// decided); one forgotten (past two generations) makes a rebuilt stock that
+// much too high, which the workers correct by rejecting the surplus.
+type queuedOrders struct {
+	mu     sync.Mutex
+	orders *generations.Map[uuid.UUID, queuedOrder]
+}
+
+type queuedOrder struct {
+	category uuid.UUID
+	quantity int32
 }
 
 // refusals remembers the keys this process refused at the edge (sold_out),
@@ -67,7 +85,38 @@ func NewRecent(size int) *Recent {
 		orders:  generations.New[uuid.UUID, crowdpass.KeyRecord](size),
 		decided: generations.New[uuid.UUID, crowdpass.KeyRecord](size),
 		refused: refusals{keys: generations.New[uuid.UUID, uint32](4 * size), byFP: map[string][]uint32{}},
+		queued:  queuedOrders{orders: generations.New[uuid.UUID, queuedOrder](2 * size)},
 	}
+}
+
+// queue notes an order this process is queueing.
+func (r *Recent) queue(id, category uuid.UUID, quantity int) {
+	q := &r.queued
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.orders.Put(id, queuedOrder{category: category, quantity: int32(quantity)})
+}
+
+// unqueue forgets an order: decided, or not queued after all.
+func (r *Recent) unqueue(id uuid.UUID) {
+	q := &r.queued
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.orders.Delete(id)
+}
+
+// queuedIn lists the orders of a category this process queued and has not
+// seen decided, with their quantities.
+func (r *Recent) queuedIn(category uuid.UUID) (ids []uuid.UUID, quantities []int32) {
+	q := &r.queued
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for id, o := range q.orders.All() {
+		if o.category == category {
+			ids, quantities = append(ids, id), append(quantities, o.quantity)
+		}
+	}
+	return ids, quantities
 }
 
 // refuse remembers that the key of order id was refused with answer.
@@ -119,6 +168,7 @@ func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
 // process's own, which it must not push out; get joins the two. An order
 // this process accepted keeps its own 202, the one it gave.
 func (r *Recent) Decided(out crowdpass.Outcome) {
+	r.unqueue(out.ID)
 	r.mu.RLock()
 	_, known := r.decided.Get(out.ID)
 	r.mu.RUnlock()
