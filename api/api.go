@@ -431,6 +431,19 @@ type restocks struct {
 	calls map[uuid.UUID]chan struct{} // closed when the rebuild ends
 }
 
+// wait returns once no rebuild of category is under way, or ctx is done.
+func (r *restocks) wait(ctx context.Context, category uuid.UUID) {
+	r.mu.Lock()
+	done, busy := r.calls[category]
+	r.mu.Unlock()
+	if busy {
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+	}
+}
+
 // restock rebuilds a category's gate stock that Redis lost (a flush, a
 // restart), once for every request that finds it missing meanwhile. It is
 // what is really left to sell: PostgreSQL's remaining less the tickets of
@@ -468,13 +481,13 @@ func (s *Server) restock(ctx context.Context, c crowdpass.Category) {
 		r.mu.Unlock()
 		close(done)
 	}()
-	n, from := c.Remaining, "catalog"
+	n, from := c.Remaining, "missing_catalog"
 	ids, quantities := s.cfg.Recent.queuedIn(c.ID)
 	readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RestockTimeout)
 	unsold, err := s.store.Unsold(readCtx, c.ID, ids, quantities)
 	cancel()
 	if err == nil {
-		n, from = unsold, "database"
+		n, from = unsold, "missing"
 	} else {
 		s.log.Warn("gate stock rebuilt from the catalog: the database did not say what is unsold", "category", c.ID, "queued_here", len(ids), "err", err)
 	}
@@ -485,8 +498,8 @@ func (s *Server) restock(ctx context.Context, c crowdpass.Category) {
 		return
 	}
 	s.edge.forget(c.ID)
-	s.metrics.reconcile.WithLabelValues("missing").Inc()
-	s.log.Info("gate stock rebuilt", "category", c.ID, "stock", max(n, 0), "from", from)
+	s.metrics.reconcile.WithLabelValues(from).Inc()
+	s.log.Info("gate stock rebuilt", "category", c.ID, "stock", max(n, 0), "why", from)
 }
 
 func newOwner() string {

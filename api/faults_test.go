@@ -610,9 +610,13 @@ func TestAGateThatLostItsStockDoesNotSellTheQueueAgain(t *testing.T) {
 // decided, in the snapshot that reads remaining. No ticket is left unsold.
 func TestAGateRebuiltAfterALossCountsWhatTheWorkersDecided(t *testing.T) {
 	t.Parallel()
-	h := setup(t, options{workers: 1}) // no notifier: no outcome reaches the API
-	event := h.event(4, 10)
-	h.waitGate(event.Categories[0].ID, 10)
+	// No notifier: no outcome reaches the API. No reconcile either, whose
+	// drift correction could raise the stock while the worker holds an
+	// order unacknowledged: the first order rebuilds the stock, as after
+	// a loss.
+	h := setup(t, options{workers: 1, reconcile: time.Hour})
+	event := testkit.CreateEvent(t, h.store, 4, 10)
+	h.waitCatalog(event.ID)
 	for i := range 3 {
 		if r := h.order(fmt.Sprint("early-", i), "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
 			t.Fatalf("early order %d: %d %s", i, r.status, r.body)
@@ -647,6 +651,9 @@ func TestAGateLostWhileTheDatabaseIsStalledIsRebuiltFromTheCatalog(t *testing.T)
 	// The catalog's remaining (10) does not count the early order: the
 	// rebuilt gate holds 10 less the late one.
 	h.waitGate(event.Categories[0].ID, 9)
+	if n := h.metric(`crowdpass_gate_reconciled_total{why="missing_catalog"}`); n != "1" {
+		t.Errorf("stocks rebuilt from the catalog: %q, want 1", n)
+	}
 }
 
 // buyAll sends n orders of one ticket, one customer each, one after the

@@ -48,7 +48,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "POST /orders that a fresh sold-out view sent to the gate's single SET NX GET instead of its admission script.",
 		}),
 		reconcile: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "crowdpass_gate_reconciled_total", Help: "Gate stock keys rebuilt or corrected from PostgreSQL.",
+			Name: "crowdpass_gate_reconciled_total",
+			Help: "Gate stock keys set from PostgreSQL, by why: missing (rebuilt from what is unsold), " +
+				"missing_catalog (rebuilt from the catalog's remaining: the database did not answer in time), drift (corrected once the queue was drained).",
 		}, []string{"why"}),
 		remembered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "crowdpass_gate_remembered_total",

@@ -215,7 +215,10 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			res, err = s.gate.Admit(admitCtx, asked, owner)
 			if err == nil && res.Verdict == crowdpass.StockUnknown {
 				s.restock(admitCtx, category)
-				res, err = s.gate.Admit(admitCtx, adm, owner)
+				// A call of its own: the rebuild may have used most of the first's.
+				againCtx, cancelAgain := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.GateTimeout)
+				res, err = s.gate.Admit(againCtx, adm, owner)
+				cancelAgain()
 			}
 			if err == nil && res.Verdict != crowdpass.Admitted {
 				s.inFlight.Add(-1)
@@ -544,6 +547,10 @@ func (s *Server) abort(adm crowdpass.Admission, owner string, admitted crowdpass
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.GateTimeout)
 	defer cancel()
+	// A rebuild of the stock under way may count this order as queued (it
+	// was, when the rebuild listed them): the stock is given back to what
+	// the rebuild sets, not to a missing key, where it would be lost.
+	s.restocking.wait(ctx, adm.CategoryID)
 	if err := s.gate.Abort(ctx, adm, owner, admitted); err != nil {
 		s.log.Warn("admission not undone; the in-flight mark expires and the gate is reconciled later", "order_id", adm.OrderID, "err", err)
 	}
