@@ -227,9 +227,7 @@ func TestRedisWipedMidSaleNeitherOversellsNorStrandsTickets(t *testing.T) {
 	const capacity = 200
 	event := h.event(4, capacity)
 	statuses := h.buy("early", 150, 16, event, 0)
-	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
-		t.Fatal(err)
-	}
+	h.loseRedisKeys()
 	for k, v := range h.buy("late", 300, 16, event, 0) {
 		statuses[k] += v
 	}
@@ -266,9 +264,7 @@ func TestAKeyRedisLostIsAnsweredWithItsOrder(t *testing.T) {
 	if first.status != http.StatusAccepted {
 		t.Fatalf("first order: %d %s", first.status, first.body)
 	}
-	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
-		t.Fatal(err)
-	}
+	h.loseRedisKeys()
 	// The gate is rebuilt from PostgreSQL's remaining less alice's order,
 	// queued here and not decided yet: sold out, and bob is refused.
 	h.waitGate(event.Categories[0].ID, 0)
@@ -311,9 +307,7 @@ func TestAKeyDecidedElsewhereIsAnsweredWithItsOrderAfterRedisLostIt(t *testing.T
 	adm := h.acceptedElsewhere(event, "alice", "k") // and answered there
 	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
 	h.recent.Decided(h.outcome(adm.OrderID)) // as the notifier passes it on
-	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
-		t.Fatal(err)
-	}
+	h.loseRedisKeys()
 	h.waitGate(cat.ID, 0) // rebuilt from PostgreSQL: sold out
 	r := h.order("alice", "k", orderJSON(event, 0, 1))
 	if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() || r.header.Get("Idempotent-Replayed") != "true" {
@@ -337,9 +331,7 @@ func TestAnotherPayloadInFlightElsewhereAfterALossIsInProgress(t *testing.T) {
 	if r := h.order("alice", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
 		t.Fatalf("first order: %d %s", r.status, r.body)
 	}
-	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
-		t.Fatal(err)
-	}
+	h.loseRedisKeys()
 	// The other process's admission of payload B, as its gate call leaves it.
 	b := crowdpass.OrderPayload{EventID: event.ID, CategoryID: event.Categories[0].ID, Quantity: 2}
 	elsewhere := crowdpass.Admission{OrderID: crowdpass.OrderID("alice", "k"), CustomerID: "alice", Fingerprint: b.Fingerprint(),
@@ -525,20 +517,7 @@ func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
 func TestAKeyRefusedAtTheEdgeIsReplayedAfterRedisLostIt(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{}) // no worker: remaining stays 1 while alice's order waits
-	event := h.event(4, 1)
-	cat := event.Categories[0]
-	h.waitGate(cat.ID, 1)
-	// Queued by another API process: this one's rebuilt gate does not
-	// count it, and offers its ticket again.
-	h.acceptedElsewhere(event, "alice", "a")
-	first := h.order("bob", "b", orderJSON(event, 0, 1))
-	if first.status != http.StatusConflict || first.problem(t)["code"] != string(crowdpass.ESoldOut) {
-		t.Fatalf("bob: %d %s", first.status, first.body)
-	}
-	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
-		t.Fatal(err)
-	}
-	h.waitGate(cat.ID, 1) // rebuilt from remaining: a ticket, as far as the gate knows
+	event, first := h.bobRefusedThenRedisLost()
 	again := h.order("bob", "b", orderJSON(event, 0, 1))
 	if again.status != first.status || !bytes.Equal(again.body, first.body) || again.header.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("bob's retry after Redis lost his key: %d %s %v, want his sold_out replayed", again.status, again.body, again.header)
@@ -555,19 +534,7 @@ func TestAKeyRefusedAtTheEdgeIsReplayedAfterRedisLostIt(t *testing.T) {
 func TestARememberedRefusalGivesWayToAnAttemptMadeElsewhere(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{}) // no worker: remaining stays 1 while alice's order waits
-	event := h.event(4, 1)
-	cat := event.Categories[0]
-	h.waitGate(cat.ID, 1)
-	// Queued by another API process: this one's rebuilt gate does not
-	// count it, and offers its ticket again.
-	h.acceptedElsewhere(event, "alice", "a")
-	if r := h.order("bob", "b", orderJSON(event, 0, 1)); r.status != http.StatusConflict || r.problem(t)["code"] != string(crowdpass.ESoldOut) {
-		t.Fatalf("bob: %d %s", r.status, r.body)
-	}
-	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
-		t.Fatal(err)
-	}
-	h.waitGate(cat.ID, 1)
+	event, _ := h.bobRefusedThenRedisLost()
 	// Another process, its gate rebuilt from remaining, admits bob's key,
 	// queues his order and dies before answering.
 	adm := h.acceptedElsewhere(event, "bob", "b")
@@ -592,14 +559,8 @@ func TestAGateThatLostItsStockDoesNotSellTheQueueAgain(t *testing.T) {
 	h := setup(t, options{}) // no worker: the first orders stay queued, remaining stays 10
 	event := h.event(4, 10)
 	h.waitGate(event.Categories[0].ID, 10)
-	for i := range 3 {
-		if r := h.order(fmt.Sprint("early-", i), "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
-			t.Fatalf("early order %d: %d %s", i, r.status, r.body)
-		}
-	}
-	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
-		t.Fatal(err)
-	}
+	h.acceptAll("early", 3, event)
+	h.loseRedisKeys()
 	if accepted := h.buyAll("late", 10, event); accepted != 7 {
 		t.Errorf("%d orders accepted after the loss, want the 7 tickets the queue leaves", accepted)
 	}
@@ -617,15 +578,9 @@ func TestAGateRebuiltAfterALossCountsWhatTheWorkersDecided(t *testing.T) {
 	h := setup(t, options{workers: 1, reconcile: time.Hour})
 	event := testkit.CreateEvent(t, h.store, 4, 10)
 	h.waitCatalog(event.ID)
-	for i := range 3 {
-		if r := h.order(fmt.Sprint("early-", i), "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
-			t.Fatalf("early order %d: %d %s", i, r.status, r.body)
-		}
-	}
+	h.acceptAll("early", 3, event)
 	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 3 }, "the early orders decided")
-	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
-		t.Fatal(err)
-	}
+	h.loseRedisKeys()
 	if accepted := h.buyAll("late", 10, event); accepted != 7 {
 		t.Errorf("%d orders accepted after the loss, want the 7 tickets left", accepted)
 	}
@@ -642,9 +597,7 @@ func TestAGateLostWhileTheDatabaseIsStalledIsRebuiltFromTheCatalog(t *testing.T)
 		t.Fatalf("early order: %d %s", r.status, r.body)
 	}
 	h.lock("orders, ticket_categories")
-	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
-		t.Fatal(err)
-	}
+	h.loseRedisKeys()
 	if r := h.order("late", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
 		t.Fatalf("an order after the loss, the database stalled: %d %s", r.status, r.body)
 	}
@@ -653,6 +606,44 @@ func TestAGateLostWhileTheDatabaseIsStalledIsRebuiltFromTheCatalog(t *testing.T)
 	h.waitGate(event.Categories[0].ID, 9)
 	if n := h.metric(`crowdpass_gate_reconciled_total{why="missing_catalog"}`); n != "1" {
 		t.Errorf("stocks rebuilt from the catalog: %q, want 1", n)
+	}
+}
+
+// bobRefusedThenRedisLost makes a one-ticket event, sells its ticket to
+// alice through another API process, has bob's key refused here, and loses
+// Redis's keys. The gate is then rebuilt from remaining (alice's order is
+// queued elsewhere, not known here): a ticket, as far as it knows. It
+// returns the event and bob's refusal.
+func (h *harness) bobRefusedThenRedisLost() (crowdpass.Event, reply) {
+	h.t.Helper()
+	event := h.event(4, 1)
+	h.acceptedElsewhere(event, "alice", "a")
+	first := h.order("bob", "b", orderJSON(event, 0, 1))
+	if first.status != http.StatusConflict || first.problem(h.t)["code"] != string(crowdpass.ESoldOut) {
+		h.t.Fatalf("bob: %d %s", first.status, first.body)
+	}
+	h.loseRedisKeys()
+	h.waitGate(event.Categories[0].ID, 1)
+	return event, first
+}
+
+// loseRedisKeys deletes every Redis key of the test's namespace, as a
+// flush or a restart of Redis would.
+func (h *harness) loseRedisKeys() {
+	h.t.Helper()
+	if err := testkit.DeleteRedisKeys(testkit.Context(h.t), h.topo.Namespace); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// acceptAll sends n orders of one ticket, one customer each, and fails
+// unless each is accepted.
+func (h *harness) acceptAll(prefix string, n int, event crowdpass.Event) {
+	h.t.Helper()
+	for i := range n {
+		if r := h.order(fmt.Sprint(prefix, "-", i), "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+			h.t.Fatalf("%s order %d: %d %s", prefix, i, r.status, r.body)
+		}
 	}
 }
 

@@ -95,13 +95,7 @@ func TestRolesWithoutHTTPStopWhenTold(t *testing.T) {
 // lost it, because every API learns the decided orders.
 func TestALoneAPIAnswersAKeyDecidedElsewhereAfterRedisLostIt(t *testing.T) {
 	t.Parallel()
-	db := testkit.NewDB(t)
-	ns := testkit.Namespace(t)
-	event, err := postgres.NewStore(db.Pool, nil).CreateEvent(testkit.Context(t), crowdpass.EventSpec{
-		Name: "Final", Categories: []crowdpass.CategorySpec{{Name: "A", Capacity: 1}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, ns, event := oneTicketSale(t)
 	a, b := freeAddr(t), freeAddr(t)
 	startRole(t, "worker", env(db, ns), "")
 	startRole(t, "relay", env(db, ns), "")
@@ -229,13 +223,7 @@ func waitReady(t *testing.T, addr string) {
 // flush does not make the key new (sold_out here: the ticket is its own).
 func TestAnAPIStartedAfterAnOrderWasDecidedAnswersItsKeyAfterRedisLostIt(t *testing.T) {
 	t.Parallel()
-	db := testkit.NewDB(t)
-	ns := testkit.Namespace(t)
-	event, err := postgres.NewStore(db.Pool, nil).CreateEvent(testkit.Context(t), crowdpass.EventSpec{
-		Name: "Final", Categories: []crowdpass.CategorySpec{{Name: "A", Capacity: 1}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, ns, event := oneTicketSale(t)
 	a := freeAddr(t)
 	startServe(t, env(db, ns, "HTTP_ADDR", a), a)
 	authority, _ := auth.New([]byte("test-secret"), nil)
@@ -260,6 +248,19 @@ func TestAnAPIStartedAfterAnOrderWasDecidedAnswersItsKeyAfterRedisLostIt(t *test
 		t.Errorf("the key at API b after Redis lost it: %d %s, want its 202 replayed (%s)", status, again, first)
 	}
 	testkit.CheckInvariants(t, db.Pool)
+}
+
+// oneTicketSale makes a database and a namespace for a test, and an event
+// of one category with one ticket.
+func oneTicketSale(t *testing.T) (*testkit.DB, string, crowdpass.Event) {
+	t.Helper()
+	db := testkit.NewDB(t)
+	event, err := postgres.NewStore(db.Pool, nil).CreateEvent(testkit.Context(t), crowdpass.EventSpec{
+		Name: "Final", Categories: []crowdpass.CategorySpec{{Name: "A", Capacity: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, testkit.Namespace(t), event
 }
 
 func scrapeMetrics(t *testing.T, addr string) string {
