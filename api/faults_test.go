@@ -109,6 +109,16 @@ func TestBrokerDownAnswersUnavailableAndGivesTheStockBack(t *testing.T) {
 		t.Fatalf("broker down: %d %v %s", r.status, r.header, r.body)
 	}
 	h.waitGate(cat, 10)
+	// The API cannot work: /readyz says so, in its own document, not a problem.
+	ready := h.do(http.MethodGet, "/readyz", nil, nil)
+	var doc struct {
+		Status string            `json:"status"`
+		Checks map[string]string `json:"checks"`
+	}
+	if ready.status != http.StatusServiceUnavailable || ready.header.Get("Content-Type") != "application/json" ||
+		json.Unmarshal(ready.body, &doc) != nil || doc.Status != "down" || doc.Checks["broker"] != "down" {
+		t.Errorf("readyz with the broker down: %d %v %s", ready.status, ready.header, ready.body)
+	}
 
 	h.amqpProxy.Allow()
 	testkit.Eventually(t, 20*time.Second, h.publisher.Ready, "publisher reconnected")

@@ -126,12 +126,16 @@ func WriteError(w http.ResponseWriter, err error) {
 	WriteAnswer(w, a)
 }
 
-// WriteJSON writes v as JSON with status.
+// WriteJSON writes v as a JSON document with status: application/json
+// whatever the status (a /readyz saying down is a 503 with its own shape,
+// not a problem).
 func WriteJSON(w http.ResponseWriter, status int, v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
 		WriteError(w, err)
 		return
 	}
-	WriteAnswer(w, crowdpass.Answer{Status: status, Body: append(body, '\n')})
+	w.Header()["Content-Type"] = plainJSON
+	w.WriteHeader(status)
+	w.Write(append(body, '\n'))
 }
