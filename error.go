@@ -29,6 +29,7 @@ const (
 	EInternal             ErrorCode = "internal"
 	EConflict             ErrorCode = "conflict"
 	EMethodNotAllowed     ErrorCode = "method_not_allowed"
+	EUpgradeRequired      ErrorCode = "upgrade_required"
 )
 
 // FieldError names one invalid field.

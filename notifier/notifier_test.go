@@ -478,6 +478,16 @@ func TestAuthenticationAndOriginAreCheckedBeforeTheUpgrade(t *testing.T) {
 		t.Errorf("no token: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 	tok, _ := b.authority.Issue("alice", false, time.Hour)
+	// Authenticated, but no handshake: a problem too, not the WebSocket
+	// library's text/plain.
+	resp, err = http.Get(httpURL + "?access_token=" + tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUpgradeRequired || resp.Header.Get("Content-Type") != "application/problem+json" || resp.Header.Get("Upgrade") != "websocket" {
+		t.Errorf("no handshake: %d %v", resp.StatusCode, resp.Header)
+	}
 	_, resp, err = websocket.Dial(testkit.Context(t), url+"?access_token="+tok, &websocket.DialOptions{
 		HTTPHeader: http.Header{"Origin": {"https://evil.example"}},
 	})

@@ -54,7 +54,13 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if tc, ok := r.Context().Value(connKey{}).(*net.TCPConn); ok {
 		tc.SetWriteBuffer(sendBuffer)
 	}
-	// The origin is checked above, so that its 403 is a problem document too.
+	// The origin is checked above, and the handshake's form here, so that
+	// their answers are problem documents too (Accept's are text/plain).
+	if err := handshakeError(r); err != nil {
+		w.Header().Set("Upgrade", "websocket")
+		problem.WriteError(w, err)
+		return
+	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		return // Accept has answered a bad handshake
@@ -262,6 +268,31 @@ func (n *Notifier) originAllowed(r *http.Request) bool {
 		}
 		if ok, _ := path.Match(strings.ToLower(pattern), strings.ToLower(target)); ok {
 			return true
+		}
+	}
+	return false
+}
+
+// handshakeError reports what makes r not a WebSocket opening handshake
+// (RFC 6455, 4.2.1) that Accept would take, as a problem: upgrade_required,
+// a 426, which the caller sends with Upgrade: websocket.
+func handshakeError(r *http.Request) error {
+	upgrade := func() error {
+		return crowdpass.Errorf(crowdpass.EUpgradeRequired, "GET /ws opens a WebSocket: send Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key")
+	}
+	if !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") ||
+		r.Header.Get("Sec-WebSocket-Version") != "13" || len(r.Header.Get("Sec-WebSocket-Key")) != 24 {
+		return upgrade()
+	}
+	return nil
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
 		}
 	}
 	return false

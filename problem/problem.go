@@ -43,6 +43,8 @@ func Status(code crowdpass.ErrorCode) int {
 		return http.StatusNotFound
 	case crowdpass.EMethodNotAllowed:
 		return http.StatusMethodNotAllowed
+	case crowdpass.EUpgradeRequired:
+		return http.StatusUpgradeRequired
 	case crowdpass.EUnavailable:
 		return http.StatusServiceUnavailable
 	default:
@@ -67,6 +69,7 @@ var titles = map[crowdpass.ErrorCode]string{
 	crowdpass.ESaleClosed:           "Sale closed",
 	crowdpass.ENotFound:             "Not found",
 	crowdpass.EMethodNotAllowed:     "Method not allowed",
+	crowdpass.EUpgradeRequired:      "WebSocket handshake required",
 	crowdpass.EUnavailable:          "Service unavailable",
 	crowdpass.EConflict:             "Conflict",
 	crowdpass.EInternal:             "Internal error",
