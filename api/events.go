@@ -65,15 +65,18 @@ func (b eventBody) spec() (crowdpass.EventSpec, error) {
 	}
 	if err := spec.Validate(); err != nil {
 		if e, ok := err.(*crowdpass.Error); ok {
-			e.Fields = append(fields, e.Fields...)
+			e.Message, e.Fields = errEventFields, append(fields, e.Fields...)
 		}
 		return spec, err
 	}
 	if len(fields) > 0 {
-		return spec, &crowdpass.Error{Code: crowdpass.EValidation, Message: "the event has invalid fields", Fields: fields}
+		return spec, &crowdpass.Error{Code: crowdpass.EValidation, Message: errEventFields, Fields: fields}
 	}
 	return spec, nil
 }
+
+// errEventFields is the detail of every validation_failed of POST /events.
+const errEventFields = "the event has invalid fields"
 
 func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
 	if !principal(r).Admin {

@@ -209,7 +209,7 @@ func describe(err error) string {
 	}
 	msgs := make([]string, len(e.Fields))
 	for i, f := range e.Fields {
-		msgs[i] = f.Field + " " + f.Message
+		msgs[i] = f.Field + ": " + f.Message
 	}
 	return strings.Join(msgs, "; ")
 }
