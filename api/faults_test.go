@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/broker"
 	"github.com/crowdpass/crowdpass/testkit"
@@ -627,6 +629,13 @@ func TestAGateLostWhileTheDatabaseIsStalledIsRebuiltFromTheCatalog(t *testing.T)
 func (h *harness) bobRefusedThenRedisLost() (crowdpass.Event, reply) {
 	h.t.Helper()
 	event := h.event(4, 1)
+	// A message no worker takes keeps the queue from ever reading as
+	// drained, so that no drift correction gives alice's ticket back to
+	// the gate between her admission elsewhere and its publish (this
+	// process cannot see that other process's order in flight).
+	if err := h.publisher.Publish(testkit.Context(h.t), "", h.topo.Orders(), amqp.Publishing{MessageId: "filler", Body: []byte("{}")}); err != nil {
+		h.t.Fatal(err)
+	}
 	h.acceptedElsewhere(event, "alice", "a")
 	first := h.order("bob", "b", orderJSON(event, 0, 1))
 	if first.status != http.StatusConflict || first.problem(h.t)["code"] != string(crowdpass.ESoldOut) {
