@@ -451,11 +451,11 @@ func (r *restocks) wait(ctx context.Context, category uuid.UUID) {
 // in one snapshot (remaining does not count the queue, and a gate rebuilt
 // from it alone sold the queue a second time: 1.4 orders per ticket after a
 // flush with the workers behind). Other processes' queued orders are not
-// known here: a few tickets too many may be admitted, which the workers
-// reject, never too few. The read is bounded by RestockTimeout; past it
-// (PostgreSQL slow or down) the catalog's remaining, at most a second old,
-// is used. The stock is set only where it
-// is still missing: another process's rebuild stands.
+// known here: with several API processes, as many tickets as they have
+// queued may be admitted again, which the workers reject. The read is
+// bounded by RestockTimeout; past it (PostgreSQL slow or down) the
+// catalog's remaining, at most a second old, is used. The stock is set
+// only where it is still missing: another process's rebuild stands.
 func (s *Server) restock(ctx context.Context, c crowdpass.Category) {
 	r := &s.restocking
 	r.mu.Lock()
