@@ -186,6 +186,18 @@ func Fallbacks(r chi.Router) {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such route"))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		// The Allow header a 405 must carry (RFC 9110, 15.5.6): chi hands
+		// its list of allowed methods to its own handler only.
+		if rctx := chi.RouteContext(r.Context()); rctx != nil && rctx.Routes != nil {
+			for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+				if rctx.Routes.Match(chi.NewRouteContext(), m, r.URL.Path) {
+					w.Header().Add("Allow", m)
+					if m == http.MethodGet {
+						w.Header().Add("Allow", http.MethodHead)
+					}
+				}
+			}
+		}
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.EMethodNotAllowed, "method %s is not allowed here", r.Method))
 	})
 }

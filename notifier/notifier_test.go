@@ -488,6 +488,27 @@ func TestAuthenticationAndOriginAreCheckedBeforeTheUpgrade(t *testing.T) {
 	if resp.StatusCode != http.StatusUpgradeRequired || resp.Header.Get("Content-Type") != "application/problem+json" || resp.Header.Get("Upgrade") != "websocket" {
 		t.Errorf("no handshake: %d %v", resp.StatusCode, resp.Header)
 	}
+	for _, c := range []struct {
+		name, method, key string
+		status            int
+	}{
+		{"a key that is not a 16-byte nonce", http.MethodGet, "abc", http.StatusUpgradeRequired},
+		{"HEAD", http.MethodHead, "dGhlIHNhbXBsZSBub25jZQ==", http.StatusMethodNotAllowed},
+	} {
+		req, _ := http.NewRequest(c.method, httpURL+"?access_token="+tok, nil)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "websocket")
+		req.Header.Set("Sec-WebSocket-Version", "13")
+		req.Header.Set("Sec-WebSocket-Key", c.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.status || resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s: %d %v, want %d and a problem", c.name, resp.StatusCode, resp.Header, c.status)
+		}
+	}
 	_, resp, err = websocket.Dial(testkit.Context(t), url+"?access_token="+tok, &websocket.DialOptions{
 		HTTPHeader: http.Header{"Origin": {"https://evil.example"}},
 	})

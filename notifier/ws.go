@@ -2,6 +2,7 @@ package notifier
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net"
@@ -57,7 +58,14 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The origin is checked above, and the handshake's form here, so that
 	// their answers are problem documents too (Accept's are text/plain).
 	if err := handshakeError(r); err != nil {
-		w.Header().Set("Upgrade", "websocket")
+		h := w.Header()
+		if crowdpass.Code(err) == crowdpass.EUpgradeRequired {
+			h.Set("Connection", "Upgrade")
+			h.Set("Upgrade", "websocket")
+			h.Set("Sec-WebSocket-Version", "13")
+		} else {
+			h.Set("Allow", http.MethodGet)
+		}
 		problem.WriteError(w, err)
 		return
 	}
@@ -274,17 +282,25 @@ func (n *Notifier) originAllowed(r *http.Request) bool {
 }
 
 // handshakeError reports what makes r not a WebSocket opening handshake
-// (RFC 6455, 4.2.1) that Accept would take, as a problem: upgrade_required,
-// a 426, which the caller sends with Upgrade: websocket.
+// (RFC 6455, 4.2.1) that Accept would take, as a problem: method_not_allowed
+// for another method than GET (a HEAD), else upgrade_required, a 426, which
+// the caller sends with the headers a handshake needs.
 func handshakeError(r *http.Request) error {
-	upgrade := func() error {
-		return crowdpass.Errorf(crowdpass.EUpgradeRequired, "GET /ws opens a WebSocket: send Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key")
+	if r.Method != http.MethodGet {
+		return crowdpass.Errorf(crowdpass.EMethodNotAllowed, "method %s is not allowed here: GET /ws opens a WebSocket", r.Method)
 	}
-	if !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") ||
-		r.Header.Get("Sec-WebSocket-Version") != "13" || len(r.Header.Get("Sec-WebSocket-Key")) != 24 {
-		return upgrade()
+	keys := r.Header.Values("Sec-WebSocket-Key")
+	if !r.ProtoAtLeast(1, 1) || !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") ||
+		r.Header.Get("Sec-WebSocket-Version") != "13" || len(keys) != 1 || !validKey(keys[0]) {
+		return crowdpass.Errorf(crowdpass.EUpgradeRequired, "GET /ws opens a WebSocket: send HTTP/1.1 with Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and one Sec-WebSocket-Key")
 	}
 	return nil
+}
+
+// validKey reports whether a Sec-WebSocket-Key is a base64 16-byte nonce.
+func validKey(key string) bool {
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(key))
+	return err == nil && len(b) == 16
 }
 
 func headerHasToken(h http.Header, name, token string) bool {

@@ -3,6 +3,7 @@ package main
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,9 @@ func TestARolesOpsServerAnswersProblems(t *testing.T) {
 		h.ServeHTTP(rec, httptest.NewRequest(c.method, c.path, nil))
 		if rec.Code != c.status || rec.Header().Get("Content-Type") != c.contentType {
 			t.Errorf("%s %s: %d %q, want %d %q", c.method, c.path, rec.Code, rec.Header().Get("Content-Type"), c.status, c.contentType)
+		}
+		if allow := strings.Join(rec.Header().Values("Allow"), ", "); c.status == http.StatusMethodNotAllowed && allow != "GET, HEAD" {
+			t.Errorf("%s %s: Allow %q, want the route's GET, HEAD", c.method, c.path, allow)
 		}
 	}
 }
