@@ -107,6 +107,10 @@ type Notifier struct {
 	recalled prometheus.Counter
 
 	handed *handedOver
+	// pushed holds the outbox ids of the outcomes pushed lately, so that a
+	// catch-up pushes only what was missed: a customer's sockets are not
+	// sent again, and closed 1008 for, what they already had.
+	pushed *pushedRows
 	// seen is the highest outbox id received (from the broker or the relay
 	// of this process); caughtUp, once known, the highest read from the
 	// outbox. Sessions read from the lower of both, less catchUpWindow.
@@ -158,6 +162,7 @@ func New(cfg Config, orders Orders, pending Pending, verifier Verifier) *Notifie
 			Buckets: crowdpass.NotificationBuckets,
 		}, []string{"path"}),
 		handed: newHandedOver(1 << 16),
+		pushed: &pushedRows{rows: generations.New[int64, struct{}](2 * catchUpWindow)},
 	}
 	n.recalled = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "crowdpass_notifier_recalled_total",
@@ -297,6 +302,7 @@ func (n *Notifier) Deliver(rows []crowdpass.OutboxMessage) {
 		n.observeLag(out, "local")
 		n.decided(out)
 		n.push(out)
+		n.pushed.add(row.ID)
 	}
 }
 
@@ -340,9 +346,13 @@ func (n *Notifier) catchUp(ctx context.Context) {
 		}
 		for _, row := range rows {
 			after = row.ID
+			if n.pushed.has(row.ID) {
+				continue
+			}
 			if out, ok := n.decode(row.Payload, strconv.FormatInt(row.ID, 10)); ok {
 				n.decided(out)
 				n.push(out)
+				n.pushed.add(row.ID)
 				pushed++
 			}
 		}
@@ -363,7 +373,8 @@ func (n *Notifier) fromBroker(d amqp.Delivery) {
 		return
 	}
 	n.observeLag(out, "broker")
-	if id, err := strconv.ParseInt(d.MessageId, 10, 64); err == nil {
+	id, err := strconv.ParseInt(d.MessageId, 10, 64)
+	if err == nil {
 		n.observeSeen(id)
 		if n.handed.take(id, out.ID) {
 			return
@@ -371,6 +382,9 @@ func (n *Notifier) fromBroker(d amqp.Delivery) {
 	}
 	n.decided(out)
 	n.push(out)
+	if err == nil {
+		n.pushed.add(id)
+	}
 }
 
 func (n *Notifier) observeSeen(id int64) {
@@ -451,6 +465,25 @@ func (h *handedOver) take(id int64, order uuid.UUID) bool {
 		return true
 	}
 	return false
+}
+
+// pushedRows are outbox ids pushed lately (two generations).
+type pushedRows struct {
+	mu   sync.Mutex
+	rows *generations.Map[int64, struct{}]
+}
+
+func (p *pushedRows) add(id int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rows.Put(id, struct{}{})
+}
+
+func (p *pushedRows) has(id int64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.rows.Get(id)
+	return ok
 }
 
 // pushFrame is an outcome as the contract pushes it: no customer id.
