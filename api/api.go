@@ -324,11 +324,19 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 
 // Readiness runs the checks: "ok" and 200 if all pass, "degraded" and 200
 // if only non-critical ones fail, "down" and 503 if a critical one fails.
+// They run at once, so that one dependency that hangs until ctx's deadline
+// does not leave the others no time and read as down too.
 func Readiness(ctx context.Context, checks []Check) (status string, code int, states map[string]string) {
+	ok := make([]bool, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Go(func() { ok[i] = c.OK(ctx) })
+	}
+	wg.Wait()
 	status, code = "ok", http.StatusOK
 	states = make(map[string]string, len(checks))
-	for _, c := range checks {
-		if c.OK(ctx) {
+	for i, c := range checks {
+		if ok[i] {
 			states[c.Name] = "ok"
 			continue
 		}
