@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -171,6 +172,46 @@ func TestWorkerRoleServesReadinessAndStopsGracefully(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("worker did not stop")
+	}
+}
+
+// A worker cannot decide anything without PostgreSQL, even before an order
+// comes to show it: its process is unready (503), not degraded.
+func TestAWorkerWithoutItsDatabaseIsNotReady(t *testing.T) {
+	t.Parallel()
+	addr, closed := freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		getenv := env(&testkit.DB{}, testkit.Namespace(t), "HTTP_ADDR", addr,
+			"DATABASE_URL", "postgres://postgres@"+closed+"/crowdpass?sslmode=disable")
+		done <- run(ctx, []string{"worker"}, getenv, io.Discard, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("worker did not stop")
+		}
+	}()
+	var code int
+	var body struct {
+		Status string            `json:"status"`
+		Checks map[string]string `json:"checks"`
+	}
+	// Once the worker consumes, only the database is missing.
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		code = resp.StatusCode
+		return json.NewDecoder(resp.Body).Decode(&body) == nil && body.Checks["worker"] == "ok"
+	}, "the worker consuming")
+	if code != http.StatusServiceUnavailable || body.Status != "down" || body.Checks["postgres"] != "down" {
+		t.Errorf("readyz %d %+v, want 503 down with postgres down", code, body)
 	}
 }
 

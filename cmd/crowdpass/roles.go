@@ -193,7 +193,9 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		cfg.HTTPAddrSet = true
 	} else {
 		if !roles["notifier"] {
-			checks = append(checks, api.Check{Name: "postgres", OK: func(ctx context.Context) bool { return store.Ping(ctx) == nil }})
+			// A worker or a relay cannot work without PostgreSQL, idle or not:
+			// its own check only notices once a batch or a poll fails.
+			checks = append(checks, api.Check{Name: "postgres", Critical: roles["worker"] || roles["relay"], OK: func(ctx context.Context) bool { return store.Ping(ctx) == nil }})
 		} else {
 			cfg.HTTPAddrSet = true
 		}
