@@ -99,6 +99,16 @@ type KeyRecord struct {
 	Decided *Order
 }
 
+// KeyAnswer is the answer a process gave an idempotency key (the key's
+// order id, its customer and payload): what it writes back into Redis when
+// Redis has lost its keys.
+type KeyAnswer struct {
+	OrderID     uuid.UUID
+	CustomerID  string
+	Fingerprint string
+	Answer      Answer
+}
+
 // OrderPayload is what POST /orders asks for.
 type OrderPayload struct {
 	EventID    uuid.UUID

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -217,6 +218,72 @@ func (g *Redis) Remember(ctx context.Context, a crowdpass.Admission, rec crowdpa
 		return crowdpass.AdmissionResult{}, false, fmt.Errorf("remembering answer: %w", err)
 	}
 	return held.verdict(a.Fingerprint), false, nil
+}
+
+// restoreBatch is how many answers Restore writes per round trip.
+const restoreBatch = 512
+
+// Restore writes back answers this process gave, after Redis lost its keys,
+// each as Remember would: a 202 in the place of no record, of an in-flight
+// mark of its payload or of a sold_out stored for it since; a refusal only
+// where there is no record. It uses pipelines of its own, not the
+// admissions', so that a long list does not hold them up, and returns how
+// many it stored.
+func (g *Redis) Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (stored int, err error) {
+	if len(answers) == 0 {
+		return 0, nil
+	}
+	// A restarted Redis has forgotten the script too.
+	if err := rememberScript.Load(ctx, g.rdb).Err(); err != nil {
+		return 0, fmt.Errorf("restoring answers: %w", err)
+	}
+	ttl := g.cfg.AnswerTTL.Milliseconds()
+	for chunk := range slices.Chunk(answers, restoreBatch) {
+		pipe := g.rdb.Pipeline()
+		cmds := make([]redis.Cmder, len(chunk))
+		for i, a := range chunk {
+			rec := record{status: a.Answer.Status, fp: a.Fingerprint, customer: a.CustomerID, body: a.Answer.Body}
+			key := g.keyKey(a.OrderID)
+			if a.Answer.Status == http.StatusAccepted {
+				cmds[i] = rememberScript.EvalSha(ctx, pipe, []string{key}, rec.encode(), ttl, a.Fingerprint)
+			} else {
+				cmds[i] = pipe.SetNX(ctx, key, rec.encode(), g.cfg.AnswerTTL)
+			}
+		}
+		_, _ = pipe.Exec(ctx) // errors are per command
+		for _, c := range cmds {
+			err := c.Err()
+			switch {
+			case errors.Is(err, redis.Nil): // remember.lua stored it
+				stored++
+			case err != nil:
+				return stored, fmt.Errorf("restoring answers: %w", err)
+			default: // SET NX: true when it stored
+				if b, ok := c.(*redis.BoolCmd); ok && b.Val() {
+					stored++
+				}
+			}
+		}
+	}
+	return stored, nil
+}
+
+// canaryTTL is how long a canary outlives its last check.
+const canaryTTL = time.Minute
+
+// Lost reports whether Redis lost this process's canary, a key it sets and
+// checks again and again (Redis was flushed, or restarted without its data,
+// or the process had not checked for canaryTTL), and sets it again. The
+// first call of a process reports it lost: there was none.
+func (g *Redis) Lost(ctx context.Context, process string) (bool, error) {
+	_, err := g.pipe.doCmd(ctx, "set", g.cfg.Namespace+"gate:canary:"+process, "1", "get", "px", canaryTTL.Milliseconds())
+	if errors.Is(err, redis.Nil) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("checking the canary: %w", err)
+	}
+	return false, nil
 }
 
 // setNX stores rec under the order's key unless a record is there, in one

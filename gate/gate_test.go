@@ -3,6 +3,7 @@ package gate_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -25,15 +26,23 @@ func setup(t *testing.T) *gate.Redis {
 // setupInFlight returns a gate whose keys stay in flight for ttl.
 func setupInFlight(t *testing.T, ttl time.Duration) *gate.Redis {
 	t.Helper()
+	g, _ := setupNamespace(t, ttl)
+	return g
+}
+
+// setupNamespace returns a gate whose keys stay in flight for ttl, and its namespace.
+func setupNamespace(t *testing.T, ttl time.Duration) (*gate.Redis, string) {
+	t.Helper()
 	opts, err := redis.ParseURL(testkit.RedisURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	rdb := redis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
-	g := gate.New(rdb, gate.Config{Namespace: testkit.Namespace(t), InFlightTTL: ttl})
+	ns := testkit.Namespace(t)
+	g := gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: ttl})
 	t.Cleanup(g.Close)
-	return g
+	return g, ns
 }
 
 // withStock gives a new category a gate stock of n on g.
@@ -387,4 +396,70 @@ func TestRememberRestoresA202WhereRedisLostIt(t *testing.T) {
 			t.Errorf("over %s: stored %v, %+v", c.name, stored, res)
 		}
 	}
+}
+
+func TestRestoreWritesBackAnswersAsRememberWould(t *testing.T) {
+	t.Parallel()
+	g := setup(t)
+	ctx, cat := withStock(t, g, 10)
+	ours := crowdpass.Answer{Status: 202, Body: []byte(`{"ours":true}`)}
+	soldOut := crowdpass.Answer{Status: 409, Body: []byte(`{"code":"sold_out"}`)}
+	answer := func(a crowdpass.Admission, ans crowdpass.Answer) crowdpass.KeyAnswer {
+		return crowdpass.KeyAnswer{OrderID: a.OrderID, CustomerID: a.CustomerID, Fingerprint: a.Fingerprint, Answer: ans}
+	}
+	lost := admission("alice", "lost", cat, 1)             // a 202 Redis lost: restored
+	retried := admission("alice", "retried", cat, 1)       // a 202 whose retry is in flight elsewhere: restored
+	refused := admission("alice", "refused", cat, 1)       // a refusal Redis lost: restored
+	readmitted := admission("alice", "readmitted", cat, 1) // a refusal admitted anew since: stands
+	if _, err := g.Admit(ctx, retried, "elsewhere"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Admit(ctx, readmitted, "elsewhere"); err != nil {
+		t.Fatal(err)
+	}
+	answers := []crowdpass.KeyAnswer{answer(lost, ours), answer(retried, ours), answer(refused, soldOut), answer(readmitted, soldOut)}
+	// More than one pipeline's worth.
+	for i := range 600 {
+		answers = append(answers, answer(admission("bob", fmt.Sprint(i), cat, 1), soldOut))
+	}
+	stored, err := g.Restore(ctx, answers)
+	if err != nil || stored != 603 {
+		t.Fatalf("Restore = %d, %v; want 603 stored", stored, err)
+	}
+	for _, c := range []struct {
+		a    crowdpass.Admission
+		want crowdpass.AdmissionResult
+	}{
+		{lost, crowdpass.AdmissionResult{Verdict: crowdpass.Replay, Answer: ours}},
+		{retried, crowdpass.AdmissionResult{Verdict: crowdpass.Replay, Answer: ours}},
+		{refused, crowdpass.AdmissionResult{Verdict: crowdpass.Replay, Answer: soldOut}},
+		{readmitted, crowdpass.AdmissionResult{Verdict: crowdpass.InProgress}},
+	} {
+		res, err := g.Admit(ctx, c.a, "a retry")
+		if err != nil || res.Verdict != c.want.Verdict || string(res.Answer.Body) != string(c.want.Answer.Body) {
+			t.Errorf("%s: %+v, %v; want %+v", c.a.OrderID, res, err, c.want)
+		}
+	}
+	if stored, err := g.Restore(ctx, answers); err != nil || stored != 0 {
+		t.Errorf("Restore again = %d, %v; want nothing stored", stored, err)
+	}
+}
+
+func TestLostTellsWhenRedisLostTheCanary(t *testing.T) {
+	t.Parallel()
+	g, ns := setupNamespace(t, time.Minute)
+	ctx := testkit.Context(t)
+	check := func(want bool) {
+		t.Helper()
+		if lost, err := g.Lost(ctx, "p1"); err != nil || lost != want {
+			t.Fatalf("Lost = %v, %v; want %v", lost, err, want)
+		}
+	}
+	check(true) // the process's first check
+	check(false)
+	if err := testkit.DeleteRedisKeys(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	check(true)
+	check(false)
 }
