@@ -39,6 +39,11 @@ type Gate interface {
 	Stock(ctx context.Context, category uuid.UUID) (n int, known bool, err error)
 	SetStock(ctx context.Context, category uuid.UUID, saw int, known bool, n int) (bool, error)
 	Ping(ctx context.Context) error
+	// Lost reports whether Redis lost the keys this process set since its
+	// last call (by a canary key of process's), and sets the canary again.
+	Lost(ctx context.Context, process string) (bool, error)
+	// Restore writes answers back where Redis lost them, as Remember does.
+	Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (stored int, err error)
 }
 
 // OrderQueue queues order requests durably.
@@ -137,6 +142,8 @@ type Server struct {
 	// corrects nothing if one started while it looked.
 	admissions atomic.Uint64
 	restocking restocks
+	// process names this process's canary in Redis (watchCanary).
+	process string
 }
 
 // New returns the API; Handler serves it and Run keeps its caches fresh.
@@ -166,6 +173,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 		gate: gate, queue: queue, store: store, verifier: verifier,
 		metrics:     newMetrics(cfg.Registry),
 		missLookups: rate.NewLimiter(missRate, missBurst),
+		process:     uuid.NewString(),
 	}
 	s.keys.waiting = s.metrics.waiting
 	s.router = s.routes()
@@ -352,6 +360,9 @@ func Readiness(ctx context.Context, checks []Check) (status string, code int, st
 
 // Run keeps the catalog and the gate fresh until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.watchCanary(ctx) })
 	s.refreshCatalog(ctx)
 	reconcileTick := time.NewTicker(s.cfg.ReconcileInterval)
 	defer reconcileTick.Stop()
@@ -377,6 +388,59 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+const (
+	// canaryInterval is how often a process checks that Redis still holds
+	// its keys.
+	canaryInterval = 100 * time.Millisecond
+	// restoreTimeout bounds one write-back of the answers a process remembers.
+	restoreTimeout = 30 * time.Second
+)
+
+// watchCanary notices, by a key of this process's that it checks every
+// canaryInterval, that Redis lost its keys (a flush, a restart without its
+// data), and writes back the answers this process remembers. Another
+// process knows nothing of them: it would queue a retried key's order
+// anew, with another accepted_at, or answer it sold_out while its order
+// waits in the queue, and admit a key refused here. Until the write-back,
+// such a retry is answered right only by this process.
+func (s *Server) watchCanary(ctx context.Context) {
+	tick := time.NewTicker(canaryInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if s.redisDown.Load() {
+			continue
+		}
+		checkCtx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
+		lost, err := s.gate.Lost(checkCtx, s.process)
+		cancel()
+		if err == nil && lost {
+			s.restore(ctx)
+		}
+	}
+}
+
+// restore writes the answers this process remembers back into Redis.
+func (s *Server) restore(ctx context.Context) {
+	answers := s.cfg.Recent.answers()
+	if len(answers) == 0 {
+		return // a process's first check, or nothing answered yet
+	}
+	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
+	defer cancel()
+	stored, err := s.gate.Restore(ctx, answers)
+	s.metrics.restored.Add(float64(stored))
+	if err != nil {
+		s.log.Warn("redis lost its keys; the answers remembered here were not all written back", "answers", len(answers), "stored", stored, "err", err)
+		return
+	}
+	s.log.Info("redis lost its keys; wrote back the answers remembered here", "answers", len(answers), "stored", stored)
 }
 
 func (s *Server) refreshCatalog(ctx context.Context) {

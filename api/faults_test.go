@@ -681,3 +681,44 @@ func (h *harness) buyAll(prefix string, n int, event crowdpass.Event) int {
 	}
 	return accepted
 }
+
+// Another process knows nothing of the keys this process answered: once
+// Redis has lost them, this process writes its answers back, so that a
+// retry sent there is replayed as here, never queued anew (another
+// accepted_at), answered sold_out while its order waits in the queue, or,
+// for a key refused here, admitted.
+func TestAnswersRedisLostAreWrittenBackForOtherProcesses(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{}) // no workers: alice's order stays in the queue
+	event := h.event(4, 1)
+	alice := h.order("alice", "a", orderJSON(event, 0, 1))
+	bob := h.order("bob", "b", orderJSON(event, 0, 1))
+	if alice.status != http.StatusAccepted || bob.status != http.StatusConflict {
+		t.Fatalf("before the loss: alice %d %s, bob %d %s", alice.status, alice.body, bob.status, bob.body)
+	}
+	h.loseRedisKeys()
+
+	// A retry of each at another process, as its gate call goes.
+	cat := event.Categories[0]
+	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: cat.ID, Quantity: 1}
+	elsewhere := func(customer, key string) crowdpass.Admission {
+		return crowdpass.Admission{
+			OrderID: crowdpass.OrderID(customer, key), CustomerID: customer, Fingerprint: payload.Fingerprint(),
+			CategoryID: cat.ID, Quantity: 1, SoldOut: crowdpass.Answer{Status: http.StatusConflict, Body: []byte("{}\n")},
+			AcceptedAt: crowdpass.NewTime(time.Now()),
+		}
+	}
+	for _, c := range []struct {
+		adm   crowdpass.Admission
+		first reply
+	}{{elsewhere("alice", "a"), alice}, {elsewhere("bob", "b"), bob}} {
+		testkit.Eventually(t, 10*time.Second, func() bool {
+			_, err := h.gate.Lookup(testkit.Context(t), c.adm.OrderID)
+			return err == nil
+		}, "%s's answer back in Redis", c.adm.CustomerID)
+		res, err := h.gate.Admit(testkit.Context(t), c.adm, "elsewhere")
+		if err != nil || res.Verdict != crowdpass.Replay || !bytes.Equal(res.Answer.Body, c.first.body) {
+			t.Errorf("%s's retry elsewhere: %+v, %v; want its first answer replayed: %s", c.adm.CustomerID, res, err, c.first.body)
+		}
+	}
+}

@@ -17,6 +17,7 @@ type metrics struct {
 	remembered  *prometheus.CounterVec
 	waiting     prometheus.Gauge
 	unconfirmed prometheus.Counter
+	restored    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -62,11 +63,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "crowdpass_orders_unconfirmed_total",
 			Help: "POST /orders answered 503 with the order perhaps queued: it left for the broker, which did not confirm it by PUBLISH_TIMEOUT.",
 		}),
+		restored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "crowdpass_gate_restored_total",
+			Help: "Answers (202s and edge refusals) this process remembered and wrote back into Redis after Redis lost its keys.",
+		}),
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "crowdpass_orders_waiting_for_key",
 			Help: "POST /orders waiting for another request of their Idempotency-Key in this process (a double click's second click waiting for its first).",
 		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered, m.waiting, m.unconfirmed)
+	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered, m.waiting, m.unconfirmed, m.restored)
 	return m
 }

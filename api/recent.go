@@ -209,6 +209,31 @@ func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
 	return rec, true
 }
 
+// answers lists the answers this process gave that it still remembers,
+// for Redis to have them back after it lost its keys: its 202s first (an
+// order still in the queue is known nowhere else), then its refusals.
+// Refusals do not keep their customer, which no answer depends on.
+func (r *Recent) answers() []crowdpass.KeyAnswer {
+	var out []crowdpass.KeyAnswer
+	r.mu.RLock()
+	for id, rec := range r.orders.All() {
+		out = append(out, crowdpass.KeyAnswer{OrderID: id, CustomerID: rec.CustomerID, Fingerprint: rec.Fingerprint, Answer: rec.Answer})
+	}
+	r.mu.RUnlock()
+	rs := &r.refused
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	bodies := make([][]byte, len(rs.answers)) // shared by every key refused alike
+	for i, a := range rs.answers {
+		bodies[i] = []byte(a.body)
+	}
+	for id, i := range rs.keys.All() {
+		a := rs.answers[i]
+		out = append(out, crowdpass.KeyAnswer{OrderID: id, Fingerprint: a.fingerprint, Answer: crowdpass.Answer{Status: a.status, Body: bodies[i]}})
+	}
+	return out
+}
+
 // Lookuper finds an order's record by its id, as the gate does.
 type Lookuper interface {
 	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
