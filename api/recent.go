@@ -210,16 +210,26 @@ func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
 }
 
 // answers lists the answers this process gave that it still remembers,
-// for Redis to have them back after it lost its keys: its 202s first (an
-// order still in the queue is known nowhere else), then its refusals.
-// Refusals do not keep their customer, which no answer depends on.
+// for Redis to have them back after it lost its keys: first the 202s of
+// orders it has not seen decided (known nowhere else: other processes
+// learn decided orders from their notifiers), then its other 202s, then
+// its refusals. Refusals do not keep their customer, which no answer
+// depends on.
 func (r *Recent) answers() []crowdpass.KeyAnswer {
-	var out []crowdpass.KeyAnswer
+	var out, decided []crowdpass.KeyAnswer
 	r.mu.RLock()
+	r.queued.mu.Lock()
 	for id, rec := range r.orders.All() {
-		out = append(out, crowdpass.KeyAnswer{OrderID: id, CustomerID: rec.CustomerID, Fingerprint: rec.Fingerprint, Answer: rec.Answer})
+		a := crowdpass.KeyAnswer{OrderID: id, CustomerID: rec.CustomerID, Fingerprint: rec.Fingerprint, Answer: rec.Answer}
+		if _, queued := r.queued.orders.Get(id); queued {
+			out = append(out, a)
+		} else {
+			decided = append(decided, a)
+		}
 	}
+	r.queued.mu.Unlock()
 	r.mu.RUnlock()
+	out = append(out, decided...)
 	rs := &r.refused
 	rs.mu.Lock()
 	defer rs.mu.Unlock()

@@ -52,6 +52,30 @@ func TestRefusalsShareTheirAnswers(t *testing.T) {
 	}
 }
 
+// The answers written back after Redis lost its keys put first the 202s of
+// orders still in the queue, which no other process knows of.
+func TestUndecidedOrdersAreWrittenBackFirst(t *testing.T) {
+	r := NewRecent(16)
+	accepted := func(customer string) uuid.UUID {
+		id := uuid.New()
+		r.queue(id, uuid.Nil, 1)
+		r.add(id, crowdpass.KeyRecord{CustomerID: customer, Fingerprint: "fp", Answer: crowdpass.Answer{Status: 202, Body: []byte(customer)}})
+		return id
+	}
+	decided := accepted("decided")
+	r.Decided(crowdpass.Outcome{CustomerID: "decided", Order: crowdpass.Order{ID: decided, Quantity: 1}})
+	queued := accepted("queued")
+	refused := uuid.New()
+	r.refuse(refused, "fp", crowdpass.Answer{Status: 409, Body: []byte("sold_out")})
+	var got []uuid.UUID
+	for _, a := range r.answers() {
+		got = append(got, a.OrderID)
+	}
+	if len(got) != 3 || got[0] != queued || got[1] != decided || got[2] != refused {
+		t.Errorf("written back in the order %v, want queued %v, decided %v, refused %v", got, queued, decided, refused)
+	}
+}
+
 // The cost a sold-out answer pays to be remembered.
 //
 //	go test -run '^$' -bench Refuse ./api/
