@@ -85,6 +85,9 @@ type Config struct {
 	// ReconcileInterval is how often the catalog is reloaded and the gate
 	// stock checked against it (default 1s).
 	ReconcileInterval time.Duration
+	// CanaryInterval is how often the process checks that Redis still holds
+	// its keys, to write its answers back if not (default 100ms).
+	CanaryInterval time.Duration
 	// ReadTimeout bounds PostgreSQL reads of GET /orders/{id} (default 2s).
 	ReadTimeout time.Duration
 	// WriteTimeout bounds the PostgreSQL transaction of POST /events
@@ -150,6 +153,7 @@ type Server struct {
 func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier) *Server {
 	cfg.PublishTimeout = cmp.Or(cfg.PublishTimeout, 5*time.Second)
 	cfg.ReconcileInterval = cmp.Or(cfg.ReconcileInterval, time.Second)
+	cfg.CanaryInterval = cmp.Or(cfg.CanaryInterval, 100*time.Millisecond)
 	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, 2*time.Second)
 	cfg.WriteTimeout = cmp.Or(cfg.WriteTimeout, 10*time.Second)
 	cfg.MissTimeout = cmp.Or(cfg.MissTimeout, 250*time.Millisecond)
@@ -390,23 +394,18 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-const (
-	// canaryInterval is how often a process checks that Redis still holds
-	// its keys.
-	canaryInterval = 100 * time.Millisecond
-	// restoreTimeout bounds one write-back of the answers a process remembers.
-	restoreTimeout = 30 * time.Second
-)
+// restoreTimeout bounds one write-back of the answers a process remembers.
+const restoreTimeout = 30 * time.Second
 
 // watchCanary notices, by a key of this process's that it checks every
-// canaryInterval, that Redis lost its keys (a flush, a restart without its
+// CanaryInterval, that Redis lost its keys (a flush, a restart without its
 // data), and writes back the answers this process remembers. Another
 // process knows nothing of them: it would queue a retried key's order
 // anew, with another accepted_at, or answer it sold_out while its order
 // waits in the queue, and admit a key refused here. Until the write-back,
 // such a retry is answered right only by this process.
 func (s *Server) watchCanary(ctx context.Context) {
-	tick := time.NewTicker(canaryInterval)
+	tick := time.NewTicker(s.cfg.CanaryInterval)
 	defer tick.Stop()
 	for {
 		select {

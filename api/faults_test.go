@@ -11,6 +11,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/broker"
@@ -338,7 +339,7 @@ func TestAKeyDecidedElsewhereIsAnsweredWithItsOrderAfterRedisLostIt(t *testing.T
 // order is remembered, is told so, never a 5xx.
 func TestAnotherPayloadInFlightElsewhereAfterALossIsInProgress(t *testing.T) {
 	t.Parallel()
-	h := setup(t, options{})
+	h := setup(t, options{canary: 24 * time.Hour}) // elsewhere acts before the write-back
 	event := h.event(4, 10)
 	if r := h.order("alice", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
 		t.Fatalf("first order: %d %s", r.status, r.body)
@@ -545,7 +546,9 @@ func TestAKeyRefusedAtTheEdgeIsReplayedAfterRedisLostIt(t *testing.T) {
 // never request_in_progress until the memory forgets.
 func TestARememberedRefusalGivesWayToAnAttemptMadeElsewhere(t *testing.T) {
 	t.Parallel()
-	h := setup(t, options{}) // no worker: remaining stays 1 while alice's order waits
+	// No worker: remaining stays 1 while alice's order waits. The other
+	// process acts before this one writes bob's refusal back.
+	h := setup(t, options{canary: 24 * time.Hour})
 	event, _ := h.bobRefusedThenRedisLost()
 	// Another process, its gate rebuilt from remaining, admits bob's key,
 	// queues his order and dies before answering.
@@ -650,7 +653,22 @@ func (h *harness) bobRefusedThenRedisLost() (crowdpass.Event, reply) {
 // flush or a restart of Redis would.
 func (h *harness) loseRedisKeys() {
 	h.t.Helper()
-	if err := testkit.DeleteRedisKeys(testkit.Context(h.t), h.topo.Namespace); err != nil {
+	ctx := testkit.Context(h.t)
+	if h.writesBack {
+		// The loss must take the API's canary with the rest, or the API
+		// never notices it: a canary set after the keys were listed stays.
+		opts, err := redis.ParseURL(testkit.RedisURL())
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		rdb := redis.NewClient(opts)
+		defer rdb.Close()
+		testkit.Eventually(h.t, 10*time.Second, func() bool {
+			iter := rdb.Scan(ctx, 0, h.topo.Namespace+"gate:canary:*", 1000).Iterator()
+			return iter.Next(ctx)
+		}, "the API's canary set")
+	}
+	if err := testkit.DeleteRedisKeys(ctx, h.topo.Namespace); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -699,19 +717,10 @@ func TestAnswersRedisLostAreWrittenBackForOtherProcesses(t *testing.T) {
 	h.loseRedisKeys()
 
 	// A retry of each at another process, as its gate call goes.
-	cat := event.Categories[0]
-	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: cat.ID, Quantity: 1}
-	elsewhere := func(customer, key string) crowdpass.Admission {
-		return crowdpass.Admission{
-			OrderID: crowdpass.OrderID(customer, key), CustomerID: customer, Fingerprint: payload.Fingerprint(),
-			CategoryID: cat.ID, Quantity: 1, SoldOut: crowdpass.Answer{Status: http.StatusConflict, Body: []byte("{}\n")},
-			AcceptedAt: crowdpass.NewTime(time.Now()),
-		}
-	}
 	for _, c := range []struct {
 		adm   crowdpass.Admission
 		first reply
-	}{{elsewhere("alice", "a"), alice}, {elsewhere("bob", "b"), bob}} {
+	}{{admissionElsewhere(event, "alice", "a"), alice}, {admissionElsewhere(event, "bob", "b"), bob}} {
 		testkit.Eventually(t, 10*time.Second, func() bool {
 			_, err := h.gate.Lookup(testkit.Context(t), c.adm.OrderID)
 			return err == nil

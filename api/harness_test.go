@@ -38,6 +38,10 @@ type options struct {
 	proxyRedis bool
 	// reconcile is the catalog's refresh interval (default 50ms).
 	reconcile time.Duration
+	// canary is the API's CanaryInterval (default 100ms). A day keeps it
+	// from writing its answers back after Redis lost them, for what another
+	// process does before it has.
+	canary time.Duration
 	// publishTimeout is the API's PUBLISH_TIMEOUT (default 2s).
 	publishTimeout time.Duration
 	// inProgressWait is how long a double click waits for its first (default 1s).
@@ -63,11 +67,14 @@ type harness struct {
 	amqpProxy  *testkit.Proxy
 	redisProxy *testkit.Proxy
 	workers    []*worker.Worker
+	// writesBack is set where the API writes its answers back after Redis
+	// lost them (options.canary).
+	writesBack bool
 }
 
 func setup(t testing.TB, opts options) *harness {
 	t.Helper()
-	h := &harness{t: t, db: testkit.NewDB(t)}
+	h := &harness{t: t, db: testkit.NewDB(t), writesBack: opts.canary < time.Hour}
 	h.store = postgres.NewStore(h.db.Pool, nil)
 	ns := testkit.Namespace(t)
 	h.topo = broker.Topology{Namespace: ns}
@@ -105,6 +112,7 @@ func setup(t testing.TB, opts options) *harness {
 		GateTimeout:       opts.gateTimeout,
 		WriteTimeout:      3 * time.Second,
 		ReconcileInterval: cmp.Or(opts.reconcile, 50*time.Millisecond),
+		CanaryInterval:    opts.canary,
 		MissTimeout:       cmp.Or(opts.missTimeout, 10*time.Second), // a loaded CI machine's first read may be slow
 		Logger:            log,
 	}, h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, h.store, h.authority)
@@ -197,12 +205,8 @@ func (h *harness) orders(n int, customer, key string, body []byte) []reply {
 func (h *harness) acceptedElsewhere(event crowdpass.Event, customer, key string) crowdpass.Admission {
 	h.t.Helper()
 	t, cat := h.t, event.Categories[0]
-	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: cat.ID, Quantity: 1}
-	adm := crowdpass.Admission{
-		OrderID: crowdpass.OrderID(customer, key), CustomerID: customer, Fingerprint: payload.Fingerprint(),
-		CategoryID: cat.ID, Quantity: 1, SoldOut: crowdpass.Answer{Status: http.StatusConflict, Body: []byte("{}\n")},
-		AcceptedAt: crowdpass.NewTime(time.Now().Add(-time.Minute)),
-	}
+	adm := admissionElsewhere(event, customer, key)
+	adm.AcceptedAt = crowdpass.NewTime(time.Now().Add(-time.Minute))
 	if r, err := h.gate.Admit(testkit.Context(t), adm, "elsewhere"); err != nil || r.Verdict != crowdpass.Admitted {
 		t.Fatalf("admission %+v, %v", r, err)
 	}
@@ -214,6 +218,18 @@ func (h *harness) acceptedElsewhere(event crowdpass.Event, customer, key string)
 		t.Fatal(err)
 	}
 	return adm
+}
+
+// admissionElsewhere is the admission another API process makes of the
+// customer's key, for one ticket of the event's first category.
+func admissionElsewhere(event crowdpass.Event, customer, key string) crowdpass.Admission {
+	cat := event.Categories[0]
+	payload := crowdpass.OrderPayload{EventID: event.ID, CategoryID: cat.ID, Quantity: 1}
+	return crowdpass.Admission{
+		OrderID: crowdpass.OrderID(customer, key), CustomerID: customer, Fingerprint: payload.Fingerprint(),
+		CategoryID: cat.ID, Quantity: 1, SoldOut: crowdpass.Answer{Status: http.StatusConflict, Body: []byte("{}\n")},
+		AcceptedAt: crowdpass.NewTime(time.Now()),
+	}
 }
 
 // refusedElsewhere stores a sold_out answer for the customer's key, as
