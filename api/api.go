@@ -458,12 +458,14 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 }
 
 // reconcile rebuilds the gate from PostgreSQL's remaining. A missing stock
-// key is rebuilt at once (restock). A known one is corrected only when the queue is drained and no order of this
-// process is between its admission and the queue, as only then is
-// remaining the whole truth; the compare-and-set leaves it alone if an
-// order took stock meanwhile. (Other processes' orders in that gap are not
-// seen: their stock can come back to the gate, and the workers reject what
-// it over-admits.)
+// key is rebuilt at once (restock). A known one is corrected only when the
+// queue is drained and no order of this process is between its admission
+// and the queue; the compare-and-set leaves it alone if an order took stock
+// meanwhile. A drained queue still leaves the orders the workers have
+// taken and not decided, in neither its depth nor remaining: the stock is
+// set to remaining less those of them this process queued, as restock
+// does. (Other processes' orders in those gaps are not seen: their stock
+// can come back to the gate, and the workers reject what it over-admits.)
 func (s *Server) reconcile(ctx context.Context) {
 	if s.redisDown.Load() || !s.catalog.isLoaded() {
 		return
@@ -495,14 +497,25 @@ func (s *Server) reconcile(ctx context.Context) {
 		if !drained || s.admissions.Load() != started {
 			continue
 		}
-		set, err := s.gate.SetStock(ctx, c.ID, n, true, c.Remaining)
+		target := c.Remaining
+		if ids, quantities := s.cfg.Recent.queuedIn(c.ID); len(ids) > 0 {
+			unsold, err := s.store.Unsold(ctx, c.ID, ids, quantities)
+			if err != nil {
+				return
+			}
+			target = max(unsold, 0)
+		}
+		if n == target || s.admissions.Load() != started {
+			continue
+		}
+		set, err := s.gate.SetStock(ctx, c.ID, n, true, target)
 		if err != nil {
 			return
 		}
 		if set {
 			s.edge.forget(c.ID)
 			s.metrics.reconcile.WithLabelValues("drift").Inc()
-			s.log.Debug("gate stock reconciled", "category", c.ID, "was", n, "now", c.Remaining)
+			s.log.Debug("gate stock reconciled", "category", c.ID, "was", n, "now", target)
 		}
 	}
 }

@@ -731,3 +731,50 @@ func TestAnswersRedisLostAreWrittenBackForOtherProcesses(t *testing.T) {
 		}
 	}
 }
+
+// A worker holds the orders it has taken from the queue until it decides
+// them: the queue reads as drained, and remaining does not count them yet.
+// A drift the reconcile corrects then is corrected to remaining less this
+// process's orders no worker has decided, never to remaining, which would
+// sell their tickets again.
+func TestADriftCorrectedWhileAWorkerHoldsOrdersDoesNotSellThemAgain(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{}) // no workers: the order stays undecided
+	event := h.event(4, 2)
+	cat := event.Categories[0]
+	if r := h.order("alice", "a", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("alice: %d %s", r.status, r.body)
+	}
+	// A worker takes alice's order and has not decided it yet.
+	conn, err := broker.Dial(testkit.Context(t), testkit.AMQPURL(), "api-test-holder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := ch.Consume(h.topo.Orders(), "", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-deliveries:
+	case <-time.After(10 * time.Second):
+		t.Fatal("alice's order never delivered")
+	}
+	// A ticket stranded in the gate: an attempt elsewhere took it and died.
+	stranded := admissionElsewhere(event, "dave", "d")
+	if res, err := h.gate.Admit(testkit.Context(t), stranded, "elsewhere"); err != nil || res.Verdict != crowdpass.Admitted {
+		t.Fatalf("dave's admission: %+v, %v", res, err)
+	}
+	// Of 2 tickets, alice's is taken: 1 to sell, not 2.
+	h.waitGate(cat.ID, 1)
+	if r := h.order("bob", "b", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("bob: %d %s", r.status, r.body)
+	}
+	if r := h.order("carol", "c", orderJSON(event, 0, 1)); r.status != http.StatusConflict {
+		t.Errorf("carol, for a third ticket of two: %d %s", r.status, r.body)
+	}
+}
