@@ -442,19 +442,25 @@ func TestARetryWithoutRedisWaitsForTheGatedAttemptInFlight(t *testing.T) {
 // outcome this process saw, not as pending: an outcome is a committed fact.
 func TestADecidedOrderReadsAsDecidedWhileTheDatabaseIsLocked(t *testing.T) {
 	t.Parallel()
-	h := setup(t, options{workers: 1})
+	// A read of the database waits for the lock as long as the test does:
+	// the decided order is answered from memory, never after a timeout.
+	h := setup(t, options{workers: 1, readTimeout: time.Hour})
 	event := h.event(4, 10)
 	if r := h.order("alice", "k", orderJSON(event, 0, 2)); r.status != http.StatusAccepted {
 		t.Fatalf("order: %d %s", r.status, r.body)
 	}
 	id := crowdpass.OrderID("alice", "k")
 	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
+	fromDB := h.do(http.MethodGet, "/orders/"+id.String(), http.Header{"Authorization": {"Bearer " + h.token("alice")}}, nil)
 	h.recent.Decided(h.outcome(id)) // as the notifier passes it on
 	h.lock("orders, tickets")
 	r := h.do(http.MethodGet, "/orders/"+id.String(), http.Header{"Authorization": {"Bearer " + h.token("alice")}}, nil)
 	var got crowdpass.Order
 	if r.status != http.StatusOK || json.Unmarshal(r.body, &got) != nil || got.Status != crowdpass.StatusConfirmed || len(got.Tickets) != 2 || got.ProcessedAt == nil {
 		t.Errorf("GET a confirmed order while the database is locked: %d %s, want it confirmed with 2 tickets", r.status, r.body)
+	}
+	if !bytes.Equal(r.body, fromDB.body) {
+		t.Errorf("GET from memory:\n%s\nfrom the database:\n%s", r.body, fromDB.body)
 	}
 	if r := h.do(http.MethodGet, "/orders/"+id.String(), http.Header{"Authorization": {"Bearer " + h.token("bob")}}, nil); r.status != http.StatusNotFound {
 		t.Errorf("another customer read it: %d %s", r.status, r.body)
