@@ -262,6 +262,11 @@ type PendingLookup struct {
 	next   Lookuper
 }
 
+// Remembered finds the order among the recent ones only.
+func (p PendingLookup) Remembered(order uuid.UUID) (crowdpass.KeyRecord, bool) {
+	return p.recent.get(order)
+}
+
 // Lookup returns the order's record, or crowdpass.ErrNotFound.
 func (p PendingLookup) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error) {
 	if rec, ok := p.recent.get(order); ok {

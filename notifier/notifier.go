@@ -34,6 +34,9 @@ type Orders interface {
 // Pending finds orders accepted but not yet decided (the gate's stored 202).
 type Pending interface {
 	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
+	// Remembered finds an order in this process's memory only: one it
+	// accepted, or whose outcome it saw (then Decided is set).
+	Remembered(order uuid.UUID) (crowdpass.KeyRecord, bool)
 }
 
 // Outbox reads the outbox, for the outcomes published while the notifier

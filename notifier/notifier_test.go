@@ -340,7 +340,7 @@ func TestSubscribeAnswersPendingWhileTheDatabaseStalls(t *testing.T) {
 	if err := g.Complete(testkit.Context(t), adm, crowdpass.Answer{Status: http.StatusAccepted, Body: accepted}); err != nil {
 		t.Fatal(err)
 	}
-	_, url := b.notifierOver(notifier.Config{LookupTimeout: time.Second}, nil, b.stalledStore(), g)
+	_, url := b.notifierOver(notifier.Config{LookupTimeout: time.Second}, nil, b.stalledStore(), api.NewRecent(0).Pending(g))
 	alice := b.dial(url, "alice")
 	if err := alice.Write(testkit.Context(t), websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","order_id":%q}`, order.OrderID)); err != nil {
 		t.Fatal(err)
@@ -381,6 +381,11 @@ func (b *bundle) stalledStore() *postgres.Store {
 		b.t.Fatal(err)
 	}
 	b.t.Cleanup(pool.Close)
+	// Connected first: a read then waits for its deadline, as on a locked
+	// table, rather than for the pool's connect timeout.
+	if err := pool.Ping(testkit.Context(b.t)); err != nil {
+		b.t.Fatal(err)
+	}
 	proxy.Stall()
 	b.t.Cleanup(proxy.Resume) // first: lets the pool's connection attempt end
 	return postgres.NewStore(pool, nil)
@@ -406,7 +411,8 @@ func TestSubscribeAnswersADecidedOrderWhileTheDatabaseStalls(t *testing.T) {
 	}
 	recent := api.NewRecent(0)
 	recent.Decided(out)
-	_, url := b.notifierOver(notifier.Config{LookupTimeout: time.Second}, nil, b.stalledStore(), recent.Pending(nil))
+	// The stalled read would outlast the test: the outcome is answered from memory.
+	_, url := b.notifierOver(notifier.Config{LookupTimeout: time.Hour}, nil, b.stalledStore(), recent.Pending(nil))
 	alice := b.dial(url, "alice")
 	if err := alice.Write(testkit.Context(t), websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","order_id":%q}`, order.OrderID)); err != nil {
 		t.Fatal(err)

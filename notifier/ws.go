@@ -203,6 +203,18 @@ func (n *Notifier) subscribe(ctx context.Context, c *client, rawID string) {
 		n.offerJSON(c, notFound)
 		return
 	}
+	// An outcome this process saw is final, and what PostgreSQL holds:
+	// answered at once, without a read that a stalled database would hold up.
+	if n.pending != nil {
+		if rec, ok := n.pending.Remembered(id); ok && rec.Decided != nil {
+			if rec.CustomerID != c.customer {
+				n.offerJSON(c, notFound)
+				return
+			}
+			n.offerOrder(c, *rec.Decided)
+			return
+		}
+	}
 	dbCtx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
 	order, err := n.orders.Order(dbCtx, id)
 	cancel()
