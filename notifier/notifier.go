@@ -101,6 +101,10 @@ type Notifier struct {
 
 	stopCtx context.Context
 	stopAll context.CancelFunc
+	// live counts the sockets being served, so that Run returns only once
+	// each has been closed with 1001; liveMu orders their start with the stop.
+	liveMu sync.Mutex
+	live   sync.WaitGroup
 
 	sockets  prometheus.Gauge
 	frames   prometheus.Counter
@@ -184,6 +188,27 @@ func New(cfg Config, orders Orders, pending Pending, verifier Verifier) *Notifie
 // stopping ends when the notifier stops: every socket is then closed.
 func (n *Notifier) stopping() context.Context { return n.stopCtx }
 
+// stop closes every socket with 1001 and waits until each is closed: the
+// process may exit as soon as Run returns, and a socket it leaves open is
+// dropped without a close frame.
+func (n *Notifier) stop() {
+	n.liveMu.Lock()
+	n.stopAll()
+	n.liveMu.Unlock()
+	n.live.Wait()
+}
+
+// serving counts a socket in live, unless the notifier has stopped.
+func (n *Notifier) serving() bool {
+	n.liveMu.Lock()
+	defer n.liveMu.Unlock()
+	if n.stopCtx.Err() != nil {
+		return false
+	}
+	n.live.Add(1)
+	return true
+}
+
 // Ready reports whether the notifier is receiving outcomes.
 func (n *Notifier) Ready() bool { return n.ready.Load() }
 
@@ -199,7 +224,7 @@ func (n *Notifier) Kicked() int {
 
 // Run consumes order_events until ctx is done, reconnecting after losses.
 func (n *Notifier) Run(ctx context.Context) error {
-	defer n.stopAll() // closes every socket with 1001
+	defer n.stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if n.cfg.Recall > 0 && n.cfg.Decided != nil && n.cfg.Outbox != nil {

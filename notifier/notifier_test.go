@@ -674,3 +674,53 @@ func TestASocketThatStopsAnsweringPingsIsClosedWith1008(t *testing.T) {
 		t.Errorf("idle socket ended with %v (status %d), want 1008", err, got)
 	}
 }
+
+// A notifier that stops closes each socket with 1001 before Run returns:
+// the process may exit as soon as it has, and would drop the sockets still
+// open without a close frame.
+func TestStoppingClosesEverySocketBeforeRunReturns(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	reg := prometheus.NewRegistry()
+	n := notifier.New(notifier.Config{AMQPURL: testkit.AMQPURL(), Topology: b.topo, Logger: testkit.Logger(t), Registry: reg},
+		b.store, nil, b.authority)
+	ctx, stop := context.WithCancel(b.ctx)
+	defer stop()
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		n.Run(ctx)
+	}()
+	srv := httptest.NewServer(n)
+	t.Cleanup(srv.Close)
+	testkit.Eventually(t, 20*time.Second, n.Ready, "notifier consuming")
+	alice := b.dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", "alice")
+	closed := make(chan error, 1)
+	go func() {
+		_, _, err := alice.Read(context.Background()) // answers the close
+		closed <- err
+	}()
+	sockets := func() float64 {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "crowdpass_ws_sockets" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		return -1
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return sockets() == 1 }, "alice's socket served")
+
+	stop()
+	select {
+	case <-ran:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if n := sockets(); n != 0 {
+		t.Errorf("%v sockets still served once Run returned", n)
+	}
+	if err := <-closed; websocket.CloseStatus(err) != websocket.StatusGoingAway {
+		t.Errorf("alice's socket ended with %v, want 1001", err)
+	}
+}

@@ -69,6 +69,11 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, err)
 		return
 	}
+	if !n.serving() {
+		problem.WriteError(w, crowdpass.Errorf(crowdpass.EUnavailable, "the notifier is shutting down"))
+		return
+	}
+	defer n.live.Done()
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		return // Accept has answered a bad handshake
@@ -92,8 +97,13 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// reading meanwhile: it handles the client's pongs, and a subscribe may
 	// wait seconds for a stalled database.
 	subs := make(chan string, subscribeQueue)
+	// The reader has a context of its own: a Read whose context ends
+	// closes the socket at once, and the writer's close with 1001 when the
+	// notifier stops needs the reader to take the client's answer.
+	readCtx, cancelRead := context.WithCancel(context.WithoutCancel(r.Context()))
+	defer cancelRead()
 	var wg sync.WaitGroup
-	wg.Go(func() { n.read(ctx, cancel, conn, c, subs) })
+	wg.Go(func() { n.read(readCtx, cancel, conn, c, subs) })
 	wg.Go(func() {
 		for {
 			select {
@@ -106,6 +116,7 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	})
 	n.write(ctx, conn, c)
 	cancel()
+	cancelRead() // the socket is closed, or left unwritable: the reader ends
 	wg.Wait()
 }
 
