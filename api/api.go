@@ -457,15 +457,23 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 	s.catalog.replace(events)
 }
 
+// heldWindow is how long after it was queued an order counts as one a
+// worker may have taken and not decided yet, for the drift correction.
+// Past it the order is most likely one that never reaches PostgreSQL
+// (dead-lettered, or invalid), and counting it would keep its tickets
+// from being sold.
+const heldWindow = 30 * time.Second
+
 // reconcile rebuilds the gate from PostgreSQL's remaining. A missing stock
 // key is rebuilt at once (restock). A known one is corrected only when the
 // queue is drained and no order of this process is between its admission
 // and the queue; the compare-and-set leaves it alone if an order took stock
 // meanwhile. A drained queue still leaves the orders the workers have
 // taken and not decided, in neither its depth nor remaining: the stock is
-// set to remaining less those of them this process queued, as restock
-// does. (Other processes' orders in those gaps are not seen: their stock
-// can come back to the gate, and the workers reject what it over-admits.)
+// set to remaining less those of them this process queued in the last
+// heldWindow, read in one snapshot as restock does. (Other processes'
+// orders in those gaps are not seen: their stock can come back to the
+// gate, and the workers reject what it over-admits.)
 func (s *Server) reconcile(ctx context.Context) {
 	if s.redisDown.Load() || !s.catalog.isLoaded() {
 		return
@@ -498,7 +506,7 @@ func (s *Server) reconcile(ctx context.Context) {
 			continue
 		}
 		target := c.Remaining
-		if ids, quantities := s.cfg.Recent.queuedIn(c.ID); len(ids) > 0 {
+		if ids, quantities := s.cfg.Recent.queuedIn(c.ID, s.cfg.Now().Add(-heldWindow)); len(ids) > 0 {
 			unsold, err := s.store.Unsold(ctx, c.ID, ids, quantities)
 			if err != nil {
 				return
@@ -578,7 +586,7 @@ func (s *Server) restock(ctx context.Context, c crowdpass.Category) {
 		close(done)
 	}()
 	n, from := c.Remaining, "missing_catalog"
-	ids, quantities := s.cfg.Recent.queuedIn(c.ID)
+	ids, quantities := s.cfg.Recent.queuedIn(c.ID, time.Time{})
 	readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RestockTimeout)
 	unsold, err := s.store.Unsold(readCtx, c.ID, ids, quantities)
 	cancel()

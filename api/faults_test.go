@@ -738,6 +738,36 @@ func TestAnswersRedisLostAreWrittenBackForOtherProcesses(t *testing.T) {
 	}
 }
 
+// An order that never reaches PostgreSQL (dead-lettered here) keeps its
+// ticket out of the gate only for a while: the drift correction stops
+// counting it as held by a worker once it is old, and the ticket is sold.
+func TestATicketOfAnOrderThatNeverReachesTheDatabaseIsSoldAgain(t *testing.T) {
+	t.Parallel()
+	var late atomic.Int64 // how far the API's clock is ahead
+	h := setup(t, options{now: func() time.Time { return time.Now().Add(time.Duration(late.Load())) }})
+	event := h.event(4, 2)
+	cat := event.Categories[0]
+	if r := h.order("alice", "a", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("alice: %d %s", r.status, r.body)
+	}
+	ch := h.consumer()
+	deliveries, err := ch.Consume(h.topo.Orders(), "", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-deliveries:
+		if err := d.Nack(false, false); err != nil { // dead-lettered
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("alice's order never delivered")
+	}
+	h.waitGate(cat.ID, 1) // alice's order may still be a worker's
+	late.Store(int64(time.Minute))
+	h.waitGate(cat.ID, 2)
+}
+
 // A worker holds the orders it has taken from the queue until it decides
 // them: the queue reads as drained, and remaining does not count them yet.
 // A drift the reconcile corrects then is corrected to remaining less this
@@ -752,16 +782,7 @@ func TestADriftCorrectedWhileAWorkerHoldsOrdersDoesNotSellThemAgain(t *testing.T
 		t.Fatalf("alice: %d %s", r.status, r.body)
 	}
 	// A worker takes alice's order and has not decided it yet.
-	conn, err := broker.Dial(testkit.Context(t), testkit.AMQPURL(), "api-test-holder")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	deliveries, err := ch.Consume(h.topo.Orders(), "", false, false, false, false, nil)
+	deliveries, err := h.consumer().Consume(h.topo.Orders(), "", false, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -783,4 +804,20 @@ func TestADriftCorrectedWhileAWorkerHoldsOrdersDoesNotSellThemAgain(t *testing.T
 	if r := h.order("carol", "c", orderJSON(event, 0, 1)); r.status != http.StatusConflict {
 		t.Errorf("carol, for a third ticket of two: %d %s", r.status, r.body)
 	}
+}
+
+// consumer is a channel on the test's broker, closed when the test ends,
+// for a test to take orders from the queue as a worker would.
+func (h *harness) consumer() *amqp.Channel {
+	h.t.Helper()
+	conn, err := broker.Dial(testkit.Context(h.t), testkit.AMQPURL(), "api-test-consumer")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ch
 }

@@ -38,6 +38,8 @@ type options struct {
 	proxyRedis bool
 	// reconcile is the catalog's refresh interval (default 50ms).
 	reconcile time.Duration
+	// now is the API's clock (default time.Now).
+	now func() time.Time
 	// readTimeout is the API's ReadTimeout (default 2s).
 	readTimeout time.Duration
 	// canary is the API's CanaryInterval (default 100ms). A day keeps it
@@ -116,6 +118,7 @@ func setup(t testing.TB, opts options) *harness {
 		ReconcileInterval: cmp.Or(opts.reconcile, 50*time.Millisecond),
 		CanaryInterval:    opts.canary,
 		ReadTimeout:       opts.readTimeout,
+		Now:               opts.now,
 		MissTimeout:       cmp.Or(opts.missTimeout, 10*time.Second), // a loaded CI machine's first read may be slow
 		Logger:            log,
 	}, h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, h.store, h.authority)

@@ -271,7 +271,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.keys.queueing(adm.OrderID)
-	s.cfg.Recent.queue(adm.OrderID, category.ID, payload.Quantity)
+	s.cfg.Recent.queue(adm.OrderID, category.ID, payload.Quantity, now)
 	if !inFlight {
 		s.admissions.Add(1)
 		s.inFlight.Add(1)

@@ -2,7 +2,9 @@ package api
 
 import (
 	"context"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -33,10 +35,14 @@ type Recent struct {
 // queuedOrders are the orders this process queued whose outcome it has not
 // seen: a gate stock Redis lost is rebuilt from remaining less those of
 // them no worker has decided yet (Server.restock), as remaining does not
-// count them. An outcome that never reaches this process leaves its order
-// here, which does no harm (the rebuild asks PostgreSQL which are
-// decided); one forgotten (past two generations) makes a rebuilt stock that
-// much too high, which the workers correct by rejecting the surplus.
+// count them, and a drift is corrected to the same, less only the recent
+// ones (Server.reconcile). An outcome that never reaches this process
+// leaves its order here, which does no harm: PostgreSQL is asked which are
+// decided. An order that never reaches PostgreSQL (dead-lettered, or
+// invalid) makes a rebuilt stock too low until the drift correction, which
+// no longer counts it once it is old. One forgotten (past two generations)
+// makes a rebuilt stock that much too high, which the workers correct by
+// rejecting the surplus.
 type queuedOrders struct {
 	mu     sync.Mutex
 	orders *generations.Map[uuid.UUID, queuedOrder]
@@ -45,6 +51,7 @@ type queuedOrders struct {
 type queuedOrder struct {
 	category uuid.UUID
 	quantity int32
+	at       int64 // when it was queued, Unix ns
 }
 
 // refusals remembers the keys this process refused at the edge (sold_out),
@@ -89,12 +96,12 @@ func NewRecent(size int) *Recent {
 	}
 }
 
-// queue notes an order this process is queueing.
-func (r *Recent) queue(id, category uuid.UUID, quantity int) {
+// queue notes an order this process is queueing at the given time.
+func (r *Recent) queue(id, category uuid.UUID, quantity int, at time.Time) {
 	q := &r.queued
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.orders.Put(id, queuedOrder{category: category, quantity: int32(quantity)})
+	q.orders.Put(id, queuedOrder{category: category, quantity: int32(quantity), at: at.UnixNano()})
 }
 
 // unqueue forgets an order: decided, or not queued after all.
@@ -105,14 +112,19 @@ func (r *Recent) unqueue(id uuid.UUID) {
 	q.orders.Delete(id)
 }
 
-// queuedIn lists the orders of a category this process queued and has not
-// seen decided, with their quantities.
-func (r *Recent) queuedIn(category uuid.UUID) (ids []uuid.UUID, quantities []int32) {
+// queuedIn lists the orders of a category this process queued, since the
+// given time if it is not zero, and has not seen decided, with their
+// quantities.
+func (r *Recent) queuedIn(category uuid.UUID, since time.Time) (ids []uuid.UUID, quantities []int32) {
+	var after int64
+	if !since.IsZero() {
+		after = since.UnixNano()
+	}
 	q := &r.queued
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for id, o := range q.orders.All() {
-		if o.category == category {
+		if o.category == category && o.at >= after {
 			ids, quantities = append(ids, id), append(quantities, o.quantity)
 		}
 	}
@@ -216,29 +228,34 @@ func (r *Recent) get(id uuid.UUID) (crowdpass.KeyRecord, bool) {
 // its refusals. Refusals do not keep their customer, which no answer
 // depends on.
 func (r *Recent) answers() []crowdpass.KeyAnswer {
-	var out, decided []crowdpass.KeyAnswer
+	// Copies, made under the locks the hot path takes, and read without.
 	r.mu.RLock()
+	orders := r.orders.Clone()
+	r.mu.RUnlock()
 	r.queued.mu.Lock()
-	for id, rec := range r.orders.All() {
+	queued := r.queued.orders.Clone()
+	r.queued.mu.Unlock()
+	rs := &r.refused
+	rs.mu.Lock()
+	refused, answers := rs.keys.Clone(), slices.Clone(rs.answers)
+	rs.mu.Unlock()
+
+	var out, decided []crowdpass.KeyAnswer
+	for id, rec := range orders.All() {
 		a := crowdpass.KeyAnswer{OrderID: id, CustomerID: rec.CustomerID, Fingerprint: rec.Fingerprint, Answer: rec.Answer}
-		if _, queued := r.queued.orders.Get(id); queued {
+		if _, ok := queued.Get(id); ok {
 			out = append(out, a)
 		} else {
 			decided = append(decided, a)
 		}
 	}
-	r.queued.mu.Unlock()
-	r.mu.RUnlock()
 	out = append(out, decided...)
-	rs := &r.refused
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	bodies := make([][]byte, len(rs.answers)) // shared by every key refused alike
-	for i, a := range rs.answers {
+	bodies := make([][]byte, len(answers)) // shared by every key refused alike
+	for i, a := range answers {
 		bodies[i] = []byte(a.body)
 	}
-	for id, i := range rs.keys.All() {
-		a := rs.answers[i]
+	for id, i := range refused.All() {
+		a := answers[i]
 		out = append(out, crowdpass.KeyAnswer{OrderID: id, Fingerprint: a.fingerprint, Answer: crowdpass.Answer{Status: a.status, Body: bodies[i]}})
 	}
 	return out

@@ -47,3 +47,21 @@ func TestAllYieldsWhatGetSees(t *testing.T) {
 		t.Errorf("All yielded %v, want 1:new 2:v", got)
 	}
 }
+
+func TestACloneDoesNotChangeWithTheMap(t *testing.T) {
+	m := generations.New[int, string](2)
+	m.Put(1, "v")
+	m.Put(2, "v")
+	m.Put(3, "v")
+	c := m.Clone()
+	m.Delete(1)
+	m.Put(4, "v") // 1 and 2's generation goes
+	for _, k := range []int{1, 2, 3} {
+		if _, ok := c.Get(k); !ok {
+			t.Errorf("the clone lost entry %d with the map", k)
+		}
+	}
+	if _, ok := c.Get(4); ok {
+		t.Error("the clone got an entry put after it was made")
+	}
+}
