@@ -403,10 +403,13 @@ const restoreTimeout = 30 * time.Second
 // process knows nothing of them: it would queue a retried key's order
 // anew, with another accepted_at, or answer it sold_out while its order
 // waits in the queue, and admit a key refused here. Until the write-back,
-// such a retry is answered right only by this process.
+// such a retry is answered right only by this process. A write-back that
+// fails is tried again every ten intervals until one succeeds: the canary
+// is set again already, and would not tell.
 func (s *Server) watchCanary(ctx context.Context) {
 	tick := time.NewTicker(s.cfg.CanaryInterval)
 	defer tick.Stop()
+	var retryAt time.Time // zero: no write-back owed
 	for {
 		select {
 		case <-ctx.Done():
@@ -419,27 +422,36 @@ func (s *Server) watchCanary(ctx context.Context) {
 		checkCtx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
 		lost, err := s.gate.Lost(checkCtx, s.process)
 		cancel()
-		if err == nil && lost {
-			s.restore(ctx)
+		if err != nil {
+			s.log.Debug("redis canary not checked", "err", err)
+			continue
+		}
+		if lost || (!retryAt.IsZero() && !time.Now().Before(retryAt)) {
+			retryAt = time.Time{}
+			if !s.restore(ctx) {
+				retryAt = time.Now().Add(10 * s.cfg.CanaryInterval)
+			}
 		}
 	}
 }
 
-// restore writes the answers this process remembers back into Redis.
-func (s *Server) restore(ctx context.Context) {
+// restore writes the answers this process remembers back into Redis, and
+// reports whether it wrote them all.
+func (s *Server) restore(ctx context.Context) bool {
 	answers := s.cfg.Recent.answers()
 	if len(answers) == 0 {
-		return // a process's first check, or nothing answered yet
+		return true // a process's first check, or nothing answered yet
 	}
 	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
 	defer cancel()
 	stored, err := s.gate.Restore(ctx, answers)
 	s.metrics.restored.Add(float64(stored))
 	if err != nil {
-		s.log.Warn("redis lost its keys; the answers remembered here were not all written back", "answers", len(answers), "stored", stored, "err", err)
-		return
+		s.log.Warn("redis lost its keys; the answers remembered here were not all written back, trying again", "answers", len(answers), "stored", stored, "err", err)
+		return false
 	}
 	s.log.Info("redis lost its keys; wrote back the answers remembered here", "answers", len(answers), "stored", stored)
+	return true
 }
 
 func (s *Server) refreshCatalog(ctx context.Context) {

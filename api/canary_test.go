@@ -1,0 +1,73 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/crowdpass/crowdpass"
+)
+
+// flakyGate loses its canary once and fails the first write-back. Only
+// Lost and Restore are called (the embedded Gate is nil).
+type flakyGate struct {
+	Gate
+	mu       sync.Mutex
+	checked  bool
+	restores int
+}
+
+func (g *flakyGate) Lost(context.Context, string) (bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	first := !g.checked
+	g.checked = true
+	return first, nil
+}
+
+func (g *flakyGate) Restore(_ context.Context, answers []crowdpass.KeyAnswer) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.restores++
+	if g.restores == 1 {
+		return 0, errors.New("redis: connection reset")
+	}
+	return len(answers), nil
+}
+
+func (g *flakyGate) restored() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.restores
+}
+
+// The canary is set again before the answers are written back, so a
+// write-back that failed is not told of again: it is tried again anyway.
+func TestAFailedWriteBackIsTriedAgain(t *testing.T) {
+	t.Parallel()
+	recent := NewRecent(0)
+	recent.add(uuid.New(), crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: "fp", Answer: crowdpass.Answer{Status: 202, Body: []byte("{}")}})
+	g := &flakyGate{}
+	s := New(Config{CanaryInterval: time.Millisecond, Recent: recent}, g, nil, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.watchCanary(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for g.restored() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d write-backs, want a second after the first failed", g.restored())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
