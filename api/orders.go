@@ -492,6 +492,9 @@ func (s *Server) answerRemembered(ctx context.Context, w http.ResponseWriter, ad
 		}
 	}
 	if res.Verdict == crowdpass.InProgress && rec.Answer.Status != http.StatusAccepted {
+		// Forgotten too, so that it is never written back after another
+		// loss (watchCanary): the key's order may exist by then.
+		s.cfg.Recent.forgetRefusal(adm.OrderID)
 		s.metrics.remembered.WithLabelValues("superseded").Inc()
 		return false
 	}

@@ -151,6 +151,14 @@ func (r *Recent) refuse(id uuid.UUID, fingerprint string, answer crowdpass.Answe
 	rs.keys.Put(id, i)
 }
 
+// forgetRefusal forgets the refusal of the key of order id.
+func (r *Recent) forgetRefusal(id uuid.UUID) {
+	rs := &r.refused
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.keys.Delete(id)
+}
+
 // refusal finds the answer the key of order id was refused with.
 func (r *Recent) refusal(id uuid.UUID) (fingerprint string, answer crowdpass.Answer, ok bool) {
 	rs := &r.refused
