@@ -39,8 +39,8 @@ type Gate interface {
 	Stock(ctx context.Context, category uuid.UUID) (n int, known bool, err error)
 	SetStock(ctx context.Context, category uuid.UUID, saw int, known bool, n int) (bool, error)
 	Ping(ctx context.Context) error
-	// Lost reports whether Redis lost the keys this process set since its
-	// last call (by a canary key of process's), and sets the canary again.
+	// Lost reports whether Redis lost the keys since the last call for
+	// process (whose canary key is gone), and sets the canary again.
 	Lost(ctx context.Context, process string) (bool, error)
 	// Restore writes answers back where Redis lost them, as Remember does.
 	Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (stored int, err error)

@@ -577,8 +577,9 @@ func verdictName(v crowdpass.Verdict) string {
 	return "unknown"
 }
 
-// getOrder answers from PostgreSQL, or, for an order accepted but not yet
-// decided, from its 202: remembered by this process, or stored by the gate.
+// getOrder answers from the outcome this process saw, if it saw one, else
+// from PostgreSQL, or, for an order accepted but not yet decided, from its
+// 202: remembered by this process, or stored by the gate.
 func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	customer := principal(r).Customer
 	id, err := uuid.Parse(chi.URLParam(r, "id"))

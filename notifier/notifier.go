@@ -31,7 +31,9 @@ type Orders interface {
 	Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error)
 }
 
-// Pending finds orders accepted but not yet decided (the gate's stored 202).
+// Pending finds orders not in PostgreSQL yet, or not readable there: those
+// accepted and not yet decided (the gate's stored 202), and those whose
+// outcome this process saw.
 type Pending interface {
 	Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error)
 	// Remembered finds an order in this process's memory only: one it

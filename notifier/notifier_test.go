@@ -720,7 +720,12 @@ func TestStoppingClosesEverySocketBeforeRunReturns(t *testing.T) {
 	if n := sockets(); n != 0 {
 		t.Errorf("%v sockets still served once Run returned", n)
 	}
-	if err := <-closed; websocket.CloseStatus(err) != websocket.StatusGoingAway {
-		t.Errorf("alice's socket ended with %v, want 1001", err)
+	select {
+	case err := <-closed:
+		if websocket.CloseStatus(err) != websocket.StatusGoingAway {
+			t.Errorf("alice's socket ended with %v, want 1001", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("alice's socket still open after the notifier stopped")
 	}
 }
