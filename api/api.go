@@ -410,6 +410,9 @@ func (s *Server) watchCanary(ctx context.Context) {
 	tick := time.NewTicker(s.cfg.CanaryInterval)
 	defer tick.Stop()
 	var retryAt time.Time // zero: no write-back owed
+	// The first check finds no canary, as a loss would: it sets it. What
+	// this process answered before it, Redis got at the time.
+	first := true
 	for {
 		select {
 		case <-ctx.Done():
@@ -424,6 +427,10 @@ func (s *Server) watchCanary(ctx context.Context) {
 		cancel()
 		if err != nil {
 			s.log.Debug("redis canary not checked", "err", err)
+			continue
+		}
+		if first {
+			first = false
 			continue
 		}
 		if lost || (!retryAt.IsZero() && !time.Now().Before(retryAt)) {

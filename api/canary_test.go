@@ -12,21 +12,21 @@ import (
 	"github.com/crowdpass/crowdpass"
 )
 
-// flakyGate loses its canary once and fails the first write-back. Only
-// Lost and Restore are called (the embedded Gate is nil).
+// flakyGate has no canary at the first check, as a new process finds,
+// loses it once after that, and fails the first write-back. Only Lost and
+// Restore are called (the embedded Gate is nil).
 type flakyGate struct {
 	Gate
 	mu       sync.Mutex
-	checked  bool
+	checks   int
 	restores int
 }
 
 func (g *flakyGate) Lost(context.Context, string) (bool, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	first := !g.checked
-	g.checked = true
-	return first, nil
+	g.checks++
+	return g.checks <= 2, nil
 }
 
 func (g *flakyGate) Restore(_ context.Context, answers []crowdpass.KeyAnswer) (int, error) {
@@ -69,5 +69,10 @@ func TestAFailedWriteBackIsTriedAgain(t *testing.T) {
 			t.Fatalf("%d write-backs, want a second after the first failed", g.restored())
 		}
 		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+	if g.restored() != 2 {
+		t.Errorf("%d write-backs for one loss, want the failed one and its retry", g.restored())
 	}
 }
