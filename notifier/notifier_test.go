@@ -83,6 +83,7 @@ func (b *bundle) notifierOver(cfg notifier.Config, listener func(net.Listener) n
 	n := notifier.New(cfg, orders, pending, b.authority)
 	b.wg.Go(func() { n.Run(b.ctx) })
 	srv := httptest.NewUnstartedServer(n)
+	srv.Config.ConnContext = notifier.ConnContext // as crowdpass serves it
 	if listener != nil {
 		srv.Listener = listener(srv.Listener)
 	}
@@ -567,10 +568,32 @@ func (l smallBuffers) Accept() (net.Conn, error) {
 	return c, err
 }
 
+// A socket that stops reading is closed with 1008, and finds that close
+// after the frames it left unread when it reads again, however late: its
+// writes never fill the kernel's send queue, so the close frame always
+// fits (a write into a full queue would time out, and the library then
+// drops the connection without one). Sockets that read are not slowed.
 func TestASocketThatStopsReadingIsClosedWith1008(t *testing.T) {
 	t.Parallel()
+	for _, c := range []struct {
+		name         string
+		writeTimeout time.Duration
+		late         bool // reads again only once its socket is closed
+	}{
+		{"reading again soon", 0, false},
+		{"reading again after the write timeout", 300 * time.Millisecond, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			slowSocket(t, c.writeTimeout, c.late)
+		})
+	}
+}
+
+func slowSocket(t *testing.T, writeTimeout time.Duration, late bool) {
 	b := setup(t)
-	n, url := b.notifier(notifier.Config{Buffer: 8}, func(l net.Listener) net.Listener { return smallBuffers{l} })
+	reg := prometheus.NewRegistry()
+	n, url := b.notifier(notifier.Config{Buffer: 8, WriteTimeout: writeTimeout, Registry: reg}, func(l net.Listener) net.Listener { return smallBuffers{l} })
 	dialer := &net.Dialer{Control: func(network, address string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
 	}}
@@ -592,7 +615,12 @@ func TestASocketThatStopsReadingIsClosedWith1008(t *testing.T) {
 			amqp091Publishing(outcome("slow", i))); err != nil {
 			t.Fatal(err)
 		}
-		if i%100 == 99 {
+		switch {
+		case late:
+			// Paced, so that the writer keeps up until the kernel's queue is
+			// full and is then held in a write when the frames pile up.
+			time.Sleep(2 * time.Millisecond)
+		case i%100 == 99:
 			time.Sleep(5 * time.Millisecond) // let the notifier catch up with the broker
 		}
 	}
@@ -606,6 +634,9 @@ func TestASocketThatStopsReadingIsClosedWith1008(t *testing.T) {
 	if f := read(t, fast); f.Type != crowdpass.EventOrderRejected {
 		t.Errorf("fast socket got %+v", f)
 	}
+	if late {
+		testkit.Eventually(t, 20*time.Second, func() bool { return gauge(reg, "crowdpass_ws_sockets") == 1 }, "the slow socket closed")
+	}
 	// The slow one, reading again, finds its socket closed with 1008.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -617,6 +648,17 @@ func TestASocketThatStopsReadingIsClosedWith1008(t *testing.T) {
 			break
 		}
 	}
+}
+
+// gauge is the value of a registry's gauge, or -1.
+func gauge(reg *prometheus.Registry, name string) float64 {
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return -1
 }
 
 // A client answers pings as it reads; one that stops reading, even with no
@@ -700,15 +742,7 @@ func TestStoppingClosesEverySocketBeforeRunReturns(t *testing.T) {
 		_, _, err := alice.Read(context.Background()) // answers the close
 		closed <- err
 	}()
-	sockets := func() float64 {
-		mfs, _ := reg.Gather()
-		for _, mf := range mfs {
-			if mf.GetName() == "crowdpass_ws_sockets" {
-				return mf.GetMetric()[0].GetGauge().GetValue()
-			}
-		}
-		return -1
-	}
+	sockets := func() float64 { return gauge(reg, "crowdpass_ws_sockets") }
 	testkit.Eventually(t, 10*time.Second, func() bool { return sockets() == 1 }, "alice's socket served")
 
 	stop()

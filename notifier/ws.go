@@ -11,6 +11,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -52,7 +53,8 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A socket's kernel send buffer is kept small, so that a client that
 	// stops reading fills it, then its frame buffer, soon, and is closed
 	// with 1008 rather than allowed to pin megabytes of kernel memory.
-	if tc, ok := r.Context().Value(connKey{}).(*net.TCPConn); ok {
+	tc, _ := r.Context().Value(connKey{}).(*net.TCPConn)
+	if tc != nil {
 		tc.SetWriteBuffer(sendBuffer)
 	}
 	// The origin is checked above, and the handshake's form here, so that
@@ -114,7 +116,11 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	})
-	n.write(ctx, conn, c)
+	var sock syscall.Conn // nil: the socket's send queue cannot be read
+	if tc != nil {
+		sock = tc
+	}
+	n.write(ctx, conn, c, sock)
 	cancel()
 	cancelRead() // the socket is closed, or left unwritable: the reader ends
 	wg.Wait()
@@ -125,7 +131,7 @@ func (n *Notifier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 const subscribeQueue = 16
 
 // write sends the client's frames and pings until the socket ends.
-func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client) {
+func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client, sock syscall.Conn) {
 	ping := time.NewTicker(n.cfg.PingInterval)
 	defer ping.Stop()
 	for {
@@ -148,6 +154,14 @@ func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client) {
 			}
 			return
 		case f := <-c.send:
+			switch n.roomFor(ctx, c, sock, len(f.data)) {
+			case roomStopped:
+				continue // closed as such above
+			case roomNone:
+				n.kick(c)
+				conn.Close(websocket.StatusPolicyViolation, "the client is not reading")
+				return
+			}
 			wctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
 			err := conn.Write(wctx, websocket.MessageText, f.data)
 			cancel()
@@ -174,6 +188,53 @@ func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client) {
 				conn.Close(websocket.StatusPolicyViolation, "the client is not reading")
 				return
 			}
+		}
+	}
+}
+
+// closeFrameRoom is what a close frame with its reason takes in the send
+// queue, with room to spare.
+const closeFrameRoom = 256
+
+type room int
+
+const (
+	roomFree    room = iota // the frame fits: write it
+	roomNone                // the client has not read for WriteTimeout, or is kicked
+	roomStopped             // the socket's context ended
+)
+
+// roomFor waits until a frame of size bytes fits in the socket's send
+// queue (sendBuffer of it, of the twice as much the kernel allows) with
+// room left for a close frame. A write never fills the queue, so that a
+// client that stops reading is always sent its close frame (1008), which
+// it finds after the frames it left unread; a write into a full queue
+// would block until it timed out, and the library then drops the
+// connection without one. An empty queue takes any frame.
+func (n *Notifier) roomFor(ctx context.Context, c *client, sock syscall.Conn, size int) room {
+	if sock == nil {
+		return roomFree
+	}
+	deadline := time.Now().Add(n.cfg.WriteTimeout)
+	var tick *time.Ticker
+	for {
+		queued, ok := unsent(sock)
+		if !ok || queued == 0 || queued+size+closeFrameRoom <= sendBuffer {
+			return roomFree
+		}
+		if time.Now().After(deadline) {
+			return roomNone
+		}
+		if tick == nil {
+			tick = time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return roomStopped
+		case <-c.slow:
+			return roomNone
+		case <-tick.C:
 		}
 	}
 }
