@@ -8,6 +8,7 @@ package crowdpass
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -80,12 +81,28 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return err
 	}
-	parsed, err := time.Parse(time.RFC3339Nano, s)
+	parsed, err := ParseTime(s)
 	if err != nil {
 		return err
 	}
-	*t = NewTime(parsed)
+	*t = parsed
 	return nil
+}
+
+var errNotRFC3339 = errors.New("not an RFC 3339 time")
+
+// ParseTime reads an RFC 3339 time: its "T" and "Z" in either case, as the
+// RFC allows, and an offset of less than 24 hours (Go's parser takes up to
+// 24:59).
+func ParseTime(s string) (Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, strings.ToUpper(s))
+	if err != nil {
+		return Time{}, errNotRFC3339
+	}
+	if _, offset := t.Zone(); offset <= -24*60*60 || offset >= 24*60*60 {
+		return Time{}, errNotRFC3339
+	}
+	return NewTime(t), nil
 }
 
 // Event is a sale: a window and its ticket categories.

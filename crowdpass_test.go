@@ -70,3 +70,22 @@ func TestOrderIDIsDeterministicAndScopedPerCustomer(t *testing.T) {
 		}
 	}
 }
+
+func TestParseTimeTakesRFC3339AndOnlyIt(t *testing.T) {
+	for in, want := range map[string]string{
+		"2030-01-01T00:00:00Z":              "2030-01-01T00:00:00.000000Z",
+		"2030-01-01t00:00:00z":              "2030-01-01T00:00:00.000000Z", // RFC 3339, 5.6: either case
+		"2030-01-01T01:30:00.1234567+01:30": "2030-01-01T00:00:00.123456Z",
+		"2030-01-01T00:00:00-23:59":         "2030-01-01T23:59:00.000000Z",
+	} {
+		got, err := crowdpass.ParseTime(in)
+		if err != nil || got.String() != want {
+			t.Errorf("ParseTime(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"2030-01-01T00:00:00+24:00", "2030-01-01T00:00:00-24:30", "2030-01-01 00:00:00Z", "2030-01-01", "tomorrow"} {
+		if got, err := crowdpass.ParseTime(in); err == nil {
+			t.Errorf("ParseTime(%q) = %v, want an error", in, got)
+		}
+	}
+}

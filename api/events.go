@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"net/http"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
@@ -51,13 +50,12 @@ func (b eventBody) spec() (crowdpass.EventSpec, error) {
 		if v == nil {
 			return nil
 		}
-		t, err := time.Parse(time.RFC3339Nano, *v)
+		t, err := crowdpass.ParseTime(*v)
 		if err != nil {
 			fields = append(fields, crowdpass.FieldError{Field: name, Message: "must be an RFC 3339 time"})
 			return nil
 		}
-		ct := crowdpass.NewTime(t)
-		return &ct
+		return &t
 	}
 	spec.OpensAt, spec.ClosesAt = parse("opens_at", b.OpensAt), parse("closes_at", b.ClosesAt)
 	for _, c := range b.Categories {

@@ -99,12 +99,11 @@ func (f *timeFlag) String() string {
 }
 
 func (f *timeFlag) Set(v string) error {
-	t, err := time.Parse(time.RFC3339Nano, v)
+	t, err := crowdpass.ParseTime(v)
 	if err != nil {
 		return errors.New("want an RFC 3339 time such as 2026-07-19T18:00:00Z")
 	}
-	ct := crowdpass.NewTime(t)
-	f.t = &ct
+	f.t = &t
 	return nil
 }
 
