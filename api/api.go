@@ -404,14 +404,17 @@ const restoreTimeout = 30 * time.Second
 // anew, with another accepted_at, or answer it sold_out while its order
 // waits in the queue, and admit a key refused here. Until the write-back,
 // such a retry is answered right only by this process. A write-back that
-// fails is tried again every ten intervals until one succeeds: the canary
-// is set again already, and would not tell.
+// fails is tried again, ten intervals later and then less and less often,
+// until one succeeds: the canary is set again already, and would not tell.
 func (s *Server) watchCanary(ctx context.Context) {
 	tick := time.NewTicker(s.cfg.CanaryInterval)
 	defer tick.Stop()
 	var retryAt time.Time // zero: no write-back owed
-	// The first check finds no canary, as a loss would: it sets it. What
-	// this process answered before it, Redis got at the time.
+	retryDelay := 10 * s.cfg.CanaryInterval
+	// The first tick's check finds no canary, as a loss would: it sets it.
+	// What this process answered before it, Redis got at the time. If that
+	// check fails (Redis unreachable from the start), the first that works
+	// is taken for a loss: the answers given meanwhile were not stored.
 	first := true
 	for {
 		select {
@@ -419,6 +422,8 @@ func (s *Server) watchCanary(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		atStart := first
+		first = false
 		if s.redisDown.Load() {
 			continue
 		}
@@ -429,14 +434,18 @@ func (s *Server) watchCanary(ctx context.Context) {
 			s.log.Debug("redis canary not checked", "err", err)
 			continue
 		}
-		if first {
-			first = false
+		if atStart {
 			continue
 		}
 		if lost || (!retryAt.IsZero() && !time.Now().Before(retryAt)) {
 			retryAt = time.Time{}
-			if !s.restore(ctx) {
-				retryAt = time.Now().Add(10 * s.cfg.CanaryInterval)
+			if s.restore(ctx) {
+				retryDelay = 10 * s.cfg.CanaryInterval
+			} else {
+				// Doubling up to a minute: a failure that repeats (Redis out
+				// of memory) is not met with the whole memory every second.
+				retryAt = time.Now().Add(retryDelay)
+				retryDelay = min(2*retryDelay, time.Minute)
 			}
 		}
 	}

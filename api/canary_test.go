@@ -76,3 +76,65 @@ func TestAFailedWriteBackIsTriedAgain(t *testing.T) {
 		t.Errorf("%d write-backs for one loss, want the failed one and its retry", g.restored())
 	}
 }
+
+// downAtStartGate cannot be reached at the first check, then has no canary
+// (none was ever set), then has it.
+type downAtStartGate struct {
+	Gate
+	mu       sync.Mutex
+	checks   int
+	restores int
+}
+
+func (g *downAtStartGate) Lost(context.Context, string) (bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.checks++
+	if g.checks == 1 {
+		return false, errors.New("dial tcp: connection refused")
+	}
+	return g.checks == 2, nil
+}
+
+func (g *downAtStartGate) Restore(_ context.Context, answers []crowdpass.KeyAnswer) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.restores++
+	return len(answers), nil
+}
+
+// Answers given while Redis could not be reached from the start were never
+// stored: the first check that works writes them back.
+func TestAnswersGivenBeforeRedisWasReachedAreWrittenBack(t *testing.T) {
+	t.Parallel()
+	recent := NewRecent(0)
+	recent.add(uuid.New(), crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: "fp", Answer: crowdpass.Answer{Status: 202, Body: []byte("{}")}})
+	g := &downAtStartGate{}
+	s := New(Config{CanaryInterval: time.Millisecond, Recent: recent}, g, nil, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.watchCanary(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		g.mu.Lock()
+		checks, restores := g.checks, g.restores
+		g.mu.Unlock()
+		if checks >= 3 {
+			if restores != 1 {
+				t.Errorf("%d write-backs once Redis was reached, want 1", restores)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d checks", checks)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
