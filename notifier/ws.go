@@ -147,16 +147,17 @@ func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client, s
 			conn.Close(websocket.StatusPolicyViolation, "the client is not reading")
 			return
 		case <-ctx.Done():
-			if n.stopping().Err() != nil {
-				conn.Close(websocket.StatusGoingAway, "the server is shutting down")
-			} else {
-				conn.CloseNow()
-			}
+			n.closeEnded(conn)
 			return
 		case f := <-c.send:
+			if ctx.Err() != nil { // chosen over ctx.Done at random
+				n.closeEnded(conn)
+				return
+			}
 			switch n.roomFor(ctx, c, sock, len(f.data)) {
 			case roomStopped:
-				continue // closed as such above
+				n.closeEnded(conn)
+				return
 			case roomNone:
 				n.kick(c)
 				conn.Close(websocket.StatusPolicyViolation, "the client is not reading")
@@ -189,6 +190,17 @@ func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client, s
 				return
 			}
 		}
+	}
+}
+
+// closeEnded closes a socket whose context ended: with 1001 when the
+// notifier stops (a write with the ended context would drop it without),
+// at once when the client went.
+func (n *Notifier) closeEnded(conn *websocket.Conn) {
+	if n.stopping().Err() != nil {
+		conn.Close(websocket.StatusGoingAway, "the server is shutting down")
+	} else {
+		conn.CloseNow()
 	}
 }
 
