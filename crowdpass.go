@@ -92,14 +92,18 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 var errNotRFC3339 = errors.New("not an RFC 3339 time")
 
 // ParseTime reads an RFC 3339 time: its "T" and "Z" in either case, as the
-// RFC allows, and an offset of less than 24 hours (Go's parser takes up to
-// 24:59).
+// RFC allows, and an offset of at most 23:59. Go's parser also takes hours
+// of 24 and minutes of 60 in the offset, and a comma before the fraction.
 func ParseTime(s string) (Time, error) {
-	t, err := time.Parse(time.RFC3339Nano, strings.ToUpper(s))
+	s = strings.ToUpper(s)
+	if strings.Contains(s, ",") {
+		return Time{}, errNotRFC3339
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
 		return Time{}, errNotRFC3339
 	}
-	if _, offset := t.Zone(); offset <= -24*60*60 || offset >= 24*60*60 {
+	if !strings.HasSuffix(s, "Z") && (len(s) < 6 || s[len(s)-5:len(s)-3] >= "24" || s[len(s)-2:] >= "60") {
 		return Time{}, errNotRFC3339
 	}
 	return NewTime(t), nil

@@ -83,7 +83,10 @@ func TestParseTimeTakesRFC3339AndOnlyIt(t *testing.T) {
 			t.Errorf("ParseTime(%q) = %v, %v; want %s", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"2030-01-01T00:00:00+24:00", "2030-01-01T00:00:00-24:30", "2030-01-01 00:00:00Z", "2030-01-01", "tomorrow"} {
+	for _, in := range []string{
+		"2030-01-01T00:00:00+24:00", "2030-01-01T00:00:00-24:30", "2030-01-01T00:00:00+01:60", "2030-01-01T00:00:00-00:60",
+		"2030-01-01T00:00:00,5Z", "2030-01-01 00:00:00Z", "2030-01-01", "tomorrow",
+	} {
 		if got, err := crowdpass.ParseTime(in); err == nil {
 			t.Errorf("ParseTime(%q) = %v, want an error", in, got)
 		}
