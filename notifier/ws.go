@@ -154,13 +154,7 @@ func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client, s
 				n.closeEnded(conn)
 				return
 			}
-			switch n.roomFor(ctx, c, sock, len(f.data)) {
-			case roomStopped:
-				n.closeEnded(conn)
-				return
-			case roomNone:
-				n.kick(c)
-				conn.Close(websocket.StatusPolicyViolation, "the client is not reading")
+			if !n.makeRoom(ctx, conn, c, sock, len(f.data)) {
 				return
 			}
 			wctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
@@ -173,6 +167,9 @@ func (n *Notifier) write(ctx context.Context, conn *websocket.Conn, c *client, s
 				n.latency.Observe(n.cfg.Now().Sub(f.processedAt.Time).Seconds())
 			}
 		case <-ping.C:
+			if !n.makeRoom(ctx, conn, c, sock, pingFrameSize) { // a ping fills the queue as a frame does
+				return
+			}
 			pctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
 			err := conn.Ping(pctx)
 			cancel()
@@ -203,6 +200,25 @@ func (n *Notifier) closeEnded(conn *websocket.Conn) {
 		conn.CloseNow()
 	}
 }
+
+// makeRoom waits for room for size bytes in the socket's send queue
+// (roomFor), and reports whether there is; if not, it has closed the
+// socket: with 1008 if the client does not read, else as its end asks.
+func (n *Notifier) makeRoom(ctx context.Context, conn *websocket.Conn, c *client, sock syscall.Conn, size int) bool {
+	switch n.roomFor(ctx, c, sock, size) {
+	case roomStopped:
+		n.closeEnded(conn)
+		return false
+	case roomNone:
+		n.kick(c)
+		conn.Close(websocket.StatusPolicyViolation, "the client is not reading")
+		return false
+	}
+	return true
+}
+
+// pingFrameSize is what a ping takes in the send queue.
+const pingFrameSize = 16
 
 // closeFrameRoom is what a close frame with its reason takes in the send
 // queue, with room to spare.
