@@ -45,13 +45,11 @@ func (g *flakyGate) restored() int {
 	return g.restores
 }
 
-// The canary is set again before the answers are written back, so a
-// write-back that failed is not told of again: it is tried again anyway.
-func TestAFailedWriteBackIsTriedAgain(t *testing.T) {
-	t.Parallel()
+// watchWith runs watchCanary over g for a process that gave one 202, until
+// the returned stop is called.
+func watchWith(g Gate) (stop func()) {
 	recent := NewRecent(0)
 	recent.add(uuid.New(), crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: "fp", Answer: crowdpass.Answer{Status: 202, Body: []byte("{}")}})
-	g := &flakyGate{}
 	s := New(Config{CanaryInterval: time.Millisecond, Recent: recent}, g, nil, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -59,19 +57,33 @@ func TestAFailedWriteBackIsTriedAgain(t *testing.T) {
 		defer close(done)
 		s.watchCanary(ctx)
 	}()
-	defer func() {
+	return func() {
 		cancel()
 		<-done
-	}()
+	}
+}
+
+// waitFor polls cond until it holds, or fails the test after 10 s.
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for g.restored() < 2 {
+	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d write-backs, want a second after the first failed", g.restored())
+			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(time.Millisecond)
 	}
-	cancel()
-	<-done
+}
+
+// The canary is set again before the answers are written back, so a
+// write-back that failed is not told of again: it is tried again anyway.
+func TestAFailedWriteBackIsTriedAgain(t *testing.T) {
+	t.Parallel()
+	g := &flakyGate{}
+	stop := watchWith(g)
+	defer stop()
+	waitFor(t, func() bool { return g.restored() >= 2 }, "a second write-back after the first failed")
+	stop()
 	if g.restored() != 2 {
 		t.Errorf("%d write-backs for one loss, want the failed one and its retry", g.restored())
 	}
@@ -107,34 +119,14 @@ func (g *downAtStartGate) Restore(_ context.Context, answers []crowdpass.KeyAnsw
 // stored: the first check that works writes them back.
 func TestAnswersGivenBeforeRedisWasReachedAreWrittenBack(t *testing.T) {
 	t.Parallel()
-	recent := NewRecent(0)
-	recent.add(uuid.New(), crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: "fp", Answer: crowdpass.Answer{Status: 202, Body: []byte("{}")}})
 	g := &downAtStartGate{}
-	s := New(Config{CanaryInterval: time.Millisecond, Recent: recent}, g, nil, nil, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.watchCanary(ctx)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		g.mu.Lock()
-		checks, restores := g.checks, g.restores
-		g.mu.Unlock()
-		if checks >= 3 {
-			if restores != 1 {
-				t.Errorf("%d write-backs once Redis was reached, want 1", restores)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d checks", checks)
-		}
-		time.Sleep(time.Millisecond)
+	stop := watchWith(g)
+	defer stop()
+	// The write-back follows the second check, before the third.
+	waitFor(t, func() bool { g.mu.Lock(); defer g.mu.Unlock(); return g.checks >= 3 }, "a third check")
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.restores != 1 {
+		t.Errorf("%d write-backs once Redis was reached, want 1", g.restores)
 	}
 }
