@@ -193,11 +193,7 @@ func TestAnUnconfirmedOrderKeepsItsTicketForItsRetry(t *testing.T) {
 	if r := h.order("bob", "k", orderJSON(event, 0, 1)); r.status != http.StatusConflict || r.problem(t)["code"] != string(crowdpass.ESoldOut) {
 		t.Fatalf("bob, after alice's unconfirmed order: %d %s, want sold_out", r.status, r.body)
 	}
-	var r reply
-	testkit.Eventually(t, 20*time.Second, func() bool {
-		r = h.order("alice", "k", orderJSON(event, 0, 1))
-		return !(r.status == http.StatusConflict && r.problem(t)["code"] == string(crowdpass.ERequestInProgress))
-	}, "alice's attempt out of flight")
+	r := h.orderOnceOutOfFlight("alice", "k", orderJSON(event, 0, 1))
 	if r.status != http.StatusAccepted {
 		t.Fatalf("alice's retry: %d %s, want her order", r.status, r.body)
 	}
@@ -506,11 +502,7 @@ func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
 	// What the dead process did: admit (taking the last ticket at the gate)
 	// and queue the order; it never stored an answer.
 	adm := h.acceptedElsewhere(event, "alice", "k")
-	var r reply
-	testkit.Eventually(t, 20*time.Second, func() bool {
-		r = h.order("alice", "k", orderJSON(event, 0, 1))
-		return !(r.status == http.StatusConflict && r.problem(t)["code"] == string(crowdpass.ERequestInProgress))
-	}, "the key out of flight")
+	r := h.orderOnceOutOfFlight("alice", "k", orderJSON(event, 0, 1))
 	if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() {
 		t.Fatalf("retry after the API died: %d %s, want 202 for order %s", r.status, r.body, adm.OrderID)
 	}
@@ -559,11 +551,7 @@ func TestARememberedRefusalGivesWayToAnAttemptMadeElsewhere(t *testing.T) {
 	// Another process, its gate rebuilt from remaining, admits bob's key,
 	// queues his order and dies before answering.
 	adm := h.acceptedElsewhere(event, "bob", "b")
-	var r reply
-	testkit.Eventually(t, 20*time.Second, func() bool {
-		r = h.order("bob", "b", orderJSON(event, 0, 1))
-		return !(r.status == http.StatusConflict && r.problem(t)["code"] == string(crowdpass.ERequestInProgress))
-	}, "bob's key out of flight")
+	r := h.orderOnceOutOfFlight("bob", "b", orderJSON(event, 0, 1))
 	if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() {
 		t.Fatalf("bob's retry: %d %s, want 202 for the order queued elsewhere (%s)", r.status, r.body, adm.OrderID)
 	}
@@ -820,4 +808,17 @@ func (h *harness) consumer() *amqp.Channel {
 		h.t.Fatal(err)
 	}
 	return ch
+}
+
+// orderOnceOutOfFlight sends the customer's order again and again while it
+// is answered request_in_progress (its key held by an attempt that may
+// still be queueing), and returns the first other answer.
+func (h *harness) orderOnceOutOfFlight(customer, key string, body []byte) reply {
+	h.t.Helper()
+	var r reply
+	testkit.Eventually(h.t, 20*time.Second, func() bool {
+		r = h.order(customer, key, body)
+		return !(r.status == http.StatusConflict && r.problem(h.t)["code"] == string(crowdpass.ERequestInProgress))
+	}, "%s's key out of flight", customer)
+	return r
 }
