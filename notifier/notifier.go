@@ -322,14 +322,14 @@ func (n *Notifier) session(ctx context.Context, onConnected func()) error {
 func (n *Notifier) Deliver(rows []crowdpass.OutboxMessage) {
 	for _, row := range rows {
 		n.observeSeen(row.ID)
-		if !n.handed.add(row.ID, row.AggregateID) {
-			continue
-		}
 		out, ok := n.decode(row.Payload, strconv.FormatInt(row.ID, 10))
 		if !ok {
 			continue
 		}
-		n.observeLag(out, "local")
+		if !n.handed.add(row.ID, handedRow{order: row.AggregateID, processedAt: out.ProcessedAt}) {
+			continue
+		}
+		n.observeLag(out.ProcessedAt, "local")
 		n.decided(out)
 		n.push(out)
 		n.pushed.add(row.ID)
@@ -396,23 +396,34 @@ func (n *Notifier) catchUp(ctx context.Context) {
 }
 
 // fromBroker pushes one outcome the broker delivered, unless this process's
-// relay handed it over first.
+// relay handed it over first. The relay names the order in CorrelationId,
+// so a copy handed over already is dropped without decoding its body; a
+// copy without one (another relay's build) is decoded to learn it.
 func (n *Notifier) fromBroker(d amqp.Delivery) {
+	id, idErr := strconv.ParseInt(d.MessageId, 10, 64)
+	order, orderErr := uuid.Parse(d.CorrelationId)
+	if idErr == nil {
+		n.observeSeen(id)
+		if orderErr == nil {
+			if row, ok := n.handed.take(id, order); ok {
+				n.observeLag(row.processedAt, "broker")
+				return
+			}
+		}
+	}
 	out, ok := n.decode(d.Body, d.MessageId)
 	if !ok {
 		return
 	}
-	n.observeLag(out, "broker")
-	id, err := strconv.ParseInt(d.MessageId, 10, 64)
-	if err == nil {
-		n.observeSeen(id)
-		if n.handed.take(id, out.ID) {
+	n.observeLag(out.ProcessedAt, "broker")
+	if idErr == nil && orderErr != nil {
+		if _, ok := n.handed.take(id, out.ID); ok {
 			return
 		}
 	}
 	n.decided(out)
 	n.push(out)
-	if err == nil {
+	if idErr == nil {
 		n.pushed.add(id)
 	}
 }
@@ -441,9 +452,9 @@ func (n *Notifier) decode(payload []byte, messageID string) (crowdpass.Outcome, 
 	return out, true
 }
 
-func (n *Notifier) observeLag(out crowdpass.Outcome, path string) {
-	if out.ProcessedAt != nil {
-		n.lag.WithLabelValues(path).Observe(n.cfg.Now().Sub(out.ProcessedAt.Time).Seconds())
+func (n *Notifier) observeLag(processedAt *crowdpass.Time, path string) {
+	if processedAt != nil {
+		n.lag.WithLabelValues(path).Observe(n.cfg.Now().Sub(processedAt.Time).Seconds())
 	}
 }
 
@@ -463,38 +474,46 @@ func (n *Notifier) push(out crowdpass.Outcome) {
 }
 
 // handedOver remembers the outbox rows the local relay handed over whose
-// broker copies have not come yet, by outbox id with the order each
-// announces, for two generations of rows (see package generations). A copy
-// that comes later than that is pushed again, which clients dedupe.
+// broker copies have not come yet, by outbox id, for two generations of
+// rows (see package generations). A copy that comes later than that is
+// pushed again, which clients dedupe.
 type handedOver struct {
 	mu   sync.Mutex
-	rows *generations.Map[int64, uuid.UUID]
+	rows *generations.Map[int64, handedRow]
+}
+
+// handedRow is what a handed-over row announces: its order, and when that
+// was decided, to time the broker's copy without decoding it.
+type handedRow struct {
+	order       uuid.UUID
+	processedAt *crowdpass.Time
 }
 
 func newHandedOver(size int) *handedOver {
-	return &handedOver{rows: generations.New[int64, uuid.UUID](size)}
+	return &handedOver{rows: generations.New[int64, handedRow](size)}
 }
 
 // add remembers a handed-over row; it reports false if the row is held already.
-func (h *handedOver) add(id int64, order uuid.UUID) bool {
+func (h *handedOver) add(id int64, row handedRow) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if held, ok := h.rows.Get(id); ok && held == order {
+	if held, ok := h.rows.Get(id); ok && held.order == row.order {
 		return false
 	}
-	h.rows.Put(id, order)
+	h.rows.Put(id, row)
 	return true
 }
 
-// take reports whether the row was handed over and forgets it.
-func (h *handedOver) take(id int64, order uuid.UUID) bool {
+// take reports whether row id, announcing order, was handed over, and
+// forgets it.
+func (h *handedOver) take(id int64, order uuid.UUID) (handedRow, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if held, ok := h.rows.Get(id); ok && held == order {
+	if held, ok := h.rows.Get(id); ok && held.order == order {
 		h.rows.Delete(id)
-		return true
+		return held, true
 	}
-	return false
+	return handedRow{}, false
 }
 
 // pushedRows are outbox ids pushed lately (two generations).

@@ -281,9 +281,12 @@ func (r *Relay) publish(ctx context.Context, rows []crowdpass.OutboxMessage) []i
 				ContentType:  "application/json",
 				DeliveryMode: amqp.Persistent,
 				MessageId:    strconv.FormatInt(row.ID, 10),
-				Type:         row.EventType,
-				Timestamp:    now,
-				Body:         row.Payload,
+				// The order the outcome announces, so that a notifier
+				// can tell its copy without decoding the body.
+				CorrelationId: row.AggregateID.String(),
+				Type:          row.EventType,
+				Timestamp:     now,
+				Body:          row.Payload,
 			},
 		}
 	}

@@ -3,12 +3,14 @@ package relay_test
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 
 	"github.com/crowdpass/crowdpass"
@@ -52,21 +54,7 @@ func (b *bundle) decide(t *testing.T, n int) {
 // listen binds a queue to order_events and counts deliveries per message id.
 func (b *bundle) listen(t *testing.T, key string) func() map[string]int {
 	t.Helper()
-	ch := testkit.Channel(t)
-	if err := b.topo.Declare(ch); err != nil {
-		t.Fatal(err)
-	}
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind(q.Name, key, b.topo.Outcomes(), false, nil); err != nil {
-		t.Fatal(err)
-	}
-	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	deliveries := b.consume(t, key)
 	var mu sync.Mutex
 	seen := map[string]int{}
 	go func() {
@@ -85,6 +73,27 @@ func (b *bundle) listen(t *testing.T, key string) func() map[string]int {
 		}
 		return out
 	}
+}
+
+// consume binds a queue to order_events by key and returns its deliveries.
+func (b *bundle) consume(t *testing.T, key string) <-chan amqp.Delivery {
+	t.Helper()
+	ch := testkit.Channel(t)
+	if err := b.topo.Declare(ch); err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(q.Name, key, b.topo.Outcomes(), false, nil); err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return deliveries
 }
 
 func (b *bundle) start(t *testing.T, store relay.Store) *relay.Relay {
@@ -188,6 +197,32 @@ func TestOutcomesAreRoutedByEventType(t *testing.T) {
 	b.decide(t, 10) // 6 confirmed, 4 sold out
 	testkit.Eventually(t, 30*time.Second, func() bool { return len(confirmed()) == 6 && len(rejected()) == 4 },
 		"6 order.confirmed and 4 order.rejected")
+}
+
+// A notifier tells the copy of an outcome its own relay handed over by
+// the order in CorrelationId, without decoding the body.
+func TestOutcomesNameTheirOrderInCorrelationID(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	deliveries := b.consume(t, "order.*")
+	b.start(t, b.store)
+	b.decide(t, 4)
+	for range 4 {
+		select {
+		case d := <-deliveries:
+			var body struct {
+				OrderID string `json:"order_id"`
+			}
+			if err := json.Unmarshal(d.Body, &body); err != nil {
+				t.Fatalf("outcome %q: %v", d.Body, err)
+			}
+			if d.CorrelationId == "" || d.CorrelationId != body.OrderID {
+				t.Errorf("outcome of order %s has CorrelationId %q", body.OrderID, d.CorrelationId)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("fewer than 4 outcomes published in 30s")
+		}
+	}
 }
 
 func TestPublishedRowsPastRetentionAreDeleted(t *testing.T) {
