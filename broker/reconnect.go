@@ -33,16 +33,25 @@ func Reconnect(ctx context.Context, log *slog.Logger, min, max time.Duration,
 			log.Warn("broker connection lost; reconnecting", "err", err)
 			lost = true
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !Sleep(ctx, backoff) {
 			return
-		case <-t.C:
 		}
 		backoff = 2 * backoff
 		if backoff > max {
 			backoff = max
 		}
+	}
+}
+
+// Sleep waits d or until ctx is done; it reports whether d elapsed. The
+// roles wait with it between attempts at a broker or a database.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }

@@ -280,7 +280,7 @@ func (w *Worker) decide(ctx context.Context, reqs []crowdpass.OrderRequest) ([]c
 		if w.dbFailing.CompareAndSwap(false, true) {
 			w.log.Warn("database unavailable; retrying", "err", err)
 		}
-		if !sleep(ctx, backoff) {
+		if !broker.Sleep(ctx, backoff) {
 			return nil, false
 		}
 		backoff = min(2*backoff, w.cfg.RetryMax)
@@ -300,16 +300,4 @@ func decode(body []byte, r *crowdpass.OrderRequest) error {
 		return fmt.Errorf("decoding order request: %w", err)
 	}
 	return nil
-}
-
-// sleep waits d or until ctx is done; it reports whether d elapsed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
