@@ -76,7 +76,8 @@ type Config struct {
 	LookupTimeout time.Duration
 	// Outbox, if set, is read when the notifier is back on the broker after
 	// losing it: its queue went with the connection, so the outcomes
-	// published meanwhile are pushed from the outbox (clients dedupe).
+	// published meanwhile are pushed from the outbox (clients dedupe),
+	// retried until the outbox answers.
 	Outbox Outbox
 	// Recall, with Decided and Outbox set, is how many outbox ids back from
 	// the last the notifier reads when it starts (at most that many rows:
@@ -122,10 +123,15 @@ type Notifier struct {
 	pushed *pushedRows
 	// seen is the highest outbox id received (from the broker or the relay
 	// of this process); caughtUp, once known, the highest read from the
-	// outbox. Sessions read from the lower of both, less catchUpWindow.
-	seen     atomic.Int64
+	// outbox. A session after a loss reads from the higher of both, less
+	// catchUpWindow.
+	seen atomic.Int64
+	// The catch-up's bookkeeping, used by one session's catch-up at a time.
 	caughtUp int64
-	marked   bool // caughtUp is known; only the sessions use these two
+	marked   bool  // caughtUp is known
+	bound    bool  // a session has bound a queue before: the next one follows a loss
+	behind   bool  // outcomes after outbox id missed may have been missed
+	missed   int64 // the outbox id after which to read; -1: catchUpWindow below the end
 }
 
 // New returns a notifier; Run consumes outcomes, ServeHTTP serves /ws.
@@ -240,39 +246,67 @@ func (n *Notifier) Run(ctx context.Context) error {
 const recallTimeout = 30 * time.Second
 
 // recall gives Decided the outcomes of the outbox rows among the latest
-// Config.Recall ids, oldest first, beside the live ones: an order is decided once, so the two
-// can only agree. Its failure is logged and costs only the memory.
+// Config.Recall ids, oldest first, beside the live ones: an order is
+// decided once, so the two can only agree. It is retried until it reads
+// them all (PostgreSQL may be down when the process starts).
 func (n *Notifier) recall(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, recallTimeout)
-	defer cancel()
-	last, err := n.cfg.Outbox.OutboxLastID(ctx)
-	if err != nil {
-		n.log.Warn("outbox end not read; the outcomes decided before this start are not remembered", "err", err)
-		return
-	}
-	recalled := 0
-	defer func() { n.recalled.Add(float64(recalled)) }()
-	for after := max(last-int64(n.cfg.Recall), 0); after < last; {
-		rows, err := n.cfg.Outbox.OutboxAfter(ctx, after, catchUpPage)
+	n.untilDone(ctx, "recalling the latest outcomes from the outbox", func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, recallTimeout)
+		defer cancel()
+		last, err := n.cfg.Outbox.OutboxLastID(ctx)
 		if err != nil {
-			n.log.Warn("recalling outcomes from the outbox failed", "after", after, "recalled", recalled, "err", err)
-			return
+			return fmt.Errorf("reading the outbox's end: %w", err)
 		}
-		if len(rows) == 0 {
-			break
-		}
-		for _, row := range rows {
-			if row.ID > last {
+		recalled := 0
+		defer func() { n.recalled.Add(float64(recalled)) }()
+		for after := max(last-int64(n.cfg.Recall), 0); after < last; {
+			rows, err := n.cfg.Outbox.OutboxAfter(ctx, after, catchUpPage)
+			if err != nil {
+				return fmt.Errorf("reading after outbox id %d: %w", after, err)
+			}
+			if len(rows) == 0 {
 				break
 			}
-			if out, ok := n.decode(row.Payload, strconv.FormatInt(row.ID, 10)); ok {
-				n.decided(out)
-				recalled++
+			for _, row := range rows {
+				if row.ID > last {
+					break
+				}
+				if out, ok := n.decode(row.Payload, strconv.FormatInt(row.ID, 10)); ok {
+					n.decided(out)
+					recalled++
+				}
 			}
+			after = rows[len(rows)-1].ID
 		}
-		after = rows[len(rows)-1].ID
+		n.log.Info("recalled the latest outcomes from the outbox", "outcomes", recalled)
+		return nil
+	})
+}
+
+// untilDone runs f until it succeeds or ctx ends, backing off between
+// attempts from RetryMin to RetryMax; the first failure and the recovery
+// are logged.
+func (n *Notifier) untilDone(ctx context.Context, what string, f func(context.Context) error) {
+	backoff := n.cfg.RetryMin
+	for attempt := 1; ; attempt++ {
+		err := f(ctx)
+		if err == nil {
+			if attempt > 1 {
+				n.log.Info(what+": done after retries", "attempts", attempt)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if attempt == 1 {
+			n.log.Warn(what+" failed; retrying", "err", err)
+		}
+		if !broker.Sleep(ctx, backoff) {
+			return
+		}
+		backoff = min(2*backoff, n.cfg.RetryMax)
 	}
-	n.log.Info("recalled the latest outcomes from the outbox", "outcomes", recalled)
 }
 
 func (n *Notifier) session(ctx context.Context, onConnected func()) error {
@@ -295,10 +329,18 @@ func (n *Notifier) session(ctx context.Context, onConnected func()) error {
 		return fmt.Errorf("consuming outcomes: %w", err)
 	}
 	// Ready before catching up: the queue is bound, and what it receives
-	// meanwhile waits for the loop below.
+	// is pushed meanwhile.
 	n.ready.Store(true)
 	onConnected()
-	n.catchUp(ctx)
+	n.noteLoss()
+	var catching sync.WaitGroup
+	defer catching.Wait()
+	catchCtx, stopCatching := context.WithCancel(ctx)
+	defer stopCatching()
+	// Retried until it succeeds: PostgreSQL may be down when the broker
+	// comes back, and the sockets that stayed open would otherwise never
+	// get the gap's outcomes. Live outcomes are pushed meanwhile.
+	catching.Go(func() { n.untilDone(catchCtx, "catching up from the outbox", n.catchUp) })
 	for {
 		select {
 		case <-ctx.Done():
@@ -346,36 +388,54 @@ const (
 	catchUpTimeout = 10 * time.Second
 )
 
-// catchUp runs when a session's queue is bound. The first time it only
-// notes where the outbox ends. After a loss, it pushes every outcome from
-// a little before the last one known: those published while there was no
-// queue were dropped by the broker. Its failure is logged: the outcomes of
-// that gap then go out only to clients that subscribe again.
-func (n *Notifier) catchUp(ctx context.Context) {
-	if n.cfg.Outbox == nil {
+// noteLoss runs when a session's queue is bound: after the first, the
+// outcomes published while no queue was bound were dropped by the broker,
+// from a little before the last one known on. A gap not caught up yet is
+// kept: it starts lower.
+func (n *Notifier) noteLoss() {
+	if !n.bound {
+		n.bound = true
 		return
+	}
+	if n.behind {
+		return
+	}
+	n.behind, n.missed = true, -1
+	if last := max(n.seen.Load(), n.caughtUp); last > 0 {
+		n.missed = max(last-catchUpWindow, 0)
+	}
+}
+
+// catchUp notes where the outbox ends, the first time, and pushes the
+// outcomes a loss of the broker may have dropped (noteLoss). What it read
+// before failing is not read again.
+func (n *Notifier) catchUp(ctx context.Context) error {
+	if n.cfg.Outbox == nil {
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, catchUpTimeout)
 	defer cancel()
 	if !n.marked {
 		last, err := n.cfg.Outbox.OutboxLastID(ctx)
 		if err != nil {
-			n.log.Warn("outbox end not read; outcomes missed while cut from the broker will not be caught up", "err", err)
-			return
+			return fmt.Errorf("reading the outbox's end: %w", err)
 		}
 		n.caughtUp, n.marked = last, true
-		return
 	}
-	after := max(max(n.seen.Load(), n.caughtUp)-catchUpWindow, 0)
+	if !n.behind {
+		return nil
+	}
+	if n.missed < 0 { // nothing was known before the loss
+		n.missed = max(n.caughtUp-catchUpWindow, 0)
+	}
 	pushed := 0
 	for range catchUpPages {
-		rows, err := n.cfg.Outbox.OutboxAfter(ctx, after, catchUpPage)
+		rows, err := n.cfg.Outbox.OutboxAfter(ctx, n.missed, catchUpPage)
 		if err != nil {
-			n.log.Warn("catching up from the outbox failed", "after", after, "pushed", pushed, "err", err)
-			return
+			return fmt.Errorf("catching up after outbox id %d (%d outcomes pushed): %w", n.missed, pushed, err)
 		}
 		for _, row := range rows {
-			after = row.ID
+			n.missed = row.ID
 			if n.pushed.has(row.ID) {
 				continue
 			}
@@ -386,13 +446,16 @@ func (n *Notifier) catchUp(ctx context.Context) {
 				pushed++
 			}
 		}
-		n.caughtUp = max(n.caughtUp, after)
+		n.caughtUp = max(n.caughtUp, n.missed)
 		if len(rows) < catchUpPage {
+			n.behind = false
 			n.log.Info("caught up from the outbox after a loss of the broker", "outcomes", pushed)
-			return
+			return nil
 		}
 	}
+	n.behind = false
 	n.log.Warn("caught up only partly from the outbox: too many outcomes since the loss of the broker", "outcomes", pushed)
+	return nil
 }
 
 // fromBroker pushes one outcome the broker delivered, unless this process's

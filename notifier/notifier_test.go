@@ -4,12 +4,14 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -195,6 +197,78 @@ func TestAnOutcomePublishedWhileTheNotifierWasCutReachesTheSocket(t *testing.T) 
 	if f := read(t, alice); f.Type != crowdpass.EventOrderConfirmed || f.OrderID != order.OrderID.String() {
 		t.Errorf("alice got %+v, want the outcome of %s", f, order.OrderID)
 	}
+}
+
+// The outcomes a notifier missed while cut from the broker reach the
+// sockets that stayed open even if PostgreSQL could not be read when it
+// came back, or when the notifier started: the outbox is read once it can.
+func TestOutcomesMissedWhileTheOutboxWasDownReachTheSocketOnceItAnswers(t *testing.T) {
+	t.Parallel()
+	for _, downAtStart := range []bool{false, true} {
+		t.Run(fmt.Sprintf("down at start %v", downAtStart), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			proxy, amqpURL := testkit.NewURLProxy(t, testkit.AMQPURL())
+			outbox := &flakyOutbox{Outbox: b.store}
+			outbox.down.Store(downAtStart)
+			n, url := b.notifier(notifier.Config{AMQPURL: amqpURL, Outbox: outbox, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond}, nil)
+			if downAtStart {
+				testkit.Eventually(t, 10*time.Second, func() bool { return outbox.refused.Load() > 1 }, "the outbox's end asked for again")
+				outbox.down.Store(false)
+			}
+			event := testkit.CreateEvent(t, b.store, 4, 10)
+			alice := b.dial(url, "alice")
+			b.pipeline()
+			before := testkit.OrderRequest("alice", "before", event, 0, 1)
+			b.pub.Orders(before)
+			if f := read(t, alice); f.OrderID != before.OrderID.String() {
+				t.Fatalf("alice got %+v, want the outcome of %s", f, before.OrderID)
+			}
+
+			proxy.Refuse()
+			testkit.Eventually(t, 10*time.Second, func() bool { return !n.Ready() }, "notifier still on the broker")
+			order := testkit.OrderRequest("alice", "k", event, 0, 1)
+			b.pub.Orders(order)
+			testkit.Eventually(t, 30*time.Second, func() bool {
+				var published bool
+				err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT published_at IS NOT NULL FROM outbox WHERE aggregate_id = $1", order.OrderID).Scan(&published)
+				return err == nil && published
+			}, "the outcome was never published")
+			outbox.down.Store(true)
+			refused := outbox.refused.Load()
+			proxy.Allow()
+			testkit.Eventually(t, 10*time.Second, func() bool { return n.Ready() && outbox.refused.Load() > refused+1 },
+				"the catch-up tried again after the outbox refused it")
+			outbox.down.Store(false)
+
+			if f := read(t, alice); f.Type != crowdpass.EventOrderConfirmed || f.OrderID != order.OrderID.String() {
+				t.Errorf("alice got %+v, want the outcome of %s", f, order.OrderID)
+			}
+		})
+	}
+}
+
+// flakyOutbox refuses every read while down is set, counting them.
+type flakyOutbox struct {
+	notifier.Outbox
+	down    atomic.Bool
+	refused atomic.Int64
+}
+
+func (o *flakyOutbox) OutboxAfter(ctx context.Context, after int64, max int) ([]crowdpass.OutboxMessage, error) {
+	if o.down.Load() {
+		o.refused.Add(1)
+		return nil, errors.New("outbox down")
+	}
+	return o.Outbox.OutboxAfter(ctx, after, max)
+}
+
+func (o *flakyOutbox) OutboxLastID(ctx context.Context) (int64, error) {
+	if o.down.Load() {
+		o.refused.Add(1)
+		return 0, errors.New("outbox down")
+	}
+	return o.Outbox.OutboxLastID(ctx)
 }
 
 // A notifier started with Recall gives its process the latest outcomes
