@@ -12,6 +12,19 @@ import (
 	"github.com/google/uuid"
 )
 
+const checkDecisionLocks = `-- name: CheckDecisionLocks :exec
+LOCK TABLE ticket_categories, orders, tickets, outbox IN ROW EXCLUSIVE MODE NOWAIT
+`
+
+// CheckDecisionLocks takes, without waiting, the locks a decision's writes
+// take, and fails at once where something holds the tables against writes
+// (a LOCK TABLE, a migration, an index build). The worker runs it, in a
+// transaction it rolls back, before it takes orders from the queue.
+func (q *Queries) CheckDecisionLocks(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, checkDecisionLocks)
+	return err
+}
+
 const decisionRecord = `-- name: DecisionRecord :one
 WITH inserted AS (
     INSERT INTO orders (id, customer_id, idempotency_key, event_id, category_id, quantity, status, reason, created_at, processed_at)

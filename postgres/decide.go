@@ -57,6 +57,15 @@ func (s *Store) DecideOrders(ctx context.Context, reqs []crowdpass.OrderRequest)
 	}
 }
 
+// CanDecide reports whether a decision could write now, without waiting for
+// any lock: nil where the database answers and nothing holds its tables
+// against writes (a LOCK TABLE, a migration, an index build).
+func (s *Store) CanDecide(ctx context.Context) error {
+	return translate(pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return db.New(tx).CheckDecisionLocks(ctx)
+	}))
+}
+
 // decidedBeforeError lists orders of a batch that turned out to exist.
 type decidedBeforeError struct{ ids []uuid.UUID }
 

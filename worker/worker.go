@@ -23,6 +23,9 @@ import (
 // Decider decides batches of order requests against the source of truth.
 type Decider interface {
 	DecideOrders(ctx context.Context, reqs []crowdpass.OrderRequest) ([]crowdpass.Decision, error)
+	// CanDecide reports, without waiting for locks, whether a decision
+	// could be written now (nil) or not.
+	CanDecide(ctx context.Context) error
 }
 
 // Config configures a Worker. Zero values take the defaults.
@@ -52,7 +55,14 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// DecideTimeout bounds one decision transaction (default 30s).
 	DecideTimeout time.Duration
-	Logger        *slog.Logger
+	// CheckTimeout bounds the check that the database can decide, made
+	// before the worker takes orders from the queue (default 2s).
+	CheckTimeout time.Duration
+	// StalledAfter is how long one decision may run before the worker
+	// reads as not ready (default 5s): a stalled database holds it without
+	// failing until DecideTimeout.
+	StalledAfter time.Duration
+	Logger       *slog.Logger
 	// Registry, if set, gets the worker's metrics.
 	Registry prometheus.Registerer
 }
@@ -67,6 +77,8 @@ func (c Config) withDefaults() Config {
 	c.RetryMin = cmp.Or(c.RetryMin, 100*time.Millisecond)
 	c.RetryMax = cmp.Or(c.RetryMax, 5*time.Second)
 	c.DecideTimeout = cmp.Or(c.DecideTimeout, 30*time.Second)
+	c.CheckTimeout = cmp.Or(c.CheckTimeout, 2*time.Second)
+	c.StalledAfter = cmp.Or(c.StalledAfter, 5*time.Second)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -81,8 +93,10 @@ type Worker struct {
 	log     *slog.Logger
 	limiter *rate.Limiter
 
-	connected   atomic.Bool
-	dbFailing   atomic.Bool
+	connected atomic.Bool
+	dbFailing atomic.Bool
+	// deciding is when the decision under way started (unix ns), 0 if none.
+	deciding    atomic.Int64
 	afterDecide func() // test hook: runs after a batch committed, before its ack
 	decided     *prometheus.CounterVec
 	commitLag   prometheus.Histogram
@@ -110,8 +124,14 @@ func New(cfg Config, decider Decider) *Worker {
 	return w
 }
 
-// Ready reports whether the worker is consuming and its database answers.
-func (w *Worker) Ready() bool { return w.connected.Load() && !w.dbFailing.Load() }
+// Ready reports whether the worker is consuming and its database answers:
+// its last decision did not fail, and the one under way, if any, has run
+// for less than StalledAfter.
+func (w *Worker) Ready() bool {
+	started := w.deciding.Load()
+	stalled := started != 0 && time.Since(time.Unix(0, started)) > w.cfg.StalledAfter
+	return w.connected.Load() && !w.dbFailing.Load() && !stalled
+}
 
 // Run consumes until ctx is done, reconnecting to the broker whenever the
 // connection is lost. It returns nil after a graceful stop: the batch in hand
@@ -124,8 +144,12 @@ func (w *Worker) Run(ctx context.Context) error {
 var errDeliveriesClosed = errors.New("delivery channel closed")
 
 // session is one broker connection's life: it declares the topology, consumes
-// and returns when the connection fails or ctx is done.
+// and returns when the connection fails or ctx is done. It takes no order
+// before its database can decide them (waitForDatabase).
 func (w *Worker) session(ctx context.Context, onConnected func()) error {
+	if !w.waitForDatabase(ctx) {
+		return ctx.Err()
+	}
 	conn, ch, err := w.cfg.Topology.Open(ctx, w.cfg.AMQPURL, w.cfg.Name)
 	if err != nil {
 		return err
@@ -148,6 +172,37 @@ func (w *Worker) session(ctx context.Context, onConnected func()) error {
 		if err != nil || ctx.Err() != nil {
 			return err
 		}
+	}
+}
+
+// waitForDatabase returns once the database can decide (true), or when ctx
+// ends (false), checking with backoff meanwhile. Each order a worker holds
+// when it stops or dies goes back to the queue one delivery nearer the
+// dead-letter queue (DeliveryLimit); a worker restarted over and over while
+// its database is down or locked would send valid orders there, never to
+// be decided, if it took them before it could decide them.
+func (w *Worker) waitForDatabase(ctx context.Context) bool {
+	backoff := w.cfg.RetryMin
+	for {
+		checkCtx, cancel := context.WithTimeout(ctx, w.cfg.CheckTimeout)
+		err := w.decider.CanDecide(checkCtx)
+		cancel()
+		if err == nil {
+			if w.dbFailing.CompareAndSwap(true, false) {
+				w.log.Info("database recovered")
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if w.dbFailing.CompareAndSwap(false, true) {
+			w.log.Warn("database cannot decide; taking no orders until it can", "err", err)
+		}
+		if !broker.Sleep(ctx, backoff) {
+			return false
+		}
+		backoff = min(2*backoff, w.cfg.RetryMax)
 	}
 }
 
@@ -256,7 +311,9 @@ func (w *Worker) decide(ctx context.Context, reqs []crowdpass.OrderRequest) ([]c
 	backoff := w.cfg.RetryMin
 	for {
 		attemptCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.DecideTimeout)
+		w.deciding.Store(time.Now().UnixNano())
 		decisions, err := w.decider.DecideOrders(attemptCtx, reqs)
+		w.deciding.Store(0)
 		cancel()
 		switch {
 		case err == nil:

@@ -41,12 +41,18 @@ func setup(t *testing.T) *bundle {
 // start runs a worker until the test ends and waits for it to stop.
 func (b *bundle) start(t *testing.T, cfg worker.Config) *worker.Worker {
 	t.Helper()
+	return b.startOn(t, cfg, b.store)
+}
+
+// startOn runs a worker deciding with decider.
+func (b *bundle) startOn(t *testing.T, cfg worker.Config, decider worker.Decider) *worker.Worker {
+	t.Helper()
 	cfg.AMQPURL = cmpOr(cfg.AMQPURL, testkit.AMQPURL())
 	cfg.Topology = b.topo
 	cfg.Logger = testkit.Logger(t)
 	cfg.RetryMin = 10 * time.Millisecond
 	cfg.RetryMax = 200 * time.Millisecond
-	w := worker.New(cfg, b.store)
+	w := worker.New(cfg, decider)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -271,6 +277,79 @@ func TestDatabaseOutageIsRiddenOut(t *testing.T) {
 	b.waitDecided(t, 51)
 	testkit.Eventually(t, 10*time.Second, w.Ready, "worker ready again")
 	testkit.CheckInvariants(t, db.Pool)
+}
+
+// A worker takes no order while a lock holds its tables against writes:
+// each order it held would go back to the queue one delivery nearer the
+// dead-letter queue every time it stopped or died meanwhile.
+func TestAWorkerTakesNoOrderWhileItsTablesAreLocked(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	unlock := lockTables(t, b.db, "orders")
+	reqs := []crowdpass.OrderRequest{
+		testkit.OrderRequest("alice", "k", event, 0, 1),
+		testkit.OrderRequest("bob", "k", event, 0, 1),
+		testkit.OrderRequest("carol", "k", event, 0, 1),
+	}
+	b.pub.Orders(reqs...)
+	decider := &checkCounter{Store: b.store}
+	w := b.startOn(t, worker.Config{Batch: 10}, decider)
+	testkit.Eventually(t, 10*time.Second, func() bool { return decider.checks.Load() > 2 }, "the worker checked its database again")
+	if w.Ready() {
+		t.Error("worker ready while its tables are locked")
+	}
+	if got := b.pub.QueueDepth(b.topo.Orders()); got != len(reqs) {
+		t.Errorf("%d of %d orders ready in the queue while the worker cannot decide; it took the others", got, len(reqs))
+	}
+	unlock()
+	b.waitDecided(t, len(reqs))
+	testkit.Eventually(t, 10*time.Second, w.Ready, "worker ready once its tables are free")
+	testkit.CheckInvariants(t, b.db.Pool)
+}
+
+// A decision held by a stalled database makes the worker read as not
+// ready long before the decision's own timeout.
+func TestAStalledDecisionMakesTheWorkerUnready(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	w := b.start(t, worker.Config{Batch: 1, StalledAfter: 100 * time.Millisecond})
+	testkit.Eventually(t, 10*time.Second, w.Ready, "worker ready")
+	unlock := lockTables(t, b.db, "ticket_categories")
+	b.pub.Orders(testkit.OrderRequest("alice", "k", event, 0, 1))
+	testkit.Eventually(t, 10*time.Second, func() bool { return !w.Ready() }, "worker not ready while its decision waits for a lock")
+	unlock()
+	b.waitDecided(t, 1)
+	testkit.Eventually(t, 10*time.Second, w.Ready, "worker ready again")
+}
+
+// lockTables holds an ACCESS EXCLUSIVE lock on tables until the returned
+// func (or the test's end) releases it.
+func lockTables(t *testing.T, db *testkit.DB, tables string) (unlock func()) {
+	t.Helper()
+	tx, err := db.Pool.Begin(testkit.Context(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(testkit.Context(t), "LOCK TABLE "+tables+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	unlock = func() { once.Do(func() { _ = tx.Rollback(context.Background()) }) }
+	t.Cleanup(unlock)
+	return unlock
+}
+
+// checkCounter counts the worker's checks that it can decide.
+type checkCounter struct {
+	*postgres.Store
+	checks atomic.Int64
+}
+
+func (c *checkCounter) CanDecide(ctx context.Context) error {
+	c.checks.Add(1)
+	return c.Store.CanDecide(ctx)
 }
 
 func TestQueuedOrdersAreDecidedInBatches(t *testing.T) {

@@ -45,3 +45,10 @@ SELECT
     (SELECT count(*) FROM issued)::integer AS tickets_issued,
     (SELECT count(*) FROM announced)::integer AS outcomes_written,
     pg_notify('crowdpass_outbox', coalesce((SELECT min(id) FROM announced)::text, ''))::text AS woke;
+
+-- CheckDecisionLocks takes, without waiting, the locks a decision's writes
+-- take, and fails at once where something holds the tables against writes
+-- (a LOCK TABLE, a migration, an index build). The worker runs it, in a
+-- transaction it rolls back, before it takes orders from the queue.
+-- name: CheckDecisionLocks :exec
+LOCK TABLE ticket_categories, orders, tickets, outbox IN ROW EXCLUSIVE MODE NOWAIT;
