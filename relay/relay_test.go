@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -187,6 +188,54 @@ func TestRowsPublishedButNotMarkedArePublishedAgain(t *testing.T) {
 	testkit.Eventually(t, 30*time.Second, func() bool { rows, again := twice(); return rows == 20 && again == 20 },
 		"20 rows each seen twice")
 }
+
+// A relay that stops between its claim and its commit (SIGSTOP, a frozen
+// VM) holds the rows it claimed; the database ends its idle transaction
+// (postgres.IdleInTransactionTimeout, shortened here), and another relay
+// publishes them.
+func TestRowsClaimedByAHungRelayArePublishedByAnother(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.decide(t, 10)
+	u, err := url.Parse(b.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("idle_in_transaction_session_timeout", "300ms")
+	u.RawQuery = q.Encode()
+	pool, err := postgres.Open(testkit.Context(t), u.String(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	hung := &hungPublisher{claimed: make(chan struct{}), release: make(chan struct{})}
+	r := relay.New(relay.Config{Exchange: b.topo.Outcomes(), Batch: 50, Poll: 200 * time.Millisecond, Logger: testkit.Logger(t)},
+		postgres.NewStore(pool, nil), hung)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { r.Run(ctx) })
+	t.Cleanup(func() { close(hung.release); cancel(); wg.Wait() })
+	<-hung.claimed // all 10 rows claimed, and held
+
+	b.start(t, b.store)
+	testkit.Eventually(t, 30*time.Second, func() bool { return b.unpublished(t) == 0 }, "every row published by the relay that runs")
+}
+
+// hungPublisher stands for a relay process stopped mid-publish: its first
+// batch never returns until release.
+type hungPublisher struct {
+	once             sync.Once
+	claimed, release chan struct{}
+}
+
+func (p *hungPublisher) PublishBatch(_ context.Context, msgs []broker.Message) []error {
+	p.once.Do(func() { close(p.claimed) })
+	<-p.release
+	return make([]error, len(msgs))
+}
+
+func (p *hungPublisher) Ready() bool { return true }
 
 func TestOutcomesAreRoutedByEventType(t *testing.T) {
 	t.Parallel()
