@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -44,6 +45,10 @@ type Gate interface {
 	Lost(ctx context.Context, process string) (bool, error)
 	// Restore writes answers back where Redis lost them, as Remember does.
 	Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (stored int, err error)
+	// SaveCatalog stores a copy of the catalog; LoadCatalog returns it
+	// (crowdpass.ErrNotFound if none).
+	SaveCatalog(ctx context.Context, data []byte) error
+	LoadCatalog(ctx context.Context) ([]byte, error)
 }
 
 // OrderQueue queues order requests durably.
@@ -125,7 +130,9 @@ type Server struct {
 	store    Store
 	verifier Verifier
 	catalog  catalog
-	edge     edgeStock
+	// catalogSaved is when the catalog was last copied to Redis (Run's own).
+	catalogSaved time.Time
+	edge         edgeStock
 	// missLookups paces the PostgreSQL reads of events the catalog missed
 	// (findEvent).
 	missLookups *rate.Limiter
@@ -470,19 +477,59 @@ func (s *Server) restore(ctx context.Context) bool {
 	return true
 }
 
+// catalogSaveInterval is how often the catalog is copied to Redis.
+const catalogSaveInterval = 5 * time.Second
+
+// refreshCatalog reads the catalog from PostgreSQL and copies it to Redis
+// every catalogSaveInterval. A process that starts while PostgreSQL cannot
+// be read takes the copy in Redis, so that it answers orders at once; its
+// remaining counts can only be too high (tickets are never given back),
+// which only matters where a lost gate stock is rebuilt from them, and
+// too many admissions are rejected by the workers.
 func (s *Server) refreshCatalog(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	readCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	events, err := s.store.Events(readCtx)
+	cancel()
+	redisCtx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
 	defer cancel()
-	events, err := s.store.Events(ctx)
 	if err != nil {
-		if s.catalog.isLoaded() {
+		switch {
+		case s.catalog.isLoaded():
 			s.log.Debug("catalog refresh failed; serving the last copy", "err", err)
-		} else {
+		case s.loadSavedCatalog(redisCtx):
+			s.log.Warn("catalog loaded from its copy in Redis: PostgreSQL cannot be read", "err", err)
+		default:
 			s.log.Warn("catalog not loaded yet", "err", err)
 		}
 		return
 	}
 	s.catalog.replace(events)
+	if now := s.cfg.Now(); now.Sub(s.catalogSaved) >= catalogSaveInterval {
+		data, err := json.Marshal(events)
+		if err == nil {
+			err = s.gate.SaveCatalog(redisCtx, data)
+		}
+		if err != nil {
+			s.log.Debug("catalog not copied to Redis", "err", err)
+			return
+		}
+		s.catalogSaved = now
+	}
+}
+
+// loadSavedCatalog loads the catalog's copy in Redis, if there is one.
+func (s *Server) loadSavedCatalog(ctx context.Context) bool {
+	data, err := s.gate.LoadCatalog(ctx)
+	if err != nil {
+		return false
+	}
+	var events []crowdpass.Event
+	if err := json.Unmarshal(data, &events); err != nil {
+		s.log.Warn("the catalog's copy in Redis is unreadable", "err", err)
+		return false
+	}
+	s.catalog.replace(events)
+	return true
 }
 
 // heldWindow is how long after it was queued an order counts as one a

@@ -2,18 +2,23 @@ package api_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/api"
 	"github.com/crowdpass/crowdpass/broker"
 	"github.com/crowdpass/crowdpass/testkit"
 )
@@ -822,3 +827,52 @@ func (h *harness) orderOnceOutOfFlight(customer, key string, body []byte) reply 
 	}, "%s's key out of flight", customer)
 	return r
 }
+
+// An API process that starts while PostgreSQL cannot be read answers orders
+// at once, from the copy of the catalog another process keeps in Redis.
+func TestAProcessStartedWithoutTheDatabaseTakesTheCatalogFromRedis(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(4, 10)
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		data, err := h.gate.LoadCatalog(testkit.Context(t))
+		return err == nil && bytes.Contains(data, []byte(event.ID.String()))
+	}, "the event in the catalog's copy in Redis")
+
+	other := *h
+	server := api.New(api.Config{Recent: api.NewRecent(0), ReconcileInterval: 50 * time.Millisecond, Logger: testkit.Logger(t)},
+		h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, downStore{}, h.authority)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { server.Run(ctx); close(done) }()
+	srv := httptest.NewServer(server.Handler())
+	t.Cleanup(func() { srv.Close(); cancel(); <-done })
+	other.url = srv.URL
+
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return other.do(http.MethodGet, "/events/"+event.ID.String(), nil, nil).status == http.StatusOK
+	}, "the event known without the database")
+	if r := other.order("alice", "a", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Errorf("order at the process started without the database: %d %s; want 202", r.status, r.body)
+	}
+}
+
+// downStore is a database that cannot be reached.
+type downStore struct{}
+
+var errDatabaseDown = errors.New("database down")
+
+func (downStore) Events(context.Context) ([]crowdpass.Event, error) { return nil, errDatabaseDown }
+func (downStore) CreateEvent(context.Context, crowdpass.EventSpec) (crowdpass.Event, error) {
+	return crowdpass.Event{}, errDatabaseDown
+}
+func (downStore) Event(context.Context, uuid.UUID) (crowdpass.Event, error) {
+	return crowdpass.Event{}, errDatabaseDown
+}
+func (downStore) Order(context.Context, uuid.UUID) (crowdpass.Order, error) {
+	return crowdpass.Order{}, errDatabaseDown
+}
+func (downStore) Unsold(context.Context, uuid.UUID, []uuid.UUID, []int32) (int, error) {
+	return 0, errDatabaseDown
+}
+func (downStore) Ping(context.Context) error { return errDatabaseDown }

@@ -382,5 +382,30 @@ func (g *Redis) SetStock(ctx context.Context, category uuid.UUID, saw int, known
 	return set == 1, nil
 }
 
+// catalogTTL is how long a copy of the catalog is kept after it was last
+// saved.
+const catalogTTL = 7 * 24 * time.Hour
+
+// SaveCatalog stores a copy of the event catalog (JSON), for an API process
+// that starts while PostgreSQL cannot be read.
+func (g *Redis) SaveCatalog(ctx context.Context, data []byte) error {
+	if err := g.rdb.Set(ctx, g.cfg.Namespace+"catalog", data, catalogTTL).Err(); err != nil {
+		return fmt.Errorf("saving the catalog: %w", err)
+	}
+	return nil
+}
+
+// LoadCatalog returns the copy SaveCatalog stored; ErrNotFound if none.
+func (g *Redis) LoadCatalog(ctx context.Context) ([]byte, error) {
+	data, err := g.rdb.Get(ctx, g.cfg.Namespace+"catalog").Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, crowdpass.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading the catalog: %w", err)
+	}
+	return data, nil
+}
+
 // Ping checks Redis answers.
 func (g *Redis) Ping(ctx context.Context) error { return g.rdb.Ping(ctx).Err() }
