@@ -187,6 +187,10 @@ func (h *harness) lock(tables string) pgx.Tx {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	// Held as long as the test wants, on a slow machine too.
+	if _, err := tx.Exec(ctx, "SET LOCAL idle_in_transaction_session_timeout = 0"); err != nil {
+		h.t.Fatal(err)
+	}
 	if _, err := tx.Exec(ctx, "LOCK TABLE "+tables+" IN ACCESS EXCLUSIVE MODE"); err != nil {
 		h.t.Fatal(err)
 	}

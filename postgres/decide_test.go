@@ -240,17 +240,3 @@ func TestAuditFindsABrokenInvariant(t *testing.T) {
 		t.Errorf("unpublished outbox rows = %d, want 1", n)
 	}
 }
-
-// Every pool's sessions end a transaction left idle past
-// IdleInTransactionTimeout, so that a stopped process frees its locks.
-func TestPoolsEndIdleTransactions(t *testing.T) {
-	t.Parallel()
-	db := testkit.NewDB(t)
-	var timeout string
-	if err := db.Pool.QueryRow(testkit.Context(t), "SHOW idle_in_transaction_session_timeout").Scan(&timeout); err != nil {
-		t.Fatal(err)
-	}
-	if timeout != postgres.IdleInTransactionTimeout {
-		t.Errorf("idle_in_transaction_session_timeout = %q, want %q", timeout, postgres.IdleInTransactionTimeout)
-	}
-}

@@ -19,6 +19,7 @@ import (
 	pgxuuid "github.com/vgarvardt/pgx-google-uuid/v5"
 
 	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/db"
 	"github.com/crowdpass/crowdpass/sql/migrations"
 )
 
@@ -142,16 +143,15 @@ func EnsureDatabase(ctx context.Context, url string) error {
 }
 
 // IdleInTransactionTimeout is how long the server lets a session of ours
-// sit idle inside a transaction before it ends it, unless the database URL
-// sets idle_in_transaction_session_timeout itself. A process that stops
+// sit idle inside a transaction before it ends it, where nothing else sets
+// idle_in_transaction_session_timeout (the server, the role, the database
+// or the URL). A process that stops
 // mid-transaction (SIGSTOP, a frozen VM) would otherwise hold its locks
 // for as long as it is stopped: a worker holds its categories' rows from
 // its stock read to its write, so every other worker would wait for them;
 // a relay holds the outbox rows it claimed while it publishes them (at most
 // its publish timeout, 10s), which the other relays skip.
 const IdleInTransactionTimeout = "30s"
-
-const idleInTransaction = "idle_in_transaction_session_timeout"
 
 // NewPool returns a pool without connecting: connections are made as they
 // are needed, so a role starts even while the database is down. Its
@@ -165,14 +165,14 @@ func NewPool(url string, maxConns int32) (*pgxpool.Pool, error) {
 		cfg.MaxConns = maxConns
 	}
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
-	if _, set := cfg.ConnConfig.RuntimeParams[idleInTransaction]; !set {
-		cfg.ConnConfig.RuntimeParams[idleInTransaction] = IdleInTransactionTimeout
-	}
-	cfg.AfterConnect = func(_ context.Context, conn *pgx.Conn) error {
+	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
 		// uuid.UUID is encoded as 16 bytes, not through its text form:
 		// the text round trip was 4% of serve's CPU in a rush.
 		pgxuuid.Register(conn.TypeMap())
-		return nil
+		// Set per session rather than as a startup parameter, which a
+		// pooler such as PgBouncer refuses and which would override a
+		// DBA's setting for the role or database.
+		return db.New(conn).SessionIdleTimeoutDefault(ctx, IdleInTransactionTimeout)
 	}
 	return pgxpool.NewWithConfig(context.Background(), cfg)
 }
