@@ -12,16 +12,27 @@ import (
 	"github.com/google/uuid"
 )
 
-const checkDecisionLocks = `-- name: CheckDecisionLocks :exec
+const decisionEventsLockCheck = `-- name: DecisionEventsLockCheck :exec
+LOCK TABLE events IN ROW SHARE MODE NOWAIT
+`
+
+// DecisionEventsLockCheck does the same for events, whose rows a decision's
+// inserts lock for their foreign keys.
+func (q *Queries) DecisionEventsLockCheck(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, decisionEventsLockCheck)
+	return err
+}
+
+const decisionLocksCheck = `-- name: DecisionLocksCheck :exec
 LOCK TABLE ticket_categories, orders, tickets, outbox IN ROW EXCLUSIVE MODE NOWAIT
 `
 
-// CheckDecisionLocks takes, without waiting, the locks a decision's writes
-// take, and fails at once where something holds the tables against writes
-// (a LOCK TABLE, a migration, an index build). The worker runs it, in a
-// transaction it rolls back, before it takes orders from the queue.
-func (q *Queries) CheckDecisionLocks(ctx context.Context) error {
-	_, err := q.db.Exec(ctx, checkDecisionLocks)
+// DecisionLocksCheck takes, without waiting, the locks a decision's writes
+// take, and fails at once (55P03) where something holds the tables against
+// writes (a LOCK TABLE, a migration, an index build). The worker runs it,
+// in a transaction of its own, before it takes orders from the queue.
+func (q *Queries) DecisionLocksCheck(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, decisionLocksCheck)
 	return err
 }
 

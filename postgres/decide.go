@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/db"
@@ -59,11 +60,26 @@ func (s *Store) DecideOrders(ctx context.Context, reqs []crowdpass.OrderRequest)
 
 // CanDecide reports whether a decision could write now, without waiting for
 // any lock: nil where the database answers and nothing holds its tables
-// against writes (a LOCK TABLE, a migration, an index build).
+// against writes (a LOCK TABLE, a migration, an index build). Its error is
+// crowdpass.EUnavailable where the database is unreachable or a table
+// locked, and anything else (missing privileges, say) otherwise.
 func (s *Store) CanDecide(ctx context.Context) error {
-	return translate(pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return db.New(tx).CheckDecisionLocks(ctx)
-	}))
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := db.New(tx)
+		if err := q.DecisionLocksCheck(ctx); err != nil {
+			return err
+		}
+		return q.DecisionEventsLockCheck(ctx)
+	})
+	// Class 42 (a missing privilege, say) is the check's own problem: a
+	// decision may need less than a table lock.
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "42") {
+		return fmt.Errorf("checking the decision's locks: %w", err)
+	}
+	if err != nil {
+		return crowdpass.Errorf(crowdpass.EUnavailable, "the database cannot decide now: %v", err)
+	}
+	return nil
 }
 
 // decidedBeforeError lists orders of a batch that turned out to exist.

@@ -59,7 +59,7 @@ type Config struct {
 	// before the worker takes orders from the queue (default 2s).
 	CheckTimeout time.Duration
 	// StalledAfter is how long one decision may run before the worker
-	// reads as not ready (default 5s): a stalled database holds it without
+	// reads as not ready (default 10s): a stalled database holds it without
 	// failing until DecideTimeout.
 	StalledAfter time.Duration
 	Logger       *slog.Logger
@@ -78,7 +78,7 @@ func (c Config) withDefaults() Config {
 	c.RetryMax = cmp.Or(c.RetryMax, 5*time.Second)
 	c.DecideTimeout = cmp.Or(c.DecideTimeout, 30*time.Second)
 	c.CheckTimeout = cmp.Or(c.CheckTimeout, 2*time.Second)
-	c.StalledAfter = cmp.Or(c.StalledAfter, 5*time.Second)
+	c.StalledAfter = cmp.Or(c.StalledAfter, 10*time.Second)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -95,8 +95,9 @@ type Worker struct {
 
 	connected atomic.Bool
 	dbFailing atomic.Bool
-	// deciding is when the decision under way started (unix ns), 0 if none.
+	// deciding is when the decision under way started (since), 0 if none.
 	deciding    atomic.Int64
+	epoch       time.Time
 	afterDecide func() // test hook: runs after a batch committed, before its ack
 	decided     *prometheus.CounterVec
 	commitLag   prometheus.Histogram
@@ -105,7 +106,7 @@ type Worker struct {
 // New returns a worker; Run starts it.
 func New(cfg Config, decider Decider) *Worker {
 	cfg = cfg.withDefaults()
-	w := &Worker{cfg: cfg, decider: decider, log: cfg.Logger.With("role", "worker"),
+	w := &Worker{cfg: cfg, decider: decider, log: cfg.Logger.With("role", "worker"), epoch: time.Now(),
 		decided: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "crowdpass_worker_decided_total", Help: "Orders decided, by outcome.",
 		}, []string{"outcome"}),
@@ -129,9 +130,12 @@ func New(cfg Config, decider Decider) *Worker {
 // for less than StalledAfter.
 func (w *Worker) Ready() bool {
 	started := w.deciding.Load()
-	stalled := started != 0 && time.Since(time.Unix(0, started)) > w.cfg.StalledAfter
+	stalled := started != 0 && w.since()-started > int64(w.cfg.StalledAfter)
 	return w.connected.Load() && !w.dbFailing.Load() && !stalled
 }
+
+// since is the time since the worker was made, on the monotonic clock.
+func (w *Worker) since() int64 { return int64(time.Since(w.epoch)) }
 
 // Run consumes until ctx is done, reconnecting to the broker whenever the
 // connection is lost. It returns nil after a graceful stop: the batch in hand
@@ -180,23 +184,30 @@ func (w *Worker) session(ctx context.Context, onConnected func()) error {
 // when it stops or dies goes back to the queue one delivery nearer the
 // dead-letter queue (DeliveryLimit); a worker restarted over and over while
 // its database is down or locked would send valid orders there, never to
-// be decided, if it took them before it could decide them.
+// be decided, if it took them before it could decide them. A check that
+// fails for any other reason than an unreachable database or a lock
+// (missing privileges, say) is logged and the worker goes on: the decisions
+// themselves may not need what the check does. A lock seen once or twice
+// (autovacuum truncating a table) does not mark the worker failing.
 func (w *Worker) waitForDatabase(ctx context.Context) bool {
 	backoff := w.cfg.RetryMin
-	for {
+	for attempt := 1; ; attempt++ {
 		checkCtx, cancel := context.WithTimeout(ctx, w.cfg.CheckTimeout)
 		err := w.decider.CanDecide(checkCtx)
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			if w.dbFailing.CompareAndSwap(true, false) {
 				w.log.Info("database recovered")
 			}
 			return true
-		}
-		if ctx.Err() != nil {
+		case ctx.Err() != nil:
 			return false
+		case crowdpass.Code(err) != crowdpass.EUnavailable:
+			w.log.Error("cannot check that the database can decide; taking orders all the same", "err", err)
+			return true
 		}
-		if w.dbFailing.CompareAndSwap(false, true) {
+		if attempt >= 3 && w.dbFailing.CompareAndSwap(false, true) {
 			w.log.Warn("database cannot decide; taking no orders until it can", "err", err)
 		}
 		if !broker.Sleep(ctx, backoff) {
@@ -311,7 +322,7 @@ func (w *Worker) decide(ctx context.Context, reqs []crowdpass.OrderRequest) ([]c
 	backoff := w.cfg.RetryMin
 	for {
 		attemptCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.DecideTimeout)
-		w.deciding.Store(time.Now().UnixNano())
+		w.deciding.Store(max(w.since(), 1))
 		decisions, err := w.decider.DecideOrders(attemptCtx, reqs)
 		w.deciding.Store(0)
 		cancel()

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -324,12 +325,35 @@ func TestAStalledDecisionMakesTheWorkerUnready(t *testing.T) {
 	testkit.Eventually(t, 10*time.Second, w.Ready, "worker ready again")
 }
 
+// A check that fails for another reason than a lock or an unreachable
+// database (missing privileges, say) does not keep the worker from orders.
+func TestAWorkerWhoseCheckFailsForGoodStillDecides(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	b.pub.Orders(testkit.OrderRequest("alice", "k", event, 0, 1))
+	w := b.startOn(t, worker.Config{}, deniedCheck{b.store})
+	b.waitDecided(t, 1)
+	testkit.Eventually(t, 10*time.Second, w.Ready, "worker ready")
+}
+
+// deniedCheck's check fails as it does without the privilege to lock.
+type deniedCheck struct{ *postgres.Store }
+
+func (deniedCheck) CanDecide(context.Context) error {
+	return errors.New("ERROR: permission denied for table orders (SQLSTATE 42501)")
+}
+
 // lockTables holds an ACCESS EXCLUSIVE lock on tables until the returned
 // func (or the test's end) releases it.
 func lockTables(t *testing.T, db *testkit.DB, tables string) (unlock func()) {
 	t.Helper()
 	tx, err := db.Pool.Begin(testkit.Context(t))
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Held as long as the test wants, on a slow machine too.
+	if _, err := tx.Exec(testkit.Context(t), "SET LOCAL idle_in_transaction_session_timeout = 0"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tx.Exec(testkit.Context(t), "LOCK TABLE "+tables+" IN ACCESS EXCLUSIVE MODE"); err != nil {

@@ -46,9 +46,14 @@ SELECT
     (SELECT count(*) FROM announced)::integer AS outcomes_written,
     pg_notify('crowdpass_outbox', coalesce((SELECT min(id) FROM announced)::text, ''))::text AS woke;
 
--- CheckDecisionLocks takes, without waiting, the locks a decision's writes
--- take, and fails at once where something holds the tables against writes
--- (a LOCK TABLE, a migration, an index build). The worker runs it, in a
--- transaction it rolls back, before it takes orders from the queue.
--- name: CheckDecisionLocks :exec
+-- DecisionLocksCheck takes, without waiting, the locks a decision's writes
+-- take, and fails at once (55P03) where something holds the tables against
+-- writes (a LOCK TABLE, a migration, an index build). The worker runs it,
+-- in a transaction of its own, before it takes orders from the queue.
+-- name: DecisionLocksCheck :exec
 LOCK TABLE ticket_categories, orders, tickets, outbox IN ROW EXCLUSIVE MODE NOWAIT;
+
+-- DecisionEventsLockCheck does the same for events, whose rows a decision's
+-- inserts lock for their foreign keys.
+-- name: DecisionEventsLockCheck :exec
+LOCK TABLE events IN ROW SHARE MODE NOWAIT;
