@@ -15,6 +15,7 @@ import (
 )
 
 func TestHandedOverHoldsEachRowOnceForTwoGenerations(t *testing.T) {
+	t.Parallel()
 	h := newHandedOver(2)
 	row := func(id int64) handedRow { return handedRow{order: uuid.UUID{byte(id)}} }
 	for id := int64(1); id <= 4; id++ {
@@ -49,6 +50,7 @@ func TestHandedOverHoldsEachRowOnceForTwoGenerations(t *testing.T) {
 // CorrelationId and dropped unread, yet still timed; a copy naming another
 // order is pushed; a copy without one is read to tell.
 func TestTheBrokerCopyOfAHandedOverOutcomeIsDroppedUnread(t *testing.T) {
+	t.Parallel()
 	var decided []uuid.UUID
 	n := New(Config{Decided: func(o crowdpass.Outcome) { decided = append(decided, o.ID) }}, nil, nil, nil)
 	outcome := func(id int64) crowdpass.OutboxMessage {

@@ -122,16 +122,21 @@ type Notifier struct {
 	// sent again, and closed 1008 for, what they already had.
 	pushed *pushedRows
 	// seen is the highest outbox id received (from the broker or the relay
-	// of this process); caughtUp, once known, the highest read from the
-	// outbox. A session after a loss reads from the higher of both, less
-	// catchUpWindow.
-	seen atomic.Int64
+	// of this process); brokerSeen the highest from the broker (the
+	// sessions' own); caughtUp, once known, the highest read from the
+	// outbox. A session after a loss reads from the higher of the last two,
+	// less catchUpWindow: the relay of this process goes on handing rows
+	// over while the broker is lost.
+	seen       atomic.Int64
+	brokerSeen int64
+	// firstLive is the first outbox id the current session received.
+	firstLive atomic.Int64
 	// The catch-up's bookkeeping, used by one session's catch-up at a time.
 	caughtUp int64
 	marked   bool  // caughtUp is known
 	bound    bool  // a session has bound a queue before: the next one follows a loss
 	behind   bool  // outcomes after outbox id missed may have been missed
-	missed   int64 // the outbox id after which to read; -1: catchUpWindow below the end
+	missed   int64 // the outbox id after which to read; -1: catchUpWindow below the first live one
 }
 
 // New returns a notifier; Run consumes outcomes, ServeHTTP serves /ws.
@@ -258,7 +263,6 @@ func (n *Notifier) recall(ctx context.Context) {
 			return fmt.Errorf("reading the outbox's end: %w", err)
 		}
 		recalled := 0
-		defer func() { n.recalled.Add(float64(recalled)) }()
 		for after := max(last-int64(n.cfg.Recall), 0); after < last; {
 			rows, err := n.cfg.Outbox.OutboxAfter(ctx, after, catchUpPage)
 			if err != nil {
@@ -278,6 +282,7 @@ func (n *Notifier) recall(ctx context.Context) {
 			}
 			after = rows[len(rows)-1].ID
 		}
+		n.recalled.Add(float64(recalled))
 		n.log.Info("recalled the latest outcomes from the outbox", "outcomes", recalled)
 		return nil
 	})
@@ -372,9 +377,11 @@ func (n *Notifier) Deliver(rows []crowdpass.OutboxMessage) {
 			continue
 		}
 		n.observeLag(out.ProcessedAt, "local")
+		if !n.pushed.addNew(row.ID) { // a catch-up pushed it first
+			continue
+		}
 		n.decided(out)
 		n.push(out)
-		n.pushed.add(row.ID)
 	}
 }
 
@@ -390,19 +397,25 @@ const (
 
 // noteLoss runs when a session's queue is bound: after the first, the
 // outcomes published while no queue was bound were dropped by the broker,
-// from a little before the last one known on. A gap not caught up yet is
-// kept: it starts lower.
+// from a little before the last one it delivered on. A gap not caught up
+// yet is kept, and read from the lower start of both.
 func (n *Notifier) noteLoss() {
+	n.firstLive.Store(0)
 	if !n.bound {
 		n.bound = true
 		return
 	}
-	if n.behind {
-		return
+	floor := int64(-1) // nothing known before the loss
+	if last := max(n.brokerSeen, n.caughtUp); last > 0 {
+		floor = max(last-catchUpWindow, 0)
 	}
-	n.behind, n.missed = true, -1
-	if last := max(n.seen.Load(), n.caughtUp); last > 0 {
-		n.missed = max(last-catchUpWindow, 0)
+	switch {
+	case !n.behind:
+		n.behind, n.missed = true, floor
+	case n.missed < 0:
+		n.missed = floor
+	case floor >= 0:
+		n.missed = min(n.missed, floor)
 	}
 }
 
@@ -425,8 +438,12 @@ func (n *Notifier) catchUp(ctx context.Context) error {
 	if !n.behind {
 		return nil
 	}
-	if n.missed < 0 { // nothing was known before the loss
-		n.missed = max(n.caughtUp-catchUpWindow, 0)
+	if n.missed < 0 { // nothing was known before the loss: below what came since
+		from := n.caughtUp
+		if live := n.firstLive.Load(); live > 0 {
+			from = live
+		}
+		n.missed = max(from-catchUpWindow, 0)
 	}
 	pushed := 0
 	for range catchUpPages {
@@ -436,13 +453,12 @@ func (n *Notifier) catchUp(ctx context.Context) error {
 		}
 		for _, row := range rows {
 			n.missed = row.ID
-			if n.pushed.has(row.ID) {
+			if !n.pushed.addNew(row.ID) {
 				continue
 			}
 			if out, ok := n.decode(row.Payload, strconv.FormatInt(row.ID, 10)); ok {
 				n.decided(out)
 				n.push(out)
-				n.pushed.add(row.ID)
 				pushed++
 			}
 		}
@@ -467,6 +483,8 @@ func (n *Notifier) fromBroker(d amqp.Delivery) {
 	order, orderErr := uuid.Parse(d.CorrelationId)
 	if idErr == nil {
 		n.observeSeen(id)
+		n.brokerSeen = max(n.brokerSeen, id)
+		n.firstLive.CompareAndSwap(0, id)
 		if orderErr == nil {
 			if row, ok := n.handed.take(id, order); ok {
 				n.observeLag(row.processedAt, "broker")
@@ -591,11 +609,15 @@ func (p *pushedRows) add(id int64) {
 	p.rows.Put(id, struct{}{})
 }
 
-func (p *pushedRows) has(id int64) bool {
+// addNew records id and reports whether it was not held yet.
+func (p *pushedRows) addNew(id int64) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	_, ok := p.rows.Get(id)
-	return ok
+	if _, ok := p.rows.Get(id); ok {
+		return false
+	}
+	p.rows.Put(id, struct{}{})
+	return true
 }
 
 // pushFrame is an outcome as the contract pushes it: no customer id.
