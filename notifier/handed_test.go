@@ -1,7 +1,9 @@
 package notifier
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -94,4 +96,88 @@ func brokerLagCount(t *testing.T, n *Notifier) uint64 {
 		t.Fatal(err)
 	}
 	return m.GetHistogram().GetSampleCount()
+}
+
+// Where a catch-up after a loss of the broker starts reading the outbox.
+func TestACatchUpStartsBelowWhatTheBrokerDelivered(t *testing.T) {
+	t.Parallel()
+	live := func(n *Notifier, id int64) { // an outcome the broker delivers
+		o := crowdpass.Outcome{Type: crowdpass.EventOrderConfirmed, CustomerID: "alice", Order: crowdpass.Order{ID: uuid.New()}}
+		body, err := json.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.fromBroker(amqp.Delivery{MessageId: strconv.FormatInt(id, 10), Body: body})
+	}
+	start := func(prepare func(n *Notifier, o *recordingOutbox)) (after int64) {
+		o := &recordingOutbox{last: 60_000}
+		n := New(Config{Outbox: o}, nil, nil, nil)
+		n.noteLoss() // the first session
+		prepare(n, o)
+		o.down = false
+		if err := n.catchUp(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return o.afters[len(o.afters)-1]
+	}
+
+	// The relay of this process went on handing rows over while the broker
+	// was lost: the other relays' outcomes of the gap are below them.
+	if got := start(func(n *Notifier, _ *recordingOutbox) {
+		live(n, 15_000)
+		n.observeSeen(40_000) // handed over by the relay
+		n.noteLoss()
+	}); got != 5_000 {
+		t.Errorf("read after %d, want 5000: 10,000 below the broker's last", got)
+	}
+	// Nothing known before the loss: below the first outcome since.
+	if got := start(func(n *Notifier, o *recordingOutbox) {
+		o.down = true
+		if n.catchUp(context.Background()) == nil {
+			t.Fatal("the outbox's end read while down")
+		}
+		n.noteLoss()
+		live(n, 50_000)
+	}); got != 40_000 {
+		t.Errorf("read after %d, want 40000: 10,000 below the first live outcome", got)
+	}
+	// A second loss before the first gap was read keeps the lower start.
+	if got := start(func(n *Notifier, o *recordingOutbox) {
+		if err := n.catchUp(context.Background()); err != nil { // marks the end
+			t.Fatal(err)
+		}
+		live(n, 61_000)
+		n.noteLoss()
+		o.down = true
+		if n.catchUp(context.Background()) == nil {
+			t.Fatal("caught up while the outbox was down")
+		}
+		live(n, 75_000)
+		n.noteLoss()
+	}); got != 51_000 {
+		t.Errorf("read after %d, want 51000: the first gap's start", got)
+	}
+}
+
+// recordingOutbox ends at last, holds no rows, and records where each
+// read starts; it refuses reads while down.
+type recordingOutbox struct {
+	last   int64
+	down   bool
+	afters []int64
+}
+
+func (o *recordingOutbox) OutboxAfter(_ context.Context, after int64, _ int) ([]crowdpass.OutboxMessage, error) {
+	if o.down {
+		return nil, errors.New("outbox down")
+	}
+	o.afters = append(o.afters, after)
+	return nil, nil
+}
+
+func (o *recordingOutbox) OutboxLastID(context.Context) (int64, error) {
+	if o.down {
+		return 0, errors.New("outbox down")
+	}
+	return o.last, nil
 }
