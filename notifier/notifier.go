@@ -289,8 +289,9 @@ func (n *Notifier) recall(ctx context.Context) {
 }
 
 // untilDone runs f until it succeeds or ctx ends, backing off between
-// attempts from RetryMin to RetryMax; the first failure and the recovery
-// are logged.
+// attempts from RetryMin to RetryMax; the first failure, every 20th after
+// it (about every 100 s at the default RetryMax) and the recovery are
+// logged.
 func (n *Notifier) untilDone(ctx context.Context, what string, f func(context.Context) error) {
 	backoff := n.cfg.RetryMin
 	for attempt := 1; ; attempt++ {
@@ -304,8 +305,8 @@ func (n *Notifier) untilDone(ctx context.Context, what string, f func(context.Co
 		if ctx.Err() != nil {
 			return
 		}
-		if attempt == 1 {
-			n.log.Warn(what+" failed; retrying", "err", err)
+		if attempt%20 == 1 {
+			n.log.Warn(what+" failed; retrying", "attempts", attempt, "err", err)
 		}
 		if !broker.Sleep(ctx, backoff) {
 			return

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -182,10 +183,12 @@ func TestAWorkerWithoutItsDatabaseIsNotReady(t *testing.T) {
 	addr, closed := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	var logs syncBuffer
+	ns := testkit.Namespace(t)
 	go func() {
-		getenv := env(&testkit.DB{}, testkit.Namespace(t), "HTTP_ADDR", addr,
+		getenv := env(&testkit.DB{}, ns, "HTTP_ADDR", addr,
 			"DATABASE_URL", "postgres://postgres@"+closed+"/crowdpass?sslmode=disable")
-		done <- run(ctx, []string{"worker"}, getenv, io.Discard, io.Discard)
+		done <- run(ctx, []string{"worker"}, getenv, io.Discard, &logs)
 	}()
 	defer func() {
 		cancel()
@@ -195,25 +198,46 @@ func TestAWorkerWithoutItsDatabaseIsNotReady(t *testing.T) {
 			t.Error("worker did not stop")
 		}
 	}()
-	var code int
+	// The worker takes no order before its database can decide them.
+	testkit.Eventually(t, 30*time.Second, func() bool { return strings.Contains(logs.String(), "taking no orders until it can") },
+		"the worker waiting for its database")
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
 	var body struct {
 		Status string            `json:"status"`
 		Checks map[string]string `json:"checks"`
 	}
-	// The worker takes no order before its database can decide them: it
-	// is down with it.
-	testkit.Eventually(t, 30*time.Second, func() bool {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		code = resp.StatusCode
-		return json.NewDecoder(resp.Body).Decode(&body) == nil && body.Checks["postgres"] != ""
-	}, "readyz answering")
-	if code != http.StatusServiceUnavailable || body.Status != "down" || body.Checks["postgres"] != "down" || body.Checks["worker"] != "down" {
-		t.Errorf("readyz %d %+v, want 503 down with postgres and worker down", code, body)
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
 	}
+	if resp.StatusCode != http.StatusServiceUnavailable || body.Status != "down" || body.Checks["postgres"] != "down" || body.Checks["worker"] != "down" {
+		t.Errorf("readyz %d %+v, want 503 down with postgres and worker down", resp.StatusCode, body)
+	}
+	ch := testkit.Channel(t)
+	if q, err := ch.QueueDeclarePassive(ns+"ticket_orders", true, false, false, false, nil); err == nil && q.Consumers > 0 {
+		t.Errorf("%d consumers on the queue while the worker cannot decide", q.Consumers)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func freeAddr(t *testing.T) string {
