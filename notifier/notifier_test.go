@@ -165,54 +165,29 @@ func TestOutcomeReachesEverySocketOfItsCustomerAndNoOther(t *testing.T) {
 	}
 }
 
-// The notifier's queue goes with its connection: an outcome published while
-// the notifier was cut from the broker is dropped there, and the notifier
-// pushes it from the outbox once it is back.
+// A notifier cut from the broker has its queue dropped with the connection;
+// the outcomes published meanwhile reach the sockets that stayed open from
+// the outbox once it is back, and only those, even if PostgreSQL could not
+// be read when it came back, or when the notifier started: the outbox is
+// read once it can.
 func TestAnOutcomePublishedWhileTheNotifierWasCutReachesTheSocket(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
-	proxy, amqpURL := testkit.NewURLProxy(t, testkit.AMQPURL())
-	n, url := b.notifier(notifier.Config{AMQPURL: amqpURL, Outbox: b.store, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond}, nil)
-	event := testkit.CreateEvent(t, b.store, 4, 10)
-	alice := b.dial(url, "alice")
-	b.pipeline()
-	before := testkit.OrderRequest("alice", "before", event, 0, 1)
-	b.pub.Orders(before)
-	if f := read(t, alice); f.OrderID != before.OrderID.String() {
-		t.Fatalf("alice got %+v, want the outcome of %s", f, before.OrderID)
-	}
-
-	proxy.Refuse()
-	testkit.Eventually(t, 10*time.Second, func() bool { return !n.Ready() }, "notifier still on the broker")
-	order := testkit.OrderRequest("alice", "k", event, 0, 1)
-	b.pub.Orders(order)
-	testkit.Eventually(t, 30*time.Second, func() bool {
-		var published bool
-		err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT published_at IS NOT NULL FROM outbox WHERE aggregate_id = $1", order.OrderID).Scan(&published)
-		return err == nil && published
-	}, "the outcome was never published")
-	proxy.Allow()
-
-	// Only what was missed: the outcome alice had is not pushed again.
-	if f := read(t, alice); f.Type != crowdpass.EventOrderConfirmed || f.OrderID != order.OrderID.String() {
-		t.Errorf("alice got %+v, want the outcome of %s", f, order.OrderID)
-	}
-}
-
-// The outcomes a notifier missed while cut from the broker reach the
-// sockets that stayed open even if PostgreSQL could not be read when it
-// came back, or when the notifier started: the outbox is read once it can.
-func TestOutcomesMissedWhileTheOutboxWasDownReachTheSocketOnceItAnswers(t *testing.T) {
-	t.Parallel()
-	for _, downAtStart := range []bool{false, true} {
-		t.Run(fmt.Sprintf("down at start %v", downAtStart), func(t *testing.T) {
+	for _, c := range []struct {
+		name                         string
+		outboxDownAtStart, downAfter bool
+	}{
+		{"outbox up", false, false},
+		{"outbox down when the broker is back", false, true},
+		{"outbox down at start", true, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
 			proxy, amqpURL := testkit.NewURLProxy(t, testkit.AMQPURL())
 			outbox := &flakyOutbox{Outbox: b.store}
-			outbox.down.Store(downAtStart)
+			outbox.down.Store(c.outboxDownAtStart)
 			n, url := b.notifier(notifier.Config{AMQPURL: amqpURL, Outbox: outbox, RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond}, nil)
-			if downAtStart {
+			if c.outboxDownAtStart {
 				testkit.Eventually(t, 10*time.Second, func() bool { return outbox.refused.Load() > 1 }, "the outbox's end asked for again")
 				outbox.down.Store(false)
 			}
@@ -229,23 +204,32 @@ func TestOutcomesMissedWhileTheOutboxWasDownReachTheSocketOnceItAnswers(t *testi
 			testkit.Eventually(t, 10*time.Second, func() bool { return !n.Ready() }, "notifier still on the broker")
 			order := testkit.OrderRequest("alice", "k", event, 0, 1)
 			b.pub.Orders(order)
-			testkit.Eventually(t, 30*time.Second, func() bool {
-				var published bool
-				err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT published_at IS NOT NULL FROM outbox WHERE aggregate_id = $1", order.OrderID).Scan(&published)
-				return err == nil && published
-			}, "the outcome was never published")
-			outbox.down.Store(true)
+			b.waitPublished(order.OrderID)
+			outbox.down.Store(c.downAfter)
 			refused := outbox.refused.Load()
 			proxy.Allow()
-			testkit.Eventually(t, 10*time.Second, func() bool { return n.Ready() && outbox.refused.Load() > refused+1 },
-				"the catch-up tried again after the outbox refused it")
-			outbox.down.Store(false)
+			if c.downAfter {
+				testkit.Eventually(t, 10*time.Second, func() bool { return n.Ready() && outbox.refused.Load() > refused+1 },
+					"the catch-up tried again after the outbox refused it")
+				outbox.down.Store(false)
+			}
 
+			// Only what was missed: the outcome alice had is not pushed again.
 			if f := read(t, alice); f.Type != crowdpass.EventOrderConfirmed || f.OrderID != order.OrderID.String() {
 				t.Errorf("alice got %+v, want the outcome of %s", f, order.OrderID)
 			}
 		})
 	}
+}
+
+// waitPublished waits until the relay published an order's outcome.
+func (b *bundle) waitPublished(order uuid.UUID) {
+	b.t.Helper()
+	testkit.Eventually(b.t, 30*time.Second, func() bool {
+		var published bool
+		err := b.db.Pool.QueryRow(testkit.Context(b.t), "SELECT published_at IS NOT NULL FROM outbox WHERE aggregate_id = $1", order).Scan(&published)
+		return err == nil && published
+	}, "the outcome of %s published", order)
 }
 
 // flakyOutbox refuses every read while down is set, counting them.
@@ -283,11 +267,7 @@ func TestANotifierRecallsTheLatestOutcomesWhenItStarts(t *testing.T) {
 		order := testkit.OrderRequest(customer, "k", event, 0, 1)
 		b.pub.Orders(order)
 		orders = append(orders, order)
-		testkit.Eventually(t, 20*time.Second, func() bool {
-			var published bool
-			err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT published_at IS NOT NULL FROM outbox WHERE aggregate_id = $1", order.OrderID).Scan(&published)
-			return err == nil && published
-		}, "%s's outcome published", customer)
+		b.waitPublished(order.OrderID)
 	}
 	var recalled decidedOrders
 	b.notifier(notifier.Config{Outbox: b.store, Decided: recalled.add, Recall: 2}, nil)
