@@ -45,6 +45,8 @@ type Gate interface {
 	Lost(ctx context.Context, process string) (bool, error)
 	// Restore writes answers back where Redis lost them, as Remember does.
 	Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (stored int, err error)
+	// GiveBack returns tickets to a category's stock where it exists.
+	GiveBack(ctx context.Context, category uuid.UUID, tickets int) (bool, error)
 	// SaveCatalog stores a copy of the catalog; LoadCatalog returns it
 	// (crowdpass.ErrNotFound if none).
 	SaveCatalog(ctx context.Context, data []byte) error
@@ -152,6 +154,7 @@ type Server struct {
 	// corrects nothing if one started while it looked.
 	admissions atomic.Uint64
 	restocking restocks
+	givebacks  chan givenBack // giveBackLoop's
 	// process names this process's canary in Redis (watchCanary).
 	process string
 }
@@ -185,7 +188,9 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 		metrics:     newMetrics(cfg.Registry),
 		missLookups: rate.NewLimiter(missRate, missBurst),
 		process:     uuid.NewString(),
+		givebacks:   make(chan givenBack, 1024),
 	}
+	s.cfg.Recent.onLimitExceeded(s.giveBack)
 	s.keys.waiting = s.metrics.waiting
 	s.router = s.routes()
 	return s
@@ -374,6 +379,7 @@ func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { s.watchCanary(ctx) })
+	wg.Go(func() { s.giveBackLoop(ctx) })
 	s.refreshCatalog(ctx)
 	reconcileTick := time.NewTicker(s.cfg.ReconcileInterval)
 	defer reconcileTick.Stop()
@@ -398,6 +404,51 @@ func (s *Server) Run(ctx context.Context) error {
 				cancel()
 			}
 		}
+	}
+}
+
+// givenBack is tickets an order took from the gate that no order holds:
+// a worker rejected it limit_exceeded.
+type givenBack struct {
+	category uuid.UUID
+	tickets  int
+}
+
+// giveBackLoop returns to the gate the tickets of orders this process
+// admitted that a worker rejected limit_exceeded (Recent.Decided): they are
+// unsold, and until the queue drains for a drift correction the gate
+// would answer sold_out while they are left. Orders rejected sold_out give
+// nothing back: the gate admitted too many, and giving back would keep it
+// admitting. A stock rebuilt after the order was decided does not hold
+// its tickets, so giving them back then admits that many too many, which
+// the workers reject; a stock Redis lost gets nothing (GiveBack).
+func (s *Server) giveBackLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case g := <-s.givebacks:
+			gctx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
+			given, err := s.gate.GiveBack(gctx, g.category, g.tickets)
+			cancel()
+			if err != nil {
+				s.log.Debug("tickets of a rejected order not given back to the gate; the drift correction will", "category", g.category, "err", err)
+				continue
+			}
+			if given {
+				s.edge.forget(g.category)
+				s.metrics.reconcile.WithLabelValues("given_back").Inc()
+			}
+		}
+	}
+}
+
+// giveBack queues a give-back without waiting (it runs on the notifier's
+// goroutine); past the buffer it is dropped, for the drift correction.
+func (s *Server) giveBack(category uuid.UUID, tickets int) {
+	select {
+	case s.givebacks <- givenBack{category, tickets}:
+	default:
 	}
 }
 

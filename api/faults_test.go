@@ -876,3 +876,38 @@ func (downStore) Unsold(context.Context, uuid.UUID, []uuid.UUID, []int32) (int, 
 	return 0, errDatabaseDown
 }
 func (downStore) Ping(context.Context) error { return errDatabaseDown }
+
+// The tickets of an order a worker rejects limit_exceeded go back to the
+// gate at once, not when the queue is next drained: the gate would answer
+// sold_out while they are left. A sold_out rejection gives nothing back.
+func TestTicketsOfAnOrderOverTheLimitGoBackToTheGate(t *testing.T) {
+	t.Parallel()
+	// No drift correction: only the give-back can raise the stock.
+	h := setup(t, options{reconcile: time.Hour})
+	event := testkit.CreateEvent(t, h.store, 2, 4)
+	h.waitCatalog(event.ID)
+	cat := event.Categories[0]
+	for _, key := range []string{"a1", "a2"} {
+		if r := h.order("alice", key, orderJSON(event, 0, 2)); r.status != http.StatusAccepted {
+			t.Fatalf("alice's %s: %d %s", key, r.status, r.body)
+		}
+	}
+	h.waitGate(cat.ID, 0)
+	// Outcomes as the notifier passes them on: a1 rejected sold_out gives
+	// nothing back, a2 rejected over alice's limit its 2 tickets.
+	rejected := func(key string, reason crowdpass.Reason) crowdpass.Outcome {
+		return crowdpass.Outcome{Type: crowdpass.EventOrderRejected, CustomerID: "alice", Order: crowdpass.Order{
+			ID: crowdpass.OrderID("alice", key), Status: crowdpass.StatusRejected, Reason: reason,
+			EventID: event.ID, CategoryID: cat.ID, Quantity: 2,
+		}}
+	}
+	h.recent.Decided(rejected("a1", crowdpass.ReasonSoldOut))
+	h.recent.Decided(rejected("a2", crowdpass.ReasonLimitExceeded))
+	h.waitGate(cat.ID, 2)
+	if r := h.order("bob", "b", orderJSON(event, 0, 2)); r.status != http.StatusAccepted {
+		t.Errorf("bob, with 2 tickets back in the gate: %d %s; want 202", r.status, r.body)
+	}
+	if n, _, err := h.gate.Stock(testkit.Context(t), cat.ID); err != nil || n != 0 {
+		t.Errorf("gate stock after bob: %d, %v; want 0 (nothing given back for the sold_out)", n, err)
+	}
+}

@@ -51,7 +51,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reconcile: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "crowdpass_gate_reconciled_total",
 			Help: "Gate stock keys set from PostgreSQL, by why: missing (rebuilt from what is unsold), " +
-				"missing_catalog (rebuilt from the catalog's remaining: the database did not answer in time), drift (corrected once the queue was drained).",
+				"missing_catalog (rebuilt from the catalog's remaining: the database did not answer in time), drift (corrected once the queue was drained), " +
+				"given_back (the tickets of an order a worker rejected limit_exceeded added back).",
 		}, []string{"why"}),
 		remembered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "crowdpass_gate_remembered_total",

@@ -271,7 +271,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.keys.queueing(adm.OrderID)
-	s.cfg.Recent.queue(adm.OrderID, category.ID, payload.Quantity, now)
+	s.cfg.Recent.queue(adm.OrderID, category.ID, payload.Quantity, now, gated && admitted.Taken > 0)
 	if !inFlight {
 		s.admissions.Add(1)
 		s.inFlight.Add(1)

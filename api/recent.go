@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -30,6 +31,10 @@ type Recent struct {
 	decided *generations.Map[uuid.UUID, crowdpass.KeyRecord]
 	refused refusals
 	queued  queuedOrders
+	// limitExceeded is told of this process's orders rejected
+	// limit_exceeded (onLimitExceeded); set once the API runs, while a
+	// notifier may already be passing outcomes on.
+	limitExceeded atomic.Pointer[func(category uuid.UUID, tickets int)]
 }
 
 // queuedOrders are the orders this process queued whose outcome it has not
@@ -52,6 +57,7 @@ type queuedOrder struct {
 	category uuid.UUID
 	quantity int32
 	at       int64 // when it was queued, Unix ns
+	took     bool  // its tickets were taken from the gate's stock
 }
 
 // refusals remembers the keys this process refused at the edge (sold_out),
@@ -96,20 +102,31 @@ func NewRecent(size int) *Recent {
 	}
 }
 
-// queue notes an order this process is queueing at the given time.
-func (r *Recent) queue(id, category uuid.UUID, quantity int, at time.Time) {
+// queue notes an order this process is queueing at the given time, and
+// whether its tickets were taken from the gate's stock.
+func (r *Recent) queue(id, category uuid.UUID, quantity int, at time.Time, took bool) {
 	q := &r.queued
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.orders.Put(id, queuedOrder{category: category, quantity: int32(quantity), at: at.UnixNano()})
+	q.orders.Put(id, queuedOrder{category: category, quantity: int32(quantity), at: at.UnixNano(), took: took})
 }
 
-// unqueue forgets an order: decided, or not queued after all.
-func (r *Recent) unqueue(id uuid.UUID) {
+// unqueue forgets an order, decided or not queued after all, and returns
+// it if it was held.
+func (r *Recent) unqueue(id uuid.UUID) (queuedOrder, bool) {
 	q := &r.queued
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	o, ok := q.orders.Get(id)
 	q.orders.Delete(id)
+	return o, ok
+}
+
+// onLimitExceeded sets what is told the category and quantity of each order
+// this process queued, with tickets taken from the gate, that a worker
+// rejected limit_exceeded (Server.giveBack).
+func (r *Recent) onLimitExceeded(f func(category uuid.UUID, tickets int)) {
+	r.limitExceeded.Store(&f)
 }
 
 // queuedIn lists the orders of a category this process queued, since the
@@ -188,7 +205,11 @@ func (r *Recent) add(id uuid.UUID, rec crowdpass.KeyRecord) {
 // process's own, which it must not push out; get joins the two. An order
 // this process accepted keeps its own 202, the one it gave.
 func (r *Recent) Decided(out crowdpass.Outcome) {
-	r.unqueue(out.ID)
+	if q, ok := r.unqueue(out.ID); ok && q.took && out.Reason == crowdpass.ReasonLimitExceeded {
+		if f := r.limitExceeded.Load(); f != nil {
+			(*f)(q.category, int(q.quantity))
+		}
+	}
 	r.mu.RLock()
 	_, known := r.decided.Get(out.ID)
 	r.mu.RUnlock()

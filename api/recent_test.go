@@ -59,7 +59,7 @@ func TestUndecidedOrdersAreWrittenBackFirst(t *testing.T) {
 	r := NewRecent(16)
 	accepted := func(customer string) uuid.UUID {
 		id := uuid.New()
-		r.queue(id, uuid.Nil, 1, time.Now())
+		r.queue(id, uuid.Nil, 1, time.Now(), true)
 		r.add(id, crowdpass.KeyRecord{CustomerID: customer, Fingerprint: "fp", Answer: crowdpass.Answer{Status: 202, Body: []byte(customer)}})
 		return id
 	}

@@ -382,6 +382,24 @@ func (g *Redis) SetStock(ctx context.Context, category uuid.UUID, saw int, known
 	return set == 1, nil
 }
 
+// giveBackScript adds tickets back to a category's gate stock, where the
+// stock exists: a stock Redis lost is rebuilt from PostgreSQL, and one
+// started from these tickets alone would be far too low.
+var giveBackScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return 1`)
+
+// GiveBack returns tickets that an admission took and no order will hold
+// to a category's gate stock, if the stock exists; it reports whether it did.
+func (g *Redis) GiveBack(ctx context.Context, category uuid.UUID, tickets int) (bool, error) {
+	n, err := giveBackScript.Run(ctx, g.rdb, []string{g.StockKey(category)}, tickets).Int()
+	if err != nil {
+		return false, fmt.Errorf("giving stock back: %w", err)
+	}
+	return n == 1, nil
+}
+
 // catalogTTL is how long a copy of the catalog is kept after it was last
 // saved.
 const catalogTTL = 7 * 24 * time.Hour
