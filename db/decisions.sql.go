@@ -36,6 +36,31 @@ func (q *Queries) DecisionLocksCheck(ctx context.Context) error {
 	return err
 }
 
+const decisionLocksHeldIdle = `-- name: DecisionLocksHeldIdle :one
+SELECT count(*)::bigint AS sessions
+FROM pg_catalog.pg_locks l
+JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+WHERE l.granted
+  AND l.mode <> 'AccessShareLock'
+  AND l.relation IN ('ticket_categories'::regclass, 'orders'::regclass, 'tickets'::regclass)
+  AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')
+  AND a.state_change < now() - interval '1 second'
+  AND a.pid <> pg_backend_pid()
+`
+
+// DecisionLocksHeldIdle counts the other sessions holding locks a decision
+// waits for (on ticket_categories, orders or tickets; any mode but ACCESS
+// SHARE) while idle in a transaction for over a second: a worker stopped
+// mid-decision (SIGSTOP, a frozen VM), which every decision then waits for
+// until the server ends its session (idle_in_transaction_session_timeout).
+// Sessions of other roles are not seen without pg_read_all_stats.
+func (q *Queries) DecisionLocksHeldIdle(ctx context.Context) (int64, error) {
+	row := q.db.QueryRow(ctx, decisionLocksHeldIdle)
+	var sessions int64
+	err := row.Scan(&sessions)
+	return sessions, err
+}
+
 const decisionRecord = `-- name: DecisionRecord :one
 WITH inserted AS (
     INSERT INTO orders (id, customer_id, idempotency_key, event_id, category_id, quantity, status, reason, created_at, processed_at)

@@ -59,17 +59,26 @@ func (s *Store) DecideOrders(ctx context.Context, reqs []crowdpass.OrderRequest)
 }
 
 // CanDecide reports whether a decision could write now, without waiting for
-// any lock: nil where the database answers and nothing holds its tables
-// against writes (a LOCK TABLE, a migration, an index build). Its error is
-// crowdpass.EUnavailable where the database is unreachable or a table
-// locked, and anything else (missing privileges, say) otherwise.
+// any lock: nil where the database answers, nothing holds its tables
+// against writes (a LOCK TABLE, a migration, an index build), and no
+// session idle in a transaction holds locks a decision waits for (a worker
+// stopped mid-decision). Its error is crowdpass.EUnavailable where the
+// database is unreachable or the tables held, and anything else (missing
+// privileges, say) otherwise.
 func (s *Store) CanDecide(ctx context.Context) error {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := db.New(tx)
 		if err := q.DecisionLocksCheck(ctx); err != nil {
 			return err
 		}
-		return q.DecisionEventsLockCheck(ctx)
+		if err := q.DecisionEventsLockCheck(ctx); err != nil {
+			return err
+		}
+		held, err := q.DecisionLocksHeldIdle(ctx)
+		if err == nil && held > 0 {
+			err = errHeldIdle
+		}
+		return err
 	})
 	// Class 42 (a missing privilege, say) is the check's own problem: a
 	// decision may need less than a table lock.
@@ -81,6 +90,8 @@ func (s *Store) CanDecide(ctx context.Context) error {
 	}
 	return nil
 }
+
+var errHeldIdle = errors.New("a session idle in a transaction holds locks a decision waits for")
 
 // decidedBeforeError lists orders of a batch that turned out to exist.
 type decidedBeforeError struct{ ids []uuid.UUID }

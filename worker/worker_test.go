@@ -309,6 +309,46 @@ func TestAWorkerTakesNoOrderWhileItsTablesAreLocked(t *testing.T) {
 	testkit.CheckInvariants(t, b.db.Pool)
 }
 
+// A worker stopped mid-decision holds its categories' rows, which every
+// decision waits for until the server ends its idle transaction: a worker
+// starting meanwhile takes no order, or each of its restarts would bring
+// the orders it held one delivery nearer the dead-letter queue.
+func TestAWorkerTakesNoOrderWhileAStoppedDecisionHoldsItsRows(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	event := testkit.CreateEvent(t, b.store, 4, 10)
+	tx, err := b.db.Pool.Begin(testkit.Context(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	var pid int
+	if err := tx.QueryRow(testkit.Context(t), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(testkit.Context(t), "SELECT 1 FROM ticket_categories FOR NO KEY UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { // as a stopped worker's session looks
+		var idle bool
+		err := b.db.Pool.QueryRow(testkit.Context(t), "SELECT state = 'idle in transaction' AND state_change < now() - interval '1 second' FROM pg_stat_activity WHERE pid = $1", pid).Scan(&idle)
+		return err == nil && idle
+	}, "the holding session idle in its transaction")
+	reqs := []crowdpass.OrderRequest{testkit.OrderRequest("alice", "k", event, 0, 1), testkit.OrderRequest("bob", "k", event, 0, 1)}
+	b.pub.Orders(reqs...)
+	decider := &checkCounter{Store: b.store}
+	w := b.startOn(t, worker.Config{Batch: 10}, decider)
+	testkit.Eventually(t, 10*time.Second, func() bool { return decider.checks.Load() > 2 }, "the worker checked its database again")
+	if got := b.pub.QueueDepth(b.topo.Orders()); got != len(reqs) {
+		t.Errorf("%d of %d orders ready in the queue while a stopped decision holds the rows; the worker took the others", got, len(reqs))
+	}
+	if err := tx.Rollback(testkit.Context(t)); err != nil {
+		t.Fatal(err)
+	}
+	b.waitDecided(t, len(reqs))
+	testkit.Eventually(t, 10*time.Second, w.Ready, "worker ready once the rows are free")
+}
+
 // A decision held by a stalled database makes the worker read as not
 // ready long before the decision's own timeout.
 func TestAStalledDecisionMakesTheWorkerUnready(t *testing.T) {

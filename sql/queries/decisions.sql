@@ -57,3 +57,20 @@ LOCK TABLE ticket_categories, orders, tickets, outbox IN ROW EXCLUSIVE MODE NOWA
 -- inserts lock for their foreign keys.
 -- name: DecisionEventsLockCheck :exec
 LOCK TABLE events IN ROW SHARE MODE NOWAIT;
+
+-- DecisionLocksHeldIdle counts the other sessions holding locks a decision
+-- waits for (on ticket_categories, orders or tickets; any mode but ACCESS
+-- SHARE) while idle in a transaction for over a second: a worker stopped
+-- mid-decision (SIGSTOP, a frozen VM), which every decision then waits for
+-- until the server ends its session (idle_in_transaction_session_timeout).
+-- Sessions of other roles are not seen without pg_read_all_stats.
+-- name: DecisionLocksHeldIdle :one
+SELECT count(*)::bigint AS sessions
+FROM pg_catalog.pg_locks l
+JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+WHERE l.granted
+  AND l.mode <> 'AccessShareLock'
+  AND l.relation IN ('ticket_categories'::regclass, 'orders'::regclass, 'tickets'::regclass)
+  AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')
+  AND a.state_change < now() - interval '1 second'
+  AND a.pid <> pg_backend_pid();
