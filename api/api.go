@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"sync"
@@ -134,7 +135,10 @@ type Server struct {
 	catalog  catalog
 	// catalogSaved is when the catalog was last copied to Redis (Run's own).
 	catalogSaved time.Time
-	edge         edgeStock
+	// catalogRead is when the catalog was last read from PostgreSQL (Unix
+	// ns; 0: never).
+	catalogRead atomic.Int64
+	edge        edgeStock
 	// missLookups paces the PostgreSQL reads of events the catalog missed
 	// (findEvent).
 	missLookups *rate.Limiter
@@ -191,6 +195,12 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 		givebacks:   make(chan givenBack, 1024),
 	}
 	s.cfg.Recent.onLimitExceeded(s.giveBack)
+	s.metrics.registerCatalogAge(cfg.Registry, func() float64 {
+		if s.catalogRead.Load() == 0 {
+			return -1
+		}
+		return s.catalogAge().Seconds()
+	})
 	s.keys.waiting = s.metrics.waiting
 	s.router = s.routes()
 	return s
@@ -555,6 +565,7 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 		return
 	}
 	s.catalog.replace(events)
+	s.catalogRead.Store(s.cfg.Now().UnixNano())
 	if now := s.cfg.Now(); now.Sub(s.catalogSaved) >= catalogSaveInterval {
 		data, err := json.Marshal(events)
 		if err == nil {
@@ -566,6 +577,16 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 		}
 		s.catalogSaved = now
 	}
+}
+
+// catalogAge is how long ago the catalog was last read from PostgreSQL
+// (a very long time if never).
+func (s *Server) catalogAge() time.Duration {
+	read := s.catalogRead.Load()
+	if read == 0 {
+		return time.Duration(math.MaxInt64)
+	}
+	return s.cfg.Now().Sub(time.Unix(0, read))
 }
 
 // loadSavedCatalog loads the catalog's copy in Redis, if there is one.
@@ -610,6 +631,11 @@ func (s *Server) reconcile(ctx context.Context) {
 	// started from now on, may be in a stock read below and in neither the
 	// queue's depth nor remaining.
 	started, idle := s.admissions.Load(), s.inFlight.Load() == 0 && time.Now().UnixNano() > s.unconfirmedUntil.Load()
+	// A drift is corrected only against a remaining just read: with
+	// PostgreSQL down, the catalog's cannot fall, and resetting the gate to
+	// it would undo every admission since (other processes' too), over and
+	// over.
+	fresh := s.catalogAge() <= 2*s.cfg.ReconcileInterval
 	var drained, checked bool
 	for _, c := range s.catalog.categories() {
 		n, known, err := s.gate.Stock(ctx, c.ID)
@@ -620,7 +646,7 @@ func (s *Server) reconcile(ctx context.Context) {
 			s.restock(ctx, c)
 			continue
 		}
-		if n == c.Remaining {
+		if n == c.Remaining || !fresh {
 			continue
 		}
 		if !checked {

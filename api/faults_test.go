@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -909,5 +910,33 @@ func TestTicketsOfAnOrderOverTheLimitGoBackToTheGate(t *testing.T) {
 	}
 	if n, _, err := h.gate.Stock(testkit.Context(t), cat.ID); err != nil || n != 0 {
 		t.Errorf("gate stock after bob: %d, %v; want 0 (nothing given back for the sold_out)", n, err)
+	}
+}
+
+// With PostgreSQL stalled the catalog's remaining cannot fall: a drift
+// correction against it would undo every admission since (another
+// process's, whose orders workers hold), over and over.
+func TestNoDriftIsCorrectedAgainstACatalogThatCannotBeRead(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(4, 10)
+	cat := event.Categories[0]
+	catalogAge := func() float64 {
+		age, err := strconv.ParseFloat(h.metric("crowdpass_catalog_age_seconds"), 64)
+		if err != nil {
+			return -1
+		}
+		return age
+	}
+	h.lock("ticket_categories")
+	// The refresh now waits for the lock, and no reconcile runs meanwhile.
+	testkit.Eventually(t, 10*time.Second, func() bool { return catalogAge() > 0.5 }, "the catalog's refresh held")
+	if set, err := h.gate.SetStock(testkit.Context(t), cat.ID, 10, true, 5); err != nil || !set {
+		t.Fatalf("setting the gate's stock as other admissions would: %v, %v", set, err)
+	}
+	// The refresh gives up after 3s, then the gate is reconciled.
+	testkit.Eventually(t, 20*time.Second, func() bool { return catalogAge() > 3.5 }, "a catalog refresh failed")
+	if n, _, err := h.gate.Stock(testkit.Context(t), cat.ID); err != nil || n != 5 {
+		t.Errorf("gate stock %d, %v after a reconcile against a catalog that could not be read; want 5", n, err)
 	}
 }

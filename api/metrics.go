@@ -20,6 +20,14 @@ type metrics struct {
 	restored    prometheus.Counter
 }
 
+// registerCatalogAge adds the catalog's age, read at each scrape.
+func (m *metrics) registerCatalogAge(reg prometheus.Registerer, age func() float64) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "crowdpass_catalog_age_seconds",
+		Help: "Time since the event catalog was last read from PostgreSQL (-1: never; the copy from Redis, if any, serves meanwhile).",
+	}, age))
+}
+
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
