@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
@@ -179,11 +180,37 @@ func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, 
 		s.catalog.miss(id)
 		return crowdpass.Event{}, errNoEvent(id)
 	case err != nil:
+		if e, ok := s.savedEvent(ctx, id); ok {
+			s.catalog.add(e)
+			return e, nil
+		}
 		s.log.Debug("event lookup failed", "event_id", id, "err", err)
 		return crowdpass.Event{}, errEventUnknown
 	}
 	s.catalog.add(e)
 	return e, nil
+}
+
+// savedEvent finds an event in the catalog's copy in Redis (refreshCatalog),
+// for a lookup PostgreSQL did not answer: an event created by another
+// process shortly before the database went down is then known here too.
+func (s *Server) savedEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
+	defer cancel()
+	data, err := s.gate.LoadCatalog(ctx)
+	if err != nil {
+		return crowdpass.Event{}, false
+	}
+	var events []crowdpass.Event
+	if json.Unmarshal(data, &events) != nil {
+		return crowdpass.Event{}, false
+	}
+	for _, e := range events {
+		if e.ID == id {
+			return e, true
+		}
+	}
+	return crowdpass.Event{}, false
 }
 
 func errNoEvent(id uuid.UUID) error {
