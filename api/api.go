@@ -591,17 +591,25 @@ func (s *Server) catalogAge() time.Duration {
 
 // loadSavedCatalog loads the catalog's copy in Redis, if there is one.
 func (s *Server) loadSavedCatalog(ctx context.Context) bool {
+	events, ok := s.savedCatalog(ctx)
+	if ok {
+		s.catalog.replace(events)
+	}
+	return ok
+}
+
+// savedCatalog reads the catalog's copy in Redis, if there is one.
+func (s *Server) savedCatalog(ctx context.Context) ([]crowdpass.Event, bool) {
 	data, err := s.gate.LoadCatalog(ctx)
 	if err != nil {
-		return false
+		return nil, false
 	}
 	var events []crowdpass.Event
 	if err := json.Unmarshal(data, &events); err != nil {
 		s.log.Warn("the catalog's copy in Redis is unreadable", "err", err)
-		return false
+		return nil, false
 	}
-	s.catalog.replace(events)
-	return true
+	return events, true
 }
 
 // heldWindow is how long after it was queued an order counts as one a

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
@@ -197,14 +196,7 @@ func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, 
 func (s *Server) savedEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
 	defer cancel()
-	data, err := s.gate.LoadCatalog(ctx)
-	if err != nil {
-		return crowdpass.Event{}, false
-	}
-	var events []crowdpass.Event
-	if json.Unmarshal(data, &events) != nil {
-		return crowdpass.Event{}, false
-	}
+	events, _ := s.savedCatalog(ctx)
 	for _, e := range events {
 		if e.ID == id {
 			return e, true
