@@ -48,9 +48,9 @@ type Gate interface {
 	Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (stored int, err error)
 	// GiveBack returns tickets to a category's stock where it exists.
 	GiveBack(ctx context.Context, category uuid.UUID, tickets int) (bool, error)
-	// SaveCatalog stores a copy of the catalog; LoadCatalog returns it
-	// (crowdpass.ErrNotFound if none).
-	SaveCatalog(ctx context.Context, data []byte) error
+	// SaveCatalog stores a copy of the catalog (where there is none, if
+	// !replace); LoadCatalog returns it (crowdpass.ErrNotFound if none).
+	SaveCatalog(ctx context.Context, data []byte, replace bool) error
 	LoadCatalog(ctx context.Context) ([]byte, error)
 }
 
@@ -557,6 +557,12 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 		switch {
 		case s.catalog.isLoaded():
 			s.log.Debug("catalog refresh failed; serving the last copy", "err", err)
+			// Redis may have lost the copy too (a flush during the
+			// outage): this one is put back, where none is, for a process
+			// that starts meanwhile.
+			if s.cfg.Now().Sub(s.catalogSaved) >= catalogSaveInterval {
+				s.saveCatalog(redisCtx, s.catalog.all(), false)
+			}
 		case s.loadSavedCatalog(redisCtx):
 			s.log.Warn("catalog loaded from its copy in Redis: PostgreSQL cannot be read", "err", err)
 		default:
@@ -566,17 +572,24 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 	}
 	s.catalog.replace(events)
 	s.catalogRead.Store(s.cfg.Now().UnixNano())
-	if now := s.cfg.Now(); now.Sub(s.catalogSaved) >= catalogSaveInterval {
-		data, err := json.Marshal(events)
-		if err == nil {
-			err = s.gate.SaveCatalog(redisCtx, data)
-		}
-		if err != nil {
-			s.log.Debug("catalog not copied to Redis", "err", err)
-			return
-		}
-		s.catalogSaved = now
+	s.saveCatalog(redisCtx, events, true)
+}
+
+// saveCatalog copies events to Redis, at most every catalogSaveInterval.
+func (s *Server) saveCatalog(ctx context.Context, events []crowdpass.Event, replace bool) {
+	now := s.cfg.Now()
+	if now.Sub(s.catalogSaved) < catalogSaveInterval {
+		return
 	}
+	data, err := json.Marshal(events)
+	if err == nil {
+		err = s.gate.SaveCatalog(ctx, data, replace)
+	}
+	if err != nil {
+		s.log.Debug("catalog not copied to Redis", "err", err)
+		return
+	}
+	s.catalogSaved = now
 }
 
 // catalogAge is how long ago the catalog was last read from PostgreSQL

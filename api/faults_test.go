@@ -949,3 +949,23 @@ func TestNoDriftIsCorrectedAgainstACatalogThatCannotBeRead(t *testing.T) {
 		t.Errorf("gate stock %d, %v after a reconcile against a catalog that could not be read; want 5", n, err)
 	}
 }
+
+// A copy of the catalog that Redis lost while PostgreSQL cannot be read is
+// put back from a running process's memory, for a process that starts then.
+func TestTheCatalogsCopyLostDuringAnOutageIsPutBack(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(4, 10)
+	h.lock("events")
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		age, err := strconv.ParseFloat(h.metric("crowdpass_catalog_age_seconds"), 64)
+		return err == nil && age > 3.5
+	}, "a catalog refresh failed")
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		data, err := h.gate.LoadCatalog(testkit.Context(t))
+		return err == nil && bytes.Contains(data, []byte(event.ID.String()))
+	}, "the catalog's copy back in Redis")
+}

@@ -405,9 +405,17 @@ func (g *Redis) GiveBack(ctx context.Context, category uuid.UUID, tickets int) (
 const catalogTTL = 7 * 24 * time.Hour
 
 // SaveCatalog stores a copy of the event catalog (JSON), for an API process
-// that starts while PostgreSQL cannot be read.
-func (g *Redis) SaveCatalog(ctx context.Context, data []byte) error {
-	if err := g.rdb.Set(ctx, g.cfg.Namespace+"catalog", data, catalogTTL).Err(); err != nil {
+// that starts while PostgreSQL cannot be read; only where there is none if
+// !replace.
+func (g *Redis) SaveCatalog(ctx context.Context, data []byte, replace bool) error {
+	key := g.cfg.Namespace + "catalog"
+	var err error
+	if replace {
+		err = g.rdb.Set(ctx, key, data, catalogTTL).Err()
+	} else {
+		err = g.rdb.SetNX(ctx, key, data, catalogTTL).Err()
+	}
+	if err != nil {
 		return fmt.Errorf("saving the catalog: %w", err)
 	}
 	return nil
