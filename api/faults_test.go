@@ -930,21 +930,14 @@ func TestNoDriftIsCorrectedAgainstACatalogThatCannotBeRead(t *testing.T) {
 	h := setup(t, options{})
 	event := h.event(4, 10)
 	cat := event.Categories[0]
-	catalogAge := func() float64 {
-		age, err := strconv.ParseFloat(h.metric("crowdpass_catalog_age_seconds"), 64)
-		if err != nil {
-			return -1
-		}
-		return age
-	}
 	h.lock("ticket_categories")
 	// The refresh now waits for the lock, and no reconcile runs meanwhile.
-	testkit.Eventually(t, 10*time.Second, func() bool { return catalogAge() > 0.5 }, "the catalog's refresh held")
+	testkit.Eventually(t, 10*time.Second, func() bool { return h.catalogAge() > 0.5 }, "the catalog's refresh held")
 	if set, err := h.gate.SetStock(testkit.Context(t), cat.ID, 10, true, 5); err != nil || !set {
 		t.Fatalf("setting the gate's stock as other admissions would: %v, %v", set, err)
 	}
 	// The refresh gives up after 3s, then the gate is reconciled.
-	testkit.Eventually(t, 20*time.Second, func() bool { return catalogAge() > 3.5 }, "a catalog refresh failed")
+	testkit.Eventually(t, 20*time.Second, func() bool { return h.catalogAge() > 3.5 }, "a catalog refresh failed")
 	if n, _, err := h.gate.Stock(testkit.Context(t), cat.ID); err != nil || n != 5 {
 		t.Errorf("gate stock %d, %v after a reconcile against a catalog that could not be read; want 5", n, err)
 	}
@@ -957,10 +950,7 @@ func TestTheCatalogsCopyLostDuringAnOutageIsPutBack(t *testing.T) {
 	h := setup(t, options{})
 	event := h.event(4, 10)
 	h.lock("events")
-	testkit.Eventually(t, 20*time.Second, func() bool {
-		age, err := strconv.ParseFloat(h.metric("crowdpass_catalog_age_seconds"), 64)
-		return err == nil && age > 3.5
-	}, "a catalog refresh failed")
+	testkit.Eventually(t, 20*time.Second, func() bool { return h.catalogAge() > 3.5 }, "a catalog refresh failed")
 	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
 		t.Fatal(err)
 	}
@@ -968,4 +958,14 @@ func TestTheCatalogsCopyLostDuringAnOutageIsPutBack(t *testing.T) {
 		data, err := h.gate.LoadCatalog(testkit.Context(t))
 		return err == nil && bytes.Contains(data, []byte(event.ID.String()))
 	}, "the catalog's copy back in Redis")
+}
+
+// catalogAge is the API's crowdpass_catalog_age_seconds (-1: never read, or
+// unreadable).
+func (h *harness) catalogAge() float64 {
+	age, err := strconv.ParseFloat(h.metric("crowdpass_catalog_age_seconds"), 64)
+	if err != nil {
+		return -1
+	}
+	return age
 }
