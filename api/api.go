@@ -560,7 +560,7 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 			// Redis may have lost the copy too (a flush during the
 			// outage): this one is put back, where none is, for a process
 			// that starts meanwhile.
-			if s.cfg.Now().Sub(s.catalogSaved) >= catalogSaveInterval {
+			if s.catalogSaveDue() {
 				s.saveCatalog(redisCtx, s.catalog.all(), false)
 			}
 		case s.loadSavedCatalog(redisCtx):
@@ -572,15 +572,20 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 	}
 	s.catalog.replace(events)
 	s.catalogRead.Store(s.cfg.Now().UnixNano())
-	s.saveCatalog(redisCtx, events, true)
+	if s.catalogSaveDue() {
+		s.saveCatalog(redisCtx, events, true)
+	}
 }
 
-// saveCatalog copies events to Redis, at most every catalogSaveInterval.
+// catalogSaveDue reports whether catalogSaveInterval has passed since the
+// catalog was last copied to Redis.
+func (s *Server) catalogSaveDue() bool {
+	return s.cfg.Now().Sub(s.catalogSaved) >= catalogSaveInterval
+}
+
+// saveCatalog copies events to Redis.
 func (s *Server) saveCatalog(ctx context.Context, events []crowdpass.Event, replace bool) {
 	now := s.cfg.Now()
-	if now.Sub(s.catalogSaved) < catalogSaveInterval {
-		return
-	}
 	data, err := json.Marshal(events)
 	if err == nil {
 		err = s.gate.SaveCatalog(ctx, data, replace)

@@ -145,12 +145,12 @@ func EnsureDatabase(ctx context.Context, url string) error {
 // IdleInTransactionTimeout is how long the server lets a session of ours
 // sit idle inside a transaction before it ends it, where nothing else sets
 // idle_in_transaction_session_timeout (the server, the role, the database
-// or the URL). A process that stops
-// mid-transaction (SIGSTOP, a frozen VM) would otherwise hold its locks
-// for as long as it is stopped: a worker holds its categories' rows from
-// its stock read to its write, so every other worker would wait for them;
-// a relay holds the outbox rows it claimed while it publishes them (at most
-// its publish timeout, 10s), which the other relays skip.
+// or the URL). A process that stops mid-transaction (SIGSTOP, a frozen VM)
+// would otherwise hold its locks for as long as it is stopped: a worker
+// holds its categories' rows from its stock read to its write, so every
+// other worker would wait for them; a relay holds the outbox rows it
+// claimed while it publishes them (at most its publish timeout, 10s),
+// which the other relays skip.
 const IdleInTransactionTimeout = "30s"
 
 // NewPool returns a pool without connecting: connections are made as they
