@@ -528,6 +528,28 @@ func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
 	}
 }
 
+// A retry of a key whose process died mid-request is taken over as soon as
+// that process's live mark has expired, not when the key's in-flight time
+// (an hour here) ends: the buyer gets the 202 of the one order within a
+// moment of the crash.
+func TestARetryAfterTheAPIDiedIsNotKeptInProgress(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 1, inFlightTTL: time.Hour})
+	event := h.event(4, 1)
+	adm := h.acceptedByDead(event, "alice", "k")
+	r := h.orderOnceOutOfFlight("alice", "k", orderJSON(event, 0, 1))
+	if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() {
+		t.Fatalf("retry after the API died: %d %s, want 202 for order %s", r.status, r.body, adm.OrderID)
+	}
+	if at := r.problem(t)["accepted_at"]; at != adm.AcceptedAt.String() {
+		t.Errorf("retry's 202 accepted at %v, want the dead attempt's %s", at, adm.AcceptedAt)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
+	if n := h.countOrders("customer_id = 'alice' AND status = 'confirmed'"); n != 1 {
+		t.Errorf("%d confirmed orders for one key, want 1", n)
+	}
+}
+
 // A key refused at the edge keeps its answer after Redis lost it: replayed,
 // never decided anew, although the gate, rebuilt from remaining while the
 // sold ticket's order still waits in the queue, would admit it now.

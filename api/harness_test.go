@@ -54,6 +54,8 @@ type options struct {
 	gateTimeout time.Duration
 	// missTimeout bounds a catalog miss's read (default 10s).
 	missTimeout time.Duration
+	// inFlightTTL is the gate's InFlightTTL (default 3s).
+	inFlightTTL time.Duration
 }
 
 type harness struct {
@@ -62,6 +64,7 @@ type harness struct {
 	store      *postgres.Store
 	topo       broker.Topology
 	gate       *gate.Redis
+	deadGate   *gate.Redis
 	publisher  *broker.Publisher
 	server     *api.Server
 	url        string
@@ -101,8 +104,11 @@ func setup(t testing.TB, opts options) *harness {
 	redisOpts.ReadTimeout, redisOpts.WriteTimeout = 500*time.Millisecond, 500*time.Millisecond
 	rdb := redis.NewClient(redisOpts)
 	t.Cleanup(func() { rdb.Close() })
-	h.gate = gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: 3 * time.Second})
+	h.gate = gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: cmp.Or(opts.inFlightTTL, 3*time.Second)})
 	t.Cleanup(h.gate.Close)
+	// Another process's gate, whose live mark lasts 100 ms (acceptedByDead).
+	h.deadGate = gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: time.Hour, LiveTTL: 100 * time.Millisecond})
+	t.Cleanup(h.deadGate.Close)
 
 	h.publisher = broker.NewPublisher(broker.PublisherConfig{
 		URL: amqpURL, Name: "api-test", Declare: h.topo.Declare, Logger: log,
@@ -214,10 +220,23 @@ func (h *harness) orders(n int, customer, key string, body []byte) []reply {
 // stores no answer here. The admission is returned.
 func (h *harness) acceptedElsewhere(event crowdpass.Event, customer, key string) crowdpass.Admission {
 	h.t.Helper()
+	return h.acceptedBy(h.gate, "elsewhere", event, customer, key)
+}
+
+// acceptedByDead is acceptedElsewhere by a process that then died: its
+// live mark expires 100 ms after the admission, and its key stays in flight
+// for an hour.
+func (h *harness) acceptedByDead(event crowdpass.Event, customer, key string) crowdpass.Admission {
+	h.t.Helper()
+	return h.acceptedBy(h.deadGate, "dead.1", event, customer, key)
+}
+
+func (h *harness) acceptedBy(g *gate.Redis, owner string, event crowdpass.Event, customer, key string) crowdpass.Admission {
+	h.t.Helper()
 	t, cat := h.t, event.Categories[0]
 	adm := admissionElsewhere(event, customer, key)
 	adm.AcceptedAt = crowdpass.NewTime(time.Now().Add(-time.Minute))
-	if r, err := h.gate.Admit(testkit.Context(t), adm, "elsewhere"); err != nil || r.Verdict != crowdpass.Admitted {
+	if r, err := g.Admit(testkit.Context(t), adm, owner); err != nil || r.Verdict != crowdpass.Admitted {
 		t.Fatalf("admission %+v, %v", r, err)
 	}
 	queue := broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}

@@ -194,7 +194,9 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	if gated {
-		owner = newOwner()
+		// Named after this process, whose live mark tells a retry elsewhere
+		// whether the attempt can still be publishing (gate.Admit).
+		owner = s.process + "." + newOwner()
 		// The admission runs to its end even if the client goes away: its
 		// script may already be queued, and a half-known outcome would leave
 		// the key in flight with its stock taken.

@@ -5,7 +5,9 @@
 --       in-flight record after its deadline up to its body, this attempt's
 --       acceptance time (unix microseconds; the in-flight record's body),
 --       the category's remaining as the catalog last read it ('' unknown,
---       '?' to answer 'nostock' where the gate lost the stock).
+--       '?' to answer 'nostock' where the gate lost the stock), the prefix
+--       of the processes' live marks, this attempt's process ('' none),
+--       the live mark's TTL in ms.
 -- An in-flight record's owner ends in '@' and the time (Redis's, in ms) after
 -- which its attempt cannot be publishing any more. It is kept as long as an
 -- answer: if the attempt's process died before answering, its order may be
@@ -14,6 +16,13 @@
 -- says now, so that a key whose order exists is never answered sold_out.
 -- The retry keeps the dead attempt's acceptance time, with which its order
 -- may be queued already: the order and every answer read the same time.
+-- An owner '<process>.<attempt>' names its process, whose live mark this
+-- script and the process's canary keep fresh: a mark whose process has
+-- none any more (it died) is taken over at once, not at its deadline. A
+-- live process wrongly taken for dead only has its order queued twice,
+-- which the workers decide once, and both attempts answer the same 202.
+-- Live marks are not among KEYS: like the record and the stock, which
+-- share no hash slot, they need one Redis, not a cluster.
 -- Redis's clock in ms, read only by the paths that need it.
 local function now()
   local t = redis.call('TIME')
@@ -22,14 +31,24 @@ end
 local function mark(at)
   local deadline = string.format('%.0f', now() + tonumber(ARGV[4]))
   redis.call('SET', KEYS[1], ARGV[6] .. deadline .. ARGV[8] .. at, 'PX', ARGV[7])
+  if ARGV[12] ~= '' then
+    redis.call('SET', ARGV[11] .. ARGV[12], '1', 'PX', ARGV[13])
+  end
+end
+-- Whether the attempt that owns an in-flight mark may still be publishing.
+local function inflight(owner)
+  local deadline = tonumber(string.match(owner, '@(%d+)$') or '')
+  if deadline == nil then return true end
+  if now() >= deadline then return false end
+  local process = string.match(owner, '^([^.@]+)%.')
+  return process == nil or redis.call('EXISTS', ARGV[11] .. process) == 1
 end
 local rec = redis.call('GET', KEYS[1])
 if rec then
   local status, fp, owner = string.match(rec, '^(%d+)\n([^\n]*)\n([^\n]*)\n')
   if fp ~= ARGV[1] then return {'mismatch'} end
   if status ~= '0' then return {'replay', rec} end
-  local deadline = tonumber(string.match(owner, '@(%d+)$') or '')
-  if deadline == nil or now() < deadline then return {'inflight'} end
+  if inflight(owner) then return {'inflight'} end
   local n, rest = string.match(rec, '^[^\n]*\n[^\n]*\n[^\n]*\n(%d+)\n(.*)$')
   local at = ''
   if n then at = string.sub(rest, tonumber(n) + 1) end

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -34,6 +35,12 @@ type Config struct {
 	// After it a retry takes the key over and queues the order again (see
 	// admit.lua); the mark itself is kept for AnswerTTL.
 	InFlightTTL time.Duration
+	// LiveTTL is how long a process's live mark outlives its last renewal
+	// (an admission, or the canary's check): once it is gone, the process
+	// is taken for dead and its keys in flight are taken over at once,
+	// without waiting for InFlightTTL. It must be well above the canary's
+	// interval.
+	LiveTTL time.Duration
 }
 
 // Redis is the gate on a Redis server.
@@ -51,6 +58,9 @@ func New(rdb redis.UniversalClient, cfg Config) *Redis {
 	if cfg.InFlightTTL <= 0 {
 		cfg.InFlightTTL = 10 * time.Second
 	}
+	if cfg.LiveTTL <= 0 {
+		cfg.LiveTTL = 3 * time.Second
+	}
 	return &Redis{rdb: rdb, cfg: cfg, pipe: newPipeliner(rdb)}
 }
 
@@ -63,6 +73,10 @@ func (g *Redis) Close() { g.pipe.close() }
 func (g *Redis) keyKey(order uuid.UUID) string {
 	return g.cfg.Namespace + "idem:v2:" + order.String()
 }
+
+// livePrefix starts the Redis key of a process's live mark; the process's
+// name follows.
+func (g *Redis) livePrefix() string { return g.cfg.Namespace + "gate:live:" }
 
 // StockKey is the Redis key of a category's gate stock.
 func (g *Redis) StockKey(category uuid.UUID) string {
@@ -91,13 +105,20 @@ return 1`)
 
 // Admit looks the key up and, if it is new, checks the window and takes the
 // stock, all in one atomic step. owner identifies this attempt, so that
-// Abort never undoes another attempt's mark.
+// Abort never undoes another attempt's mark; an owner "<process>.<attempt>"
+// also names its process (a name without '.', '@' or newline), whose keys
+// in flight are taken over as soon as its live mark is gone (Lost keeps it).
 func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error) {
 	soldOut := record{status: a.SoldOut.Status, fp: a.Fingerprint, customer: a.CustomerID, body: a.SoldOut.Body}
 	head, tail := record{fp: a.Fingerprint, owner: owner + "@", customer: a.CustomerID}.split()
+	process, _, named := strings.Cut(owner, ".")
+	if !named {
+		process = ""
+	}
 	val, err := g.pipe.do(ctx, admitScript, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
 		a.Fingerprint, a.Quantity, string(a.Window), g.cfg.InFlightTTL.Milliseconds(),
-		soldOut.encode(), head, g.cfg.AnswerTTL.Milliseconds(), tail, acceptedAt(a.AcceptedAt), remaining(a))
+		soldOut.encode(), head, g.cfg.AnswerTTL.Milliseconds(), tail, acceptedAt(a.AcceptedAt), remaining(a),
+		g.livePrefix(), process, g.cfg.LiveTTL.Milliseconds())
 	if err != nil {
 		return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: %w", err)
 	}
@@ -274,8 +295,13 @@ const canaryTTL = time.Minute
 // Lost reports whether Redis lost this process's canary, a key it sets and
 // checks again and again (Redis was flushed, or restarted without its data,
 // or the process had not checked for canaryTTL), and sets it again. The
-// first call of a process reports it lost: there was none.
+// first call of a process reports it lost: there was none. It also renews
+// the process's live mark (see Admit), which lasts only LiveTTL: the
+// canary, read for a loss, must not expire while a process is merely slow.
 func (g *Redis) Lost(ctx context.Context, process string) (bool, error) {
+	if _, err := g.pipe.doCmd(ctx, "set", g.livePrefix()+process, "1", "px", g.cfg.LiveTTL.Milliseconds()); err != nil {
+		return false, fmt.Errorf("renewing the live mark: %w", err)
+	}
 	_, err := g.pipe.doCmd(ctx, "set", g.cfg.Namespace+"gate:canary:"+process, "1", "get", "px", canaryTTL.Milliseconds())
 	if errors.Is(err, redis.Nil) {
 		return true, nil

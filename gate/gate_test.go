@@ -329,6 +329,74 @@ func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 	}
 }
 
+// A key in flight stays in progress while its attempt's process lives (its
+// live mark, which its admissions and canary checks renew), and is taken
+// over as soon as that mark is gone, long before InFlightTTL: the process
+// died, and its attempt cannot be publishing any more.
+func TestAKeyInFlightOfAProcessThatDiedIsTakenOverAtOnce(t *testing.T) {
+	t.Parallel()
+	opts, err := redis.ParseURL(testkit.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	ns := testkit.Namespace(t)
+	gateLiving := func(live time.Duration) *gate.Redis {
+		g := gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: time.Hour, LiveTTL: live})
+		t.Cleanup(g.Close)
+		return g
+	}
+	long, short := gateLiving(time.Hour), gateLiving(200*time.Millisecond)
+	ctx, cat := withStock(t, long, 3)
+	admit := func(g *gate.Redis, customer, owner string) crowdpass.Admission {
+		t.Helper()
+		a := admission(customer, "k", cat, 1)
+		if r, err := g.Admit(ctx, a, owner); err != nil || r.Verdict != crowdpass.Admitted || r.Taken != 1 {
+			t.Fatalf("%s's admission by %s: %+v, %v", customer, owner, r, err)
+		}
+		return a
+	}
+	retry := func(a crowdpass.Admission) crowdpass.AdmissionResult {
+		t.Helper()
+		a.AcceptedAt = crowdpass.NewTime(a.AcceptedAt.Add(time.Minute)) // the retry's own time
+		r, err := long.Refuse(ctx, a, "retrier.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+
+	living := admit(long, "alice", "p1.a")
+	if r := retry(living); r.Verdict != crowdpass.InProgress {
+		t.Errorf("retry of a living process's key: %+v, want in progress", r)
+	}
+
+	// p2's mark lasts 200 ms after its admission, and nothing renews it.
+	dead := admit(short, "bob", "p2.a")
+	var took crowdpass.AdmissionResult
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		took = retry(dead)
+		return took.Verdict != crowdpass.InProgress
+	}, "the dead process's key taken over")
+	if took.Verdict != crowdpass.Admitted || took.Taken != 0 || !took.TookOver || !took.AcceptedAt.Equal(dead.AcceptedAt.Time) {
+		t.Errorf("retry of a dead process's key: %+v, want admitted without stock, accepted at %v", took, dead.AcceptedAt)
+	}
+
+	// p3's mark is gone too, but its canary check renews it.
+	renewed := admit(short, "carol", "p3.a")
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		n, err := rdb.Exists(ctx, ns+"gate:live:p3").Result()
+		return err == nil && n == 0
+	}, "p3's live mark expired")
+	if _, err := long.Lost(ctx, "p3"); err != nil {
+		t.Fatal(err)
+	}
+	if r := retry(renewed); r.Verdict != crowdpass.InProgress {
+		t.Errorf("retry of a key whose process checked its canary: %+v, want in progress", r)
+	}
+}
+
 // Remember writes the 202 a process gave a key back where Redis lost it:
 // over no record, an in-flight mark or a sold_out of the same payload, and
 // never over a stored 202 or another payload's record.

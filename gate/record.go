@@ -12,10 +12,10 @@ import (
 //
 //	<status>\n<fingerprint>\n<owner>\n<len(customer)>\n<customer><body>
 //
-// status 0 is a key in flight, with owner the attempt that holds it followed
-// by '@' and the time (Redis's, in ms) after which that attempt cannot be
-// publishing any more; any other status is the stored answer, body its
-// bytes. The scripts read the first three lines; the customer may hold any
+// status 0 is a key in flight, with owner the attempt that holds it (and
+// its process, see Admit) followed by '@' and the time (Redis's, in ms)
+// after which that attempt cannot be publishing any more; any other status
+// is the stored answer, body its bytes. The scripts read the first three lines; the customer may hold any
 // byte but NUL.
 type record struct {
 	status   int
