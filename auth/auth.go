@@ -3,12 +3,14 @@
 package auth
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -83,7 +85,7 @@ func (a *Authority) Verify(token string) (Principal, error) {
 // verifyGeneral is Verify through golang-jwt's parser.
 func (a *Authority) verifyGeneral(token string) (Principal, error) {
 	var c claims
-	_, err := jwt.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return a.secret, nil },
+	parsed, err := jwt.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return a.secret, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
 		jwt.WithTimeFunc(a.now), // no leeway: a token past its exp is expired (contract)
@@ -91,15 +93,36 @@ func (a *Authority) verifyGeneral(token string) (Principal, error) {
 	if err != nil {
 		return Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "%s", reason(err))
 	}
+	// RFC 7515: a header's crit names extensions the verifier must
+	// understand, and this one understands none.
+	if _, ok := parsed.Header["crit"]; ok {
+		return Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "the token names critical extensions this server does not know")
+	}
+	// JSON is UTF-8; the parser would read invalid bytes in sub as U+FFFD,
+	// and two subjects as one customer.
+	if !utf8Claims(token) {
+		return Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "the token is malformed")
+	}
 	if err := validCustomer(c.Subject); err != nil {
 		return Principal{}, crowdpass.Errorf(crowdpass.EUnauthorized, "the token's subject %s", err)
 	}
 	return Principal{Customer: c.Subject, Admin: c.Admin}, nil
 }
 
+// utf8Claims reports whether a parsed token's claims segment is UTF-8.
+func utf8Claims(token string) bool {
+	_, rest, _ := strings.Cut(token, ".")
+	payload, _, _ := strings.Cut(rest, ".")
+	raw, err := base64.RawURLEncoding.DecodeString(payload)
+	return err == nil && utf8.Valid(raw)
+}
+
 func validCustomer(customer string) error {
 	if customer == "" || len(customer) > crowdpass.MaxCustomerIDLen {
 		return fmt.Errorf("must be 1 to %d bytes", crowdpass.MaxCustomerIDLen)
+	}
+	if !utf8.ValidString(customer) {
+		return fmt.Errorf("must be UTF-8")
 	}
 	// PostgreSQL text cannot hold a NUL: such an order could never be decided.
 	if strings.IndexByte(customer, 0) >= 0 {
@@ -126,8 +149,16 @@ func reason(err error) string {
 
 // BearerToken reads a request's bearer token from its Authorization header
 // or, where allowQuery (browsers opening a WebSocket), its access_token
-// query parameter.
+// query parameter. A token sent twice, whether in one place or in both
+// differently, is refused: which one speaks would be a guess.
 func BearerToken(r *http.Request, allowQuery bool) (string, error) {
+	var query []string
+	if allowQuery {
+		query = r.URL.Query()["access_token"]
+		if len(query) > 1 {
+			return "", crowdpass.Errorf(crowdpass.EUnauthorized, "the access_token parameter was sent more than once")
+		}
+	}
 	h := r.Header.Values("Authorization")
 	switch {
 	case len(h) == 1:
@@ -135,11 +166,15 @@ func BearerToken(r *http.Request, allowQuery bool) (string, error) {
 		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 			return "", crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header must be a Bearer token")
 		}
-		return strings.TrimSpace(tok), nil
+		tok = strings.TrimSpace(tok)
+		if len(query) == 1 && query[0] != tok {
+			return "", crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header and access_token name different tokens")
+		}
+		return tok, nil
 	case len(h) > 1:
 		return "", crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header was sent more than once")
-	case allowQuery && r.URL.Query().Get("access_token") != "":
-		return r.URL.Query().Get("access_token"), nil
+	case len(query) == 1 && query[0] != "":
+		return query[0], nil
 	default:
 		return "", crowdpass.Errorf(crowdpass.EUnauthorized, "a bearer token is required")
 	}

@@ -126,7 +126,8 @@ func (h *headerCache) known(seg string) bool {
 		return false
 	}
 	alg, _ := m["alg"].(string)
-	ok = alg == "HS256"
+	_, crit := m["crit"]
+	ok = alg == "HS256" && !crit
 	if ok {
 		h.mu.Lock()
 		if h.ok == nil {
