@@ -96,6 +96,12 @@ func (c *catalog) event(id uuid.UUID) (crowdpass.Event, bool) {
 	return *e, true
 }
 
+// maxPerCustomer is the event's max_per_customer, if the catalog holds it.
+func (c *catalog) maxPerCustomer(id uuid.UUID) (int, bool) {
+	e, ok := c.event(id)
+	return e.MaxPerCustomer, ok
+}
+
 // wasMissed reports whether PostgreSQL did not know id since the last refresh.
 func (c *catalog) wasMissed(id uuid.UUID) bool {
 	c.mu.RLock()

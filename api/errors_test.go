@@ -1,7 +1,9 @@
 package api_test
 
 import (
+	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -146,4 +148,32 @@ func signed(t *testing.T, claims jwt.MapClaims) string {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// One 422 lists every problem of an order, the quantity over the event's
+// max_per_customer among them, in the fields' order.
+func TestAValidationProblemListsEveryField(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	event := h.event(2, 10)
+	r := h.order("alice", "k", []byte(`{"event_id":"`+event.ID.String()+`","category_id":"nope","quantity":3}`))
+	if r.status != http.StatusUnprocessableEntity {
+		t.Fatalf("status %d, want 422: %s", r.status, r.body)
+	}
+	var p struct {
+		Code   string `json:"code"`
+		Errors []struct {
+			Field string `json:"field"`
+		} `json:"errors"`
+	}
+	if err := json.Unmarshal(r.body, &p); err != nil {
+		t.Fatal(err)
+	}
+	var fields []string
+	for _, e := range p.Errors {
+		fields = append(fields, e.Field)
+	}
+	if p.Code != string(crowdpass.EValidation) || !slices.Equal(fields, []string{"category_id", "quantity"}) {
+		t.Errorf("problem %s, want validation_failed listing category_id and quantity", r.body)
+	}
 }

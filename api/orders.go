@@ -25,7 +25,12 @@ type orderBody struct {
 	Quantity   *int64  `json:"quantity"`
 }
 
-func (b orderBody) validate() (crowdpass.OrderPayload, error) {
+// validate checks the fields; maxPerCustomer, if not nil, tells an event's
+// max_per_customer where it is known without waiting. The quantity's bound
+// is checked against it only when another field is wrong, so that the one
+// 422 lists every problem; otherwise postOrder checks it against the event
+// it looks up anyway.
+func (b orderBody) validate(maxPerCustomer func(event uuid.UUID) (int, bool)) (crowdpass.OrderPayload, error) {
 	var p crowdpass.OrderPayload
 	var fields []crowdpass.FieldError
 	parseID := func(name string, v *string, dst *uuid.UUID) {
@@ -49,11 +54,20 @@ func (b orderBody) validate() (crowdpass.OrderPayload, error) {
 		fields = append(fields, crowdpass.FieldError{Field: "quantity", Message: "must be between 1 and the event's max_per_customer"})
 	default:
 		p.Quantity = int(*b.Quantity)
+		if len(fields) > 0 && p.EventID != uuid.Nil && maxPerCustomer != nil {
+			if limit, ok := maxPerCustomer(p.EventID); ok && p.Quantity > limit {
+				fields = append(fields, quantityOverLimit(limit))
+			}
+		}
 	}
 	if len(fields) > 0 {
 		return p, &crowdpass.Error{Code: crowdpass.EValidation, Message: "the order has invalid fields", Fields: fields}
 	}
 	return p, nil
+}
+
+func quantityOverLimit(limit int) crowdpass.FieldError {
+	return crowdpass.FieldError{Field: "quantity", Message: "must be between 1 and the event's max_per_customer (" + strconv.Itoa(limit) + ")"}
 }
 
 // accepted is the 202 body of POST /orders.
@@ -96,7 +110,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 		problem.WriteError(w, err)
 		return
 	}
-	payload, err := body.validate()
+	payload, err := body.validate(s.catalog.maxPerCustomer)
 	if err != nil {
 		problem.WriteError(w, err)
 		return
@@ -113,9 +127,8 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	// The quantity's bound is a field check (422), which the contract puts
 	// before the catalog's 404s; it needs the event, not the category.
 	if payload.Quantity > event.MaxPerCustomer {
-		problem.WriteError(w, &crowdpass.Error{Code: crowdpass.EValidation, Message: "the order has invalid fields", Fields: []crowdpass.FieldError{
-			{Field: "quantity", Message: "must be between 1 and the event's max_per_customer (" + strconv.Itoa(event.MaxPerCustomer) + ")"},
-		}})
+		problem.WriteError(w, &crowdpass.Error{Code: crowdpass.EValidation, Message: "the order has invalid fields",
+			Fields: []crowdpass.FieldError{quantityOverLimit(event.MaxPerCustomer)}})
 		return
 	}
 	category, ok := event.Category(payload.CategoryID)
