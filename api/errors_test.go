@@ -177,3 +177,26 @@ func TestAValidationProblemListsEveryField(t *testing.T) {
 		t.Errorf("problem %s, want validation_failed listing category_id and quantity", r.body)
 	}
 }
+
+// A body of the wrong shape is described in JSON's words, not Go's.
+func TestAMalformedBodyIsDescribedInJSONsWords(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	admin, _ := h.authority.Issue("root", true, time.Hour)
+	header := http.Header{"Authorization": {"Bearer " + admin}, "Content-Type": {"application/json"}}
+	for body, want := range map[string]string{
+		`{"name":"X","categories":"A"}`:                           `field "categories" must be an array`,
+		`{"name":"X","categories":[{"name":"A","capacity":"1"}]}`: `field "categories.capacity" must be an integer`,
+		`{"name":1,"categories":[]}`:                              `field "name" must be a string`,
+	} {
+		r := h.do(http.MethodPost, "/events", header, []byte(body))
+		p := r.problem(t)
+		if r.status != http.StatusBadRequest || p["code"] != string(crowdpass.EMalformedBody) {
+			t.Errorf("%s: %d %s, want 400 malformed_body", body, r.status, r.body)
+			continue
+		}
+		if detail, _ := p["detail"].(string); !strings.HasSuffix(detail, want) {
+			t.Errorf("%s: detail %q, want it to end %q", body, detail, want)
+		}
+	}
+}

@@ -84,14 +84,39 @@ func jsonProblem(err error) string {
 	var typeErr *json.UnmarshalTypeError
 	var syntaxErr *json.SyntaxError
 	switch {
+	case errors.As(err, &typeErr) && typeErr.Field == "":
+		return "the body must be " + jsonKind(typeErr.Type)
 	case errors.As(err, &typeErr):
-		return fmt.Sprintf("field %q must be a %s", typeErr.Field, typeErr.Type)
+		return fmt.Sprintf("field %q must be %s", typeErr.Field, jsonKind(typeErr.Type))
 	case errors.As(err, &syntaxErr):
 		return fmt.Sprintf("invalid JSON at byte %d", syntaxErr.Offset)
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return "the JSON ends early"
 	default:
 		return err.Error()
+	}
+}
+
+// jsonKind names what JSON value decodes into t, in the words of the
+// documentation rather than Go's.
+func jsonKind(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	default:
+		return "an object"
 	}
 }
 
