@@ -168,8 +168,8 @@ type CategorySpec struct {
 // Validate checks the spec and returns an EValidation error listing each problem.
 func (s *EventSpec) Validate() error {
 	var v validator
-	if s.Name == "" {
-		v.add("name", "is required")
+	if strings.TrimSpace(s.Name) == "" {
+		v.add("name", "is required, and not blank")
 	} else if len(s.Name) > MaxNameLen {
 		v.add("name", fmt.Sprintf("must be at most %d bytes", MaxNameLen))
 	} else if strings.IndexByte(s.Name, 0) >= 0 {
@@ -197,8 +197,8 @@ func (s *EventSpec) Validate() error {
 	for i, c := range s.Categories {
 		field := fmt.Sprintf("categories[%d]", i)
 		switch {
-		case c.Name == "":
-			v.add(field+".name", "is required")
+		case strings.TrimSpace(c.Name) == "":
+			v.add(field+".name", "is required, and not blank")
 		case len(c.Name) > MaxCategoryName:
 			v.add(field+".name", fmt.Sprintf("must be at most %d bytes", MaxCategoryName))
 		case strings.IndexByte(c.Name, 0) >= 0:

@@ -107,6 +107,7 @@ func TestEveryProblemHasItsStatusAndCode(t *testing.T) {
 		{"NUL in an event name", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"a\u0000b","categories":[{"name":"A","capacity":1}]}`), 422, crowdpass.EValidation},
 		{"NUL in a category name", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"X","categories":[{"name":"\u0000","capacity":1}]}`), 422, crowdpass.EValidation},
 		{"bad event spec", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"","opens_at":"soon","categories":[]}`), 422, crowdpass.EValidation},
+		{"blank names", "POST", "/events", hdr("Authorization", "Bearer "+admin, "Content-Type", "application/json"), []byte(`{"name":"  ","categories":[{"name":"\t","capacity":1}]}`), 422, crowdpass.EValidation},
 	}
 	for _, c := range cases {
 		r := h.do(c.method, c.path, c.header, c.body)
