@@ -37,12 +37,19 @@ func idempotencyKey(h http.Header) (string, error) {
 
 // readJSONBody checks the media type and size and returns the body.
 func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	if ct := r.Header.Get("Content-Type"); ct != "application/json" { // the usual header, without parsing
+	ct := r.Header["Content-Type"]
+	if len(ct) != 1 || ct[0] != "application/json" { // the usual header, without parsing
+		if len(ct) > 1 {
+			return nil, crowdpass.Errorf(crowdpass.EUnsupportedMediaType, "the Content-Type header was sent more than once")
+		}
 		// A parameter ParseMediaType cannot read ("; charset") leaves the
-		// media type itself good; the parameters are not used.
-		mt, _, err := mime.ParseMediaType(ct)
+		// media type itself good. JSON is UTF-8: another charset is not it.
+		mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 		if (err != nil && !errors.Is(err, mime.ErrInvalidMediaParameter)) || mt != "application/json" {
 			return nil, crowdpass.Errorf(crowdpass.EUnsupportedMediaType, "the body must be application/json")
+		}
+		if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+			return nil, crowdpass.Errorf(crowdpass.EUnsupportedMediaType, "the body must be application/json in UTF-8")
 		}
 	}
 	if r.ContentLength > MaxBody {
