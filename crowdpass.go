@@ -109,6 +109,22 @@ func ParseTime(s string) (Time, error) {
 	return NewTime(t), nil
 }
 
+var errNotUUID = errors.New("not a UUID")
+
+// ParseID reads an id as every answer writes it: a UUID in its 36
+// characters, hyphens included, hex digits in either case. uuid.Parse also
+// takes braces, a urn:uuid: prefix and no hyphens, forms no client is given.
+func ParseID(s string) (uuid.UUID, error) {
+	if len(s) != 36 {
+		return uuid.Nil, errNotUUID
+	}
+	id, err := uuid.Parse(s)
+	if err != nil {
+		return uuid.Nil, errNotUUID
+	}
+	return id, nil
+}
+
 // Event is a sale: a window and its ticket categories.
 type Event struct {
 	ID             uuid.UUID  `json:"event_id"`

@@ -92,3 +92,18 @@ func TestParseTimeTakesRFC3339AndOnlyIt(t *testing.T) {
 		}
 	}
 }
+
+func TestParseIDTakesTheCanonicalFormOnly(t *testing.T) {
+	t.Parallel()
+	const id = "01a2266c-6f11-7120-9013-2b46e193185b"
+	for _, s := range []string{id, strings.ToUpper(id)} {
+		if got, err := crowdpass.ParseID(s); err != nil || got.String() != id {
+			t.Errorf("ParseID(%q) = %v, %v; want %s", s, got, err, id)
+		}
+	}
+	for _, s := range []string{"", "{" + id + "}", "urn:uuid:" + id, strings.ReplaceAll(id, "-", ""), id[:35] + "g", " " + id[1:]} {
+		if got, err := crowdpass.ParseID(s); err == nil {
+			t.Errorf("ParseID(%q) = %v, want an error", s, got)
+		}
+	}
+}

@@ -75,6 +75,8 @@ func TestEveryProblemHasItsStatusAndCode(t *testing.T) {
 		{"key twice", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "a", "Idempotency-Key", "b", "Content-Type", "application/json"), body, 400, crowdpass.EKeyInvalid},
 		{"key bad beats media type", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", ""), body, 400, crowdpass.EKeyInvalid},
 		{"no content type", "POST", "/orders", withoutCT, body, 415, crowdpass.EUnsupportedMediaType},
+		{"an event's id as a URN", "GET", "/events/urn:uuid:" + event.ID.String(), nil, nil, 404, crowdpass.ENotFound},
+		{"an event's id without hyphens", "GET", "/events/" + strings.ReplaceAll(event.ID.String(), "-", ""), nil, nil, 404, crowdpass.ENotFound},
 		{"content type twice", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k-ct", "Content-Type", "application/json", "Content-Type", "text/plain"), body, 415, crowdpass.EUnsupportedMediaType},
 		{"json in UTF-8 is json", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k", "Content-Type", "Application/JSON; charset=UTF-8"), orderJSON(event, 1, 3), 422, crowdpass.EValidation},
 		{"json in latin1", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k-ct", "Content-Type", "application/json; charset=latin1"), body, 415, crowdpass.EUnsupportedMediaType},

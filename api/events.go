@@ -5,14 +5,13 @@ import (
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/google/uuid"
 
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/problem"
 )
 
 func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
-	id, err := uuid.Parse(chi.URLParam(r, "id"))
+	id, err := crowdpass.ParseID(chi.URLParam(r, "id"))
 	if err != nil {
 		problem.WriteError(w, crowdpass.Errorf(crowdpass.ENotFound, "no such event"))
 		return

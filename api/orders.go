@@ -38,8 +38,8 @@ func (b orderBody) validate(maxPerCustomer func(event uuid.UUID) (int, bool)) (c
 			fields = append(fields, crowdpass.FieldError{Field: name, Message: "is required"})
 			return
 		}
-		id, err := uuid.Parse(*v)
-		if err != nil || len(*v) != 36 {
+		id, err := crowdpass.ParseID(*v)
+		if err != nil {
 			fields = append(fields, crowdpass.FieldError{Field: name, Message: "must be a UUID"})
 			return
 		}
@@ -597,7 +597,7 @@ func verdictName(v crowdpass.Verdict) string {
 // 202: remembered by this process, or stored by the gate.
 func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 	customer := principal(r).Customer
-	id, err := uuid.Parse(chi.URLParam(r, "id"))
+	id, err := crowdpass.ParseID(chi.URLParam(r, "id"))
 	if err != nil {
 		problem.WriteError(w, errNoSuchOrder)
 		return

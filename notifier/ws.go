@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/google/uuid"
 
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/auth"
@@ -298,7 +297,7 @@ func (n *Notifier) read(ctx context.Context, cancel context.CancelFunc, conn *we
 // connects late misses nothing.
 func (n *Notifier) subscribe(ctx context.Context, c *client, rawID string) {
 	notFound := map[string]string{"type": "error", "code": string(crowdpass.ENotFound), "order_id": rawID}
-	id, err := uuid.Parse(rawID)
+	id, err := crowdpass.ParseID(rawID)
 	if err != nil {
 		n.offerJSON(c, notFound)
 		return
