@@ -201,25 +201,65 @@ func TestAWorkerWithoutItsDatabaseIsNotReady(t *testing.T) {
 	// The worker takes no order before its database can decide them.
 	testkit.Eventually(t, 30*time.Second, func() bool { return strings.Contains(logs.String(), "taking no orders until it can") },
 		"the worker waiting for its database")
-	resp, err := http.Get("http://" + addr + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Status string            `json:"status"`
-		Checks map[string]string `json:"checks"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusServiceUnavailable || body.Status != "down" || body.Checks["postgres"] != "down" || body.Checks["worker"] != "down" {
-		t.Errorf("readyz %d %+v, want 503 down with postgres and worker down", resp.StatusCode, body)
+	if code, body := readyz(t, addr); code != http.StatusServiceUnavailable || body.Status != "down" || body.Checks["postgres"] != "down" || body.Checks["worker"] != "down" {
+		t.Errorf("readyz %d %+v, want 503 down with postgres and worker down", code, body)
 	}
 	ch := testkit.Channel(t)
 	if q, err := ch.QueueDeclarePassive(ns+"ticket_orders", true, false, false, false, nil); err == nil && q.Consumers > 0 {
 		t.Errorf("%d consumers on the queue while the worker cannot decide", q.Consumers)
 	}
+}
+
+// A notifier without PostgreSQL still pushes what the broker delivers, but
+// can neither answer a subscribe nor catch up: degraded, not ok.
+func TestANotifierWithoutItsDatabaseIsDegraded(t *testing.T) {
+	t.Parallel()
+	addr, closed := freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		getenv := env(&testkit.DB{}, testkit.Namespace(t), "HTTP_ADDR", addr,
+			"DATABASE_URL", "postgres://postgres@"+closed+"/crowdpass?sslmode=disable")
+		done <- run(ctx, []string{"notifier"}, getenv, io.Discard, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("notifier did not stop")
+		}
+	}()
+	var code int
+	var body readiness
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		code, body = readyz(t, addr)
+		return body.Checks["notifier"] == "ok"
+	}, "the notifier ready")
+	if code != http.StatusOK || body.Status != "degraded" || body.Checks["postgres"] != "down" {
+		t.Errorf("readyz %d %+v, want 200 degraded with postgres down", code, body)
+	}
+}
+
+type readiness struct {
+	Status string            `json:"status"`
+	Checks map[string]string `json:"checks"`
+}
+
+// readyz reads a process's /readyz; a process not listening yet reads as
+// no status.
+func readyz(t *testing.T, addr string) (int, readiness) {
+	t.Helper()
+	var body readiness
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return 0, body
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, body
 }
 
 // syncBuffer is a bytes.Buffer safe for one writer and one reader.

@@ -192,11 +192,12 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		handler = server.Handler()
 		cfg.HTTPAddrSet = true
 	} else {
-		if !roles["notifier"] {
-			// A worker or a relay cannot work without PostgreSQL, idle or not:
-			// its own check only notices once a batch or a poll fails.
-			checks = append(checks, api.Check{Name: "postgres", Critical: roles["worker"] || roles["relay"], OK: func(ctx context.Context) bool { return store.Ping(ctx) == nil }})
-		} else {
+		// A worker or a relay cannot work without PostgreSQL, idle or not:
+		// its own check only notices once a batch or a poll fails. A
+		// notifier still pushes what the broker delivers, but can neither
+		// answer a subscribe nor catch up: degraded.
+		checks = append(checks, api.Check{Name: "postgres", Critical: roles["worker"] || roles["relay"], OK: func(ctx context.Context) bool { return store.Ping(ctx) == nil }})
+		if roles["notifier"] {
 			cfg.HTTPAddrSet = true
 		}
 		handler = opsHandler(checks, registry, ws)
