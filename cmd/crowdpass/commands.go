@@ -70,6 +70,9 @@ func (c *categoriesFlag) Set(v string) error {
 	}
 	capacity, ok := last(1)
 	if !ok {
+		if _, capacityOK := last(2); len(parts) >= 3 && capacityOK {
+			return fmt.Errorf("price %q is not a whole number of cents", parts[len(parts)-1])
+		}
 		return fmt.Errorf("capacity %q is not a whole number", parts[len(parts)-1])
 	}
 	nameParts := len(parts) - 1
@@ -176,8 +179,9 @@ func runToken(args []string, getenv func(string) string, stdout, stderr io.Write
 	if customer == "" || len(customer) > crowdpass.MaxCustomerIDLen {
 		return usagef("token: --customer must be 1 to %d bytes", crowdpass.MaxCustomerIDLen)
 	}
-	if err := positive(ttl, "ttl"); err != nil {
-		return err
+	// exp is in whole seconds: a shorter lifetime is a token expired at birth.
+	if ttl < time.Second {
+		return usagef("--ttl must be at least 1s")
 	}
 	authority, err := auth.New([]byte(jwtSecret(getenv("JWT_SECRET"), stderr)), nil)
 	if err != nil {

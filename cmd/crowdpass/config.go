@@ -187,11 +187,3 @@ func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	}
 	return nil
 }
-
-// durationFlag is a time.Duration flag that must be positive.
-func positive(d time.Duration, name string) error {
-	if d <= 0 {
-		return usagef("--%s must be positive", name)
-	}
-	return nil
-}

@@ -105,6 +105,7 @@ func TestBadFlagsExitTwoAndWriteNothing(t *testing.T) {
 		{"token", "--customer", strings.Repeat("x", 256)},
 		{"token", "--customer", "a", "--ttl", "-1h"},
 		{"token", "--customer", "a", "--ttl", "soon"},
+		{"token", "--customer", "a", "--ttl", "1ns"},
 		{"migrate", "sideways"},
 		{"worker", "--worker-batch", "-1"},
 		{"dance"},
@@ -118,12 +119,15 @@ func TestBadFlagsExitTwoAndWriteNothing(t *testing.T) {
 	if n := countEvents(t, db); n != 0 {
 		t.Errorf("%d events written by rejected commands", n)
 	}
+	if _, stderr, _ := runCLI(t, env(db, ""), "event", "create", "--name", "X", "--category", "A:10:1.5"); !strings.Contains(stderr, `price "1.5"`) {
+		t.Errorf("a price that is not whole: stderr %q, want it to name the price", stderr)
+	}
 }
 
 func TestBadEnvironmentExitsTwo(t *testing.T) {
 	t.Parallel()
 	db := testkit.NewDB(t)
-	for name, value := range map[string]string{"WORKER_RATE": "fast", "IDEMPOTENCY_TTL": "1h", "OUTBOX_RETENTION": "-1h", "DEMO_MODE": "maybe"} {
+	for name, value := range map[string]string{"WORKER_RATE": "fast", "IDEMPOTENCY_TTL": "1h", "OUTBOX_RETENTION": "-1h", "DEMO_MODE": "maybe", "AMQP_URL": "notaurl"} {
 		_, stderr, code := runCLI(t, env(db, "", name, value), "worker")
 		if code != 2 || !strings.Contains(stderr, name) {
 			t.Errorf("%s=%s: exit %d, stderr %q", name, value, code, stderr)

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
@@ -66,6 +67,11 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	}
 	defer pool.Close()
 	store := postgres.NewStore(pool, nil)
+	// The broker is dialled again and again until it answers: a URL that
+	// can never work is said at once instead.
+	if _, err := amqp.ParseURI(cfg.AMQPURL); err != nil {
+		return usagef("AMQP_URL: %v", err)
+	}
 
 	var (
 		authority *auth.Authority
