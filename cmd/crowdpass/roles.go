@@ -55,6 +55,9 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		roles = map[string]bool{"api": true, "worker": true, "relay": true, "notifier": true}
 	}
 	log := cfg.logger(stderr)
+	// The Redis client's own lines (a dial failing, again and again) go into
+	// the structured log, at debug: the gate says what they mean.
+	redis.SetLogger(redisLog{log.With("component", "redis-client")})
 	topo := broker.Topology{Namespace: cfg.Namespace}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -296,4 +299,11 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logge
 		return err
 	}
 	return nil
+}
+
+// redisLog passes go-redis's log lines to a structured logger.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, fmt.Sprintf(format, v...))
 }
