@@ -215,7 +215,7 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 	if cfg.HTTPAddrSet {
 		g.Go(func() error {
 			defer stopPublishers()
-			return serveHTTP(ctx, cfg.HTTPAddr, handler, log)
+			return serveHTTP(ctx, cfg.HTTPAddr, handler, verifies(authority), log)
 		})
 	} else {
 		log.Info("no HTTP server; set HTTP_ADDR for /healthz, /readyz and /metrics", "role", role)
@@ -227,7 +227,7 @@ func runRoles(ctx context.Context, role string, args []string, getenv func(strin
 		})
 	}
 	if cfg.PprofAddr != "" {
-		g.Go(func() error { return serveHTTP(ctx, cfg.PprofAddr, pprofHandler(), log) })
+		g.Go(func() error { return serveHTTP(ctx, cfg.PprofAddr, pprofHandler(), nil, log) })
 	}
 	log.Info("crowdpass started", "role", role, "namespace", cfg.Namespace, "http_addr", cfg.HTTPAddr)
 	err = g.Wait()
@@ -270,9 +270,8 @@ func opsHandler(checks []api.Check, registry *prometheus.Registry, ws http.Handl
 
 // serveHTTP serves until ctx is done, then shuts down gracefully: it stops
 // accepting and lets in-flight requests finish for up to 15 seconds.
-func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
+func serveHTTP(ctx context.Context, addr string, h http.Handler, authorized func(token string) bool, log *slog.Logger) error {
 	srv := &http.Server{
-		Addr:              addr,
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
@@ -283,8 +282,12 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logge
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 		ConnContext:       notifier.ConnContext,
 	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("serving http on %s: %w", addr, err)
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
+	go func() { errc <- srv.Serve(problem.Listener(ln, authorized)) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serving http on %s: %w", addr, err)
@@ -299,6 +302,18 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logge
 		return err
 	}
 	return nil
+}
+
+// verifies tells whether authority takes a token; nil, where the process
+// has none (it serves no route that needs one).
+func verifies(authority *auth.Authority) func(token string) bool {
+	if authority == nil {
+		return nil
+	}
+	return func(token string) bool {
+		_, err := authority.Verify(token)
+		return err == nil
+	}
 }
 
 // redisLog passes go-redis's log lines to a structured logger.

@@ -64,7 +64,7 @@ func runRush(ctx context.Context, args []string, getenv func(string) string, std
 		pctx, stop := context.WithCancel(ctx)
 		defer wg.Wait()
 		defer stop()
-		wg.Go(func() { _ = serveHTTP(pctx, cfg.PprofAddr, pprofHandler(), cfg.logger(stderr)) })
+		wg.Go(func() { _ = serveHTTP(pctx, cfg.PprofAddr, pprofHandler(), nil, cfg.logger(stderr)) })
 	}
 
 	var auditor rush.Auditor
