@@ -67,6 +67,8 @@ type Store interface {
 	CreateEvent(ctx context.Context, spec crowdpass.EventSpec) (crowdpass.Event, error)
 	Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error)
 	Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error)
+	// OrderIDs lists up to limit order ids above after, in id order.
+	OrderIDs(ctx context.Context, after uuid.UUID, limit int) ([]uuid.UUID, error)
 	// Unsold is remaining less the given orders' tickets not decided yet,
 	// in one snapshot: read only to rebuild a gate stock Redis lost.
 	Unsold(ctx context.Context, category uuid.UUID, orders []uuid.UUID, quantities []int32) (int, error)
@@ -114,6 +116,10 @@ type Config struct {
 	// RestockTimeout bounds the PostgreSQL read that rebuilds a gate stock
 	// Redis lost (default 300ms); past it the catalog's remaining is used.
 	RestockTimeout time.Duration
+	// ExistingOrders sizes the filter of the orders in PostgreSQL (default
+	// 4,000,000: 7 MB); past it the filter tells less, and more keys Redis
+	// forgot are looked up for nothing (see Recent.mayExist).
+	ExistingOrders int
 	Logger         *slog.Logger
 	Now            func() time.Time
 	Registry       *prometheus.Registry
@@ -174,6 +180,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 	cfg.InProgressWait = cmp.Or(cfg.InProgressWait, time.Second)
 	cfg.GateTimeout = cmp.Or(cfg.GateTimeout, time.Second)
 	cfg.RestockTimeout = cmp.Or(cfg.RestockTimeout, 300*time.Millisecond)
+	cfg.ExistingOrders = cmp.Or(cfg.ExistingOrders, 4_000_000)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -195,6 +202,12 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 		givebacks:   make(chan givenBack, 1024),
 	}
 	s.cfg.Recent.onLimitExceeded(s.giveBack)
+	s.metrics.registerExisting(cfg.Registry, func() float64 {
+		if !s.cfg.Recent.existingLoaded.Load() {
+			return -1
+		}
+		return float64(s.cfg.Recent.existing.Load().Added())
+	})
 	s.metrics.registerCatalogAge(cfg.Registry, func() float64 {
 		if s.catalogRead.Load() == 0 {
 			return -1
@@ -390,6 +403,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer wg.Wait()
 	wg.Go(func() { s.watchCanary(ctx) })
 	wg.Go(func() { s.giveBackLoop(ctx) })
+	wg.Go(func() { s.loadExisting(ctx) })
 	s.refreshCatalog(ctx)
 	reconcileTick := time.NewTicker(s.cfg.ReconcileInterval)
 	defer reconcileTick.Stop()
@@ -414,6 +428,46 @@ func (s *Server) Run(ctx context.Context) error {
 				cancel()
 			}
 		}
+	}
+}
+
+// existingPage is how many order ids one read of loadExisting lists.
+const existingPage = 10_000
+
+// loadExisting walks the ids of every order in PostgreSQL into the filter
+// of orders that exist (Recent.mayExist), page by page, retrying a page
+// that fails until ctx ends. Orders decided meanwhile go in through their
+// outcomes; until the walk is done, no key is looked up.
+func (s *Server) loadExisting(ctx context.Context) {
+	filter := s.cfg.Recent.expectExisting(s.cfg.ExistingOrders)
+	start, after, backoff := time.Now(), uuid.Nil, 100*time.Millisecond
+	for {
+		readCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ids, err := s.store.OrderIDs(readCtx, after, existingPage)
+		cancel()
+		if err != nil {
+			s.log.Debug("orders that exist not listed; trying again", "after", after, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		for _, id := range ids {
+			filter.Add(id)
+		}
+		if len(ids) < existingPage {
+			break
+		}
+		after = ids[len(ids)-1]
+	}
+	s.cfg.Recent.existingLoaded.Store(true)
+	if n := filter.Added(); n > int64(s.cfg.ExistingOrders) {
+		s.log.Warn("more orders than the filter of orders that exist was sized for; keys Redis forgot are looked up more often", "orders", n, "sized_for", s.cfg.ExistingOrders)
+	} else {
+		s.log.Info("orders that exist listed", "orders", n, "took", time.Since(start))
 	}
 }
 

@@ -889,6 +889,55 @@ func TestAProcessStartedWithoutTheDatabaseTakesTheCatalogFromRedis(t *testing.T)
 	}
 }
 
+// A key Redis forgot (a flush, or its TTL) whose order exists in PostgreSQL
+// gets that order's 202 byte for byte, at a process that never saw it,
+// although its category is sold out and its gate stock gone; another
+// payload under it is a mismatch. Nothing is decided anew.
+func TestAKeyRedisForgotWhoseOrderExistsGetsItsOrder(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 1})
+	event := h.event(4, 1)
+	first := h.order("alice", "k", orderJSON(event, 0, 1))
+	if first.status != http.StatusAccepted {
+		t.Fatalf("first order: %d %s", first.status, first.body)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
+
+	// Another process, started after the order was decided: its memory
+	// holds nothing of the key.
+	other := *h
+	server := api.New(api.Config{Recent: api.NewRecent(0), ReconcileInterval: 50 * time.Millisecond, Logger: testkit.Logger(t)},
+		h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, h.store, h.authority)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { server.Run(ctx); close(done) }()
+	srv := httptest.NewServer(server.Handler())
+	t.Cleanup(func() { srv.Close(); cancel(); <-done })
+	other.url = srv.URL
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		n, err := strconv.Atoi(other.metric("crowdpass_orders_existing"))
+		return err == nil && n >= 1
+	}, "the orders that exist listed")
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
+		t.Fatal(err)
+	}
+
+	r := other.order("alice", "k", orderJSON(event, 0, 1))
+	if r.status != http.StatusAccepted || !bytes.Equal(r.body, first.body) || r.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("the key after Redis forgot it: %d %s (replayed %q); want the first 202 %s replayed", r.status, r.body, r.header.Get("Idempotent-Replayed"), first.body)
+	}
+	if r := other.order("alice", "k", orderJSON(event, 0, 2)); r.status != http.StatusUnprocessableEntity || r.problem(t)["code"] != string(crowdpass.EKeyMismatch) {
+		t.Errorf("another payload under the key: %d %s; want a mismatch", r.status, r.body)
+	}
+	// The first process, which remembers the key, answers the same.
+	if r := h.order("alice", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted || !bytes.Equal(r.body, first.body) {
+		t.Errorf("the key at the first process: %d %s; want the first 202", r.status, r.body)
+	}
+	if n := h.countOrders("customer_id = 'alice'"); n != 1 {
+		t.Errorf("%d orders for one key, want 1", n)
+	}
+}
+
 // downStore is a database that cannot be reached.
 type downStore struct{}
 
@@ -908,6 +957,9 @@ func (downStore) Unsold(context.Context, uuid.UUID, []uuid.UUID, []int32) (int, 
 	return 0, errDatabaseDown
 }
 func (downStore) Ping(context.Context) error { return errDatabaseDown }
+func (downStore) OrderIDs(context.Context, uuid.UUID, int) ([]uuid.UUID, error) {
+	return nil, errDatabaseDown
+}
 
 // The tickets of an order a worker rejects limit_exceeded go back to the
 // gate at once, not when the queue is next drained: the gate would answer

@@ -15,9 +15,18 @@ type metrics struct {
 	refused     prometheus.Counter
 	reconcile   *prometheus.CounterVec
 	remembered  *prometheus.CounterVec
+	existing    *prometheus.CounterVec
 	waiting     prometheus.Gauge
 	unconfirmed prometheus.Counter
 	restored    prometheus.Counter
+}
+
+// registerExisting adds the size of the filter of orders that exist.
+func (m *metrics) registerExisting(reg prometheus.Registerer, n func() float64) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "crowdpass_orders_existing",
+		Help: "Order ids in the filter of orders in PostgreSQL (walked at start, then added as decided); -1 until the walk at start is done.",
+	}, n))
 }
 
 // registerCatalogAge adds the catalog's age, read at each scrape.
@@ -68,6 +77,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 				"held (its record), restored (the answer written back: Redis had lost it), error or redis_down (answered from memory), " +
 				"superseded (a refusal Redis holds another attempt for: the gate decides).",
 		}, []string{"result"}),
+		existing: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "crowdpass_orders_looked_up_total",
+			Help: "POST /orders for a key neither Redis nor this process held, whose order the filter of orders that exist says may be in PostgreSQL, " +
+				"by what the read found: found (the order's 202 answers), absent (a false positive), error.",
+		}, []string{"result"}),
 		unconfirmed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "crowdpass_orders_unconfirmed_total",
 			Help: "POST /orders answered 503 with the order perhaps queued: it left for the broker, which did not confirm it by PUBLISH_TIMEOUT.",
@@ -81,6 +95,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "POST /orders waiting for another request of their Idempotency-Key in this process (a double click's second click waiting for its first).",
 		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered, m.waiting, m.unconfirmed, m.restored)
+	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered, m.existing, m.waiting, m.unconfirmed, m.restored)
 	return m
 }

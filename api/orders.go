@@ -195,6 +195,15 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	if rec, ok := s.remembered(customer, adm.OrderID, decideAnew); ok && s.answerRemembered(r.Context(), w, adm, rec) {
 		return
 	}
+	// A key Redis forgot (a flush, or IDEMPOTENCY_TTL) whose order exists
+	// gets that order's 202, or a mismatch, never a second order or a
+	// sold_out.
+	if rec, ok := s.storedOrder(r.Context(), customer, adm.OrderID); ok {
+		s.cfg.Recent.add(adm.OrderID, rec)
+		if s.answerRemembered(r.Context(), w, adm, rec) {
+			return
+		}
+	}
 	owner, gated, acceptedAt := "", !s.redisDown.Load(), adm.AcceptedAt
 	var admitted crowdpass.AdmissionResult
 	// From before an admission can take stock until its order is queued or
@@ -470,6 +479,33 @@ func (s *Server) remembered(customer string, order uuid.UUID, noRefusal bool) (c
 		return crowdpass.KeyRecord{CustomerID: customer, Fingerprint: fp, Answer: answer}, true
 	}
 	return crowdpass.KeyRecord{}, false
+}
+
+// storedOrder finds the key's order in PostgreSQL where it may be there
+// (Recent.mayExist): a new key, the rush's million, is known new without a
+// read. The read is skipped while PostgreSQL cannot be read (the catalog
+// is stale), and bounded by GateTimeout: the gate then decides, as it did
+// before this lookup.
+func (s *Server) storedOrder(ctx context.Context, customer string, id uuid.UUID) (crowdpass.KeyRecord, bool) {
+	if !s.cfg.Recent.mayExist(id) || s.catalogAge() > 2*s.cfg.ReconcileInterval {
+		return crowdpass.KeyRecord{}, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
+	defer cancel()
+	order, err := s.store.Order(ctx, id)
+	switch {
+	case errors.Is(err, crowdpass.ErrNotFound):
+		s.metrics.existing.WithLabelValues("absent").Inc()
+		return crowdpass.KeyRecord{}, false
+	case err != nil:
+		s.metrics.existing.WithLabelValues("error").Inc()
+		s.log.Debug("order of a key looked up in vain", "order_id", id, "err", err)
+		return crowdpass.KeyRecord{}, false
+	case order.CustomerID != customer: // a hash collision of two keys: not this key's
+		return crowdpass.KeyRecord{}, false
+	}
+	s.metrics.existing.WithLabelValues("found").Inc()
+	return decidedRecord(order), true
 }
 
 // answerRemembered answers a key whose order this process accepted, or saw

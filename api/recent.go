@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/crowdpass/crowdpass"
+	"github.com/crowdpass/crowdpass/internal/bloom"
 	"github.com/crowdpass/crowdpass/internal/generations"
 )
 
@@ -35,6 +36,13 @@ type Recent struct {
 	// limit_exceeded (onLimitExceeded); set once the API runs, while a
 	// notifier may already be passing outcomes on.
 	limitExceeded atomic.Pointer[func(category uuid.UUID, tickets int)]
+	// existing holds the id of every order in PostgreSQL, once
+	// existingLoaded: those walked at start (Server.loadExisting) and
+	// those decided since the filter was made. Redis forgets keys, and such
+	// a key whose order exists is looked up in PostgreSQL only where this
+	// says it may be.
+	existing       atomic.Pointer[bloom.Filter]
+	existingLoaded atomic.Bool
 }
 
 // queuedOrders are the orders this process queued whose outcome it has not
@@ -216,23 +224,47 @@ func (r *Recent) Decided(out crowdpass.Outcome) {
 	if known {
 		return
 	}
+	if f := r.existing.Load(); f != nil {
+		f.Add(out.ID)
+	}
 	order := out.Order
 	order.CustomerID = out.CustomerID
-	if order.Tickets == nil {
-		order.Tickets = []crowdpass.Ticket{} // as GET /orders/{id} shows a rejected order
-	}
-	rec := crowdpass.KeyRecord{
-		CustomerID:  out.CustomerID,
-		Fingerprint: crowdpass.OrderPayload{EventID: out.EventID, CategoryID: out.CategoryID, Quantity: out.Quantity}.Fingerprint(),
-		Answer: acceptedAnswer(accepted{
-			OrderID: out.ID, Status: crowdpass.StatusPending, EventID: out.EventID,
-			CategoryID: out.CategoryID, Quantity: out.Quantity, AcceptedAt: out.AcceptedAt,
-		}),
-		Decided: &order,
-	}
+	rec := decidedRecord(order)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.decided.Put(out.ID, rec)
+}
+
+// decidedRecord is what is known of a key whose order is decided: its 202,
+// rebuilt from the order's fields byte for byte, and the order.
+func decidedRecord(order crowdpass.Order) crowdpass.KeyRecord {
+	if order.Tickets == nil {
+		order.Tickets = []crowdpass.Ticket{} // as GET /orders/{id} shows a rejected order
+	}
+	return crowdpass.KeyRecord{
+		CustomerID:  order.CustomerID,
+		Fingerprint: crowdpass.OrderPayload{EventID: order.EventID, CategoryID: order.CategoryID, Quantity: order.Quantity}.Fingerprint(),
+		Answer: acceptedAnswer(accepted{
+			OrderID: order.ID, Status: crowdpass.StatusPending, EventID: order.EventID,
+			CategoryID: order.CategoryID, Quantity: order.Quantity, AcceptedAt: order.AcceptedAt,
+		}),
+		Decided: &order,
+	}
+}
+
+// mayExist reports whether order id may be in PostgreSQL: false for
+// certain where it is not (an order this process knows of from the walk at
+// start, or from an outcome since), and false too until that walk is done.
+func (r *Recent) mayExist(id uuid.UUID) bool {
+	return r.existingLoaded.Load() && r.existing.Load().MayContain(id)
+}
+
+// expectExisting makes the filter of orders that exist, for n of them at
+// a false-positive rate of 0.1% (1.8 bytes each), and returns it; made
+// already, it returns that one.
+func (r *Recent) expectExisting(n int) *bloom.Filter {
+	r.existing.CompareAndSwap(nil, bloom.New(n, 0.001))
+	return r.existing.Load()
 }
 
 // get finds an order accepted here, with its outcome if seen, else one

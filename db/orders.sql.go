@@ -74,6 +74,37 @@ func (q *Queries) OrderGet(ctx context.Context, id uuid.UUID) (Order, error) {
 	return i, err
 }
 
+const orderIDsAfter = `-- name: OrderIDsAfter :many
+SELECT id FROM orders WHERE id > $1 ORDER BY id LIMIT $2
+`
+
+type OrderIDsAfterParams struct {
+	After    uuid.UUID
+	PageSize int32
+}
+
+// OrderIDsAfter lists order ids above after, in id order: one page of a
+// walk over every order (the API's filter of orders that exist).
+func (q *Queries) OrderIDsAfter(ctx context.Context, arg OrderIDsAfterParams) ([]uuid.UUID, error) {
+	rows, err := q.db.Query(ctx, orderIDsAfter, arg.After, arg.PageSize)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []uuid.UUID
+	for rows.Next() {
+		var id uuid.UUID
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const orderLockCustomers = `-- name: OrderLockCustomers :exec
 SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k
 `

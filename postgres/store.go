@@ -169,6 +169,15 @@ func (s *Store) Events(ctx context.Context) ([]crowdpass.Event, error) {
 	return events, nil
 }
 
+// OrderIDs lists up to limit order ids above after, in id order.
+func (s *Store) OrderIDs(ctx context.Context, after uuid.UUID, limit int) ([]uuid.UUID, error) {
+	ids, err := db.New(s.pool).OrderIDsAfter(ctx, db.OrderIDsAfterParams{After: after, PageSize: int32(limit)})
+	if err != nil {
+		return nil, translate(err)
+	}
+	return ids, nil
+}
+
 // Order returns an order with its tickets.
 func (s *Store) Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error) {
 	q := db.New(s.pool)

@@ -15,3 +15,8 @@ FROM (SELECT unnest(@event_ids::uuid[]) AS event_id, unnest(@customer_ids::text[
 
 -- name: OrderGet :one
 SELECT * FROM orders WHERE id = @id;
+
+-- OrderIDsAfter lists order ids above after, in id order: one page of a
+-- walk over every order (the API's filter of orders that exist).
+-- name: OrderIDsAfter :many
+SELECT id FROM orders WHERE id > @after ORDER BY id LIMIT @page_size;
