@@ -29,6 +29,7 @@ import (
 	"github.com/crowdpass/crowdpass/gate"
 	"github.com/crowdpass/crowdpass/notifier"
 	"github.com/crowdpass/crowdpass/postgres"
+	"github.com/crowdpass/crowdpass/problem"
 	"github.com/crowdpass/crowdpass/relay"
 	"github.com/crowdpass/crowdpass/testkit"
 	"github.com/crowdpass/crowdpass/worker"
@@ -633,21 +634,27 @@ func TestASocketThatStopsReadingIsClosedWith1008(t *testing.T) {
 		name         string
 		writeTimeout time.Duration
 		late         bool // reads again only once its socket is closed
+		wrapped      bool // behind crowdpass's listener (problem.Listener)
 	}{
-		{"reading again soon", 0, false},
-		{"reading again after the write timeout", 300 * time.Millisecond, true},
+		{"reading again soon", 0, false, false},
+		{"reading again after the write timeout", 300 * time.Millisecond, true, false},
+		{"behind crowdpass's listener", 300 * time.Millisecond, true, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			slowSocket(t, c.writeTimeout, c.late)
+			slowSocket(t, c.writeTimeout, c.late, c.wrapped)
 		})
 	}
 }
 
-func slowSocket(t *testing.T, writeTimeout time.Duration, late bool) {
+func slowSocket(t *testing.T, writeTimeout time.Duration, late, wrapped bool) {
 	b := setup(t)
 	reg := prometheus.NewRegistry()
-	n, url := b.notifier(notifier.Config{Buffer: 8, WriteTimeout: writeTimeout, Registry: reg}, func(l net.Listener) net.Listener { return smallBuffers{l} })
+	listener := func(l net.Listener) net.Listener { return smallBuffers{l} }
+	if wrapped {
+		listener = func(l net.Listener) net.Listener { return problem.Listener(smallBuffers{l}, nil) }
+	}
+	n, url := b.notifier(notifier.Config{Buffer: 8, WriteTimeout: writeTimeout, Registry: reg}, listener)
 	dialer := &net.Dialer{Control: func(network, address string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
 	}}

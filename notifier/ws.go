@@ -28,8 +28,17 @@ const sendBuffer = 32 << 10
 type connKey struct{}
 
 // ConnContext, set as an http.Server's ConnContext, lets ServeHTTP size the
-// socket's kernel buffer.
+// socket's kernel buffer. A connection that wraps another (a listener's
+// own type, as tls.Conn does) is unwrapped by its NetConn method down to
+// the TCP connection.
 func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	for {
+		w, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = w.NetConn()
+	}
 	return context.WithValue(ctx, connKey{}, c)
 }
 

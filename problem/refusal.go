@@ -74,6 +74,11 @@ func (c *refusingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// NetConn returns the connection c wraps, as tls.Conn's does: what sizes
+// a socket's buffers or reads its queue (notifier.ConnContext) needs the
+// TCP connection itself.
+func (c *refusingConn) NetConn() net.Conn { return c.Conn }
+
 // CloseWrite keeps the half-close net/http does after a refusal.
 func (c *refusingConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
