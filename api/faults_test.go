@@ -862,15 +862,7 @@ func TestAProcessStartedWithoutTheDatabaseTakesTheCatalogFromRedis(t *testing.T)
 		return err == nil
 	}, "the catalog's copy in Redis")
 
-	other := *h
-	server := api.New(api.Config{Recent: api.NewRecent(0), ReconcileInterval: 50 * time.Millisecond, Logger: testkit.Logger(t)},
-		h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, downStore{}, h.authority)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { server.Run(ctx); close(done) }()
-	srv := httptest.NewServer(server.Handler())
-	t.Cleanup(func() { srv.Close(); cancel(); <-done })
-	other.url = srv.URL
+	other := h.otherProcess(downStore{})
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		return other.metric("crowdpass_catalog_age_seconds") == "-1" &&
 			other.do(http.MethodGet, "/readyz", nil, nil).status == http.StatusOK
@@ -905,15 +897,7 @@ func TestAKeyRedisForgotWhoseOrderExistsGetsItsOrder(t *testing.T) {
 
 	// Another process, started after the order was decided: its memory
 	// holds nothing of the key.
-	other := *h
-	server := api.New(api.Config{Recent: api.NewRecent(0), ReconcileInterval: 50 * time.Millisecond, Logger: testkit.Logger(t)},
-		h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, h.store, h.authority)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { server.Run(ctx); close(done) }()
-	srv := httptest.NewServer(server.Handler())
-	t.Cleanup(func() { srv.Close(); cancel(); <-done })
-	other.url = srv.URL
+	other := h.otherProcess(h.store)
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		n, err := strconv.Atoi(other.metric("crowdpass_orders_existing"))
 		return err == nil && n >= 1
@@ -936,6 +920,57 @@ func TestAKeyRedisForgotWhoseOrderExistsGetsItsOrder(t *testing.T) {
 	if n := h.countOrders("customer_id = 'alice'"); n != 1 {
 		t.Errorf("%d orders for one key, want 1", n)
 	}
+}
+
+// A key the filter says may have an order, whose order cannot be read, is
+// answered unavailable, and nothing is stored for it: a decision then could
+// contradict the order.
+func TestAKeyWhoseOrderCannotBeLookedUpIsUnavailable(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{workers: 1})
+	event := h.event(4, 1)
+	if r := h.order("alice", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("first order: %d %s", r.status, r.body)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
+	other := h.otherProcess(unreadableOrders{h.store})
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		n, err := strconv.Atoi(other.metric("crowdpass_orders_existing"))
+		return err == nil && n >= 1
+	}, "the orders that exist listed")
+	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	r := other.order("alice", "k", orderJSON(event, 0, 1))
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Errorf("the key whose order cannot be read: %d %s; want 503 with Retry-After", r.status, r.body)
+	}
+	if _, err := h.gate.Lookup(testkit.Context(t), crowdpass.OrderID("alice", "k")); !errors.Is(err, crowdpass.ErrNotFound) {
+		t.Errorf("the gate holds %v for the key, want nothing stored", err)
+	}
+}
+
+// otherProcess starts another API process on h's Redis and broker, over
+// store, with a memory of its own; it returns h pointed at it.
+func (h *harness) otherProcess(store api.Store) harness {
+	h.t.Helper()
+	other := *h
+	server := api.New(api.Config{Recent: api.NewRecent(0), ReconcileInterval: 50 * time.Millisecond, Logger: testkit.Logger(h.t)},
+		h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, store, h.authority)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { server.Run(ctx); close(done) }()
+	srv := httptest.NewServer(server.Handler())
+	h.t.Cleanup(func() { srv.Close(); cancel(); <-done })
+	other.url = srv.URL
+	return other
+}
+
+// unreadableOrders is a database whose orders cannot be read one by one.
+type unreadableOrders struct{ api.Store }
+
+func (unreadableOrders) Order(context.Context, uuid.UUID) (crowdpass.Order, error) {
+	return crowdpass.Order{}, errDatabaseDown
 }
 
 // downStore is a database that cannot be reached.

@@ -198,8 +198,13 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	// A key Redis forgot (a flush, or IDEMPOTENCY_TTL) whose order exists
 	// gets that order's 202, or a mismatch, never a second order or a
 	// sold_out.
-	if rec, ok := s.storedOrder(r.Context(), customer, adm.OrderID); ok {
-		s.cfg.Recent.add(adm.OrderID, rec)
+	rec, stored, err := s.storedOrder(r.Context(), customer, adm.OrderID)
+	if err != nil {
+		problem.WriteError(w, err)
+		return
+	}
+	if stored {
+		s.cfg.Recent.addDecided(adm.OrderID, rec)
 		if s.answerRemembered(r.Context(), w, adm, rec) {
 			return
 		}
@@ -484,28 +489,29 @@ func (s *Server) remembered(customer string, order uuid.UUID, noRefusal bool) (c
 // storedOrder finds the key's order in PostgreSQL where it may be there
 // (Recent.mayExist): a new key, the rush's million, is known new without a
 // read. The read is skipped while PostgreSQL cannot be read (the catalog
-// is stale), and bounded by GateTimeout: the gate then decides, as it did
-// before this lookup.
-func (s *Server) storedOrder(ctx context.Context, customer string, id uuid.UUID) (crowdpass.KeyRecord, bool) {
+// is stale: the gate then decides, as before this lookup), and bounded by
+// GateTimeout; a read that fails is an unavailable answer, never stored,
+// rather than a decision that could contradict the order.
+func (s *Server) storedOrder(ctx context.Context, customer string, id uuid.UUID) (crowdpass.KeyRecord, bool, error) {
 	if !s.cfg.Recent.mayExist(id) || s.catalogAge() > 2*s.cfg.ReconcileInterval {
-		return crowdpass.KeyRecord{}, false
+		return crowdpass.KeyRecord{}, false, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
 	defer cancel()
 	order, err := s.store.Order(ctx, id)
 	switch {
 	case errors.Is(err, crowdpass.ErrNotFound):
 		s.metrics.existing.WithLabelValues("absent").Inc()
-		return crowdpass.KeyRecord{}, false
+		return crowdpass.KeyRecord{}, false, nil
 	case err != nil:
 		s.metrics.existing.WithLabelValues("error").Inc()
-		s.log.Debug("order of a key looked up in vain", "order_id", id, "err", err)
-		return crowdpass.KeyRecord{}, false
+		s.log.Warn("the order of a key Redis does not hold could not be read", "order_id", id, "err", err)
+		return crowdpass.KeyRecord{}, false, crowdpass.Errorf(crowdpass.EUnavailable, "the key's order could not be looked up; retry with the same Idempotency-Key")
 	case order.CustomerID != customer: // a hash collision of two keys: not this key's
-		return crowdpass.KeyRecord{}, false
+		return crowdpass.KeyRecord{}, false, nil
 	}
 	s.metrics.existing.WithLabelValues("found").Inc()
-	return decidedRecord(order), true
+	return decidedRecord(order), true, nil
 }
 
 // answerRemembered answers a key whose order this process accepted, or saw

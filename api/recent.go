@@ -235,6 +235,15 @@ func (r *Recent) Decided(out crowdpass.Outcome) {
 	r.decided.Put(out.ID, rec)
 }
 
+// addDecided remembers a decided order read elsewhere than from its
+// outcome (PostgreSQL), with the orders decided elsewhere: this process's
+// own 202s, the ones only it can write back, are not pushed out.
+func (r *Recent) addDecided(id uuid.UUID, rec crowdpass.KeyRecord) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.decided.Put(id, rec)
+}
+
 // decidedRecord is what is known of a key whose order is decided: its 202,
 // rebuilt from the order's fields byte for byte, and the order.
 func decidedRecord(order crowdpass.Order) crowdpass.KeyRecord {
