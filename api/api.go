@@ -67,8 +67,14 @@ type Store interface {
 	CreateEvent(ctx context.Context, spec crowdpass.EventSpec) (crowdpass.Event, error)
 	Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error)
 	Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error)
-	// OrderIDs lists up to limit order ids above after, in id order.
+	// OrderIDs lists up to limit order ids above after, in id order;
+	// OrderCountEstimate guesses how many there are.
 	OrderIDs(ctx context.Context, after uuid.UUID, limit int) ([]uuid.UUID, error)
+	OrderCountEstimate(ctx context.Context) (int64, error)
+	// OutboxLastID is the outbox's highest id; OutboxOrdersAfter lists the
+	// orders announced by up to max rows after after, with the rows' ids.
+	OutboxLastID(ctx context.Context) (int64, error)
+	OutboxOrdersAfter(ctx context.Context, after int64, max int) ([]int64, []uuid.UUID, error)
 	// Unsold is remaining less the given orders' tickets not decided yet,
 	// in one snapshot: read only to rebuild a gate stock Redis lost.
 	Unsold(ctx context.Context, category uuid.UUID, orders []uuid.UUID, quantities []int32) (int, error)
@@ -165,6 +171,9 @@ type Server struct {
 	admissions atomic.Uint64
 	restocking restocks
 	givebacks  chan givenBack // giveBackLoop's
+	// existingCount is how many orders the filter of orders that exist
+	// holds (loadExisting).
+	existingCount atomic.Int64
 	// process names this process's canary in Redis (watchCanary).
 	process string
 }
@@ -206,7 +215,7 @@ func New(cfg Config, gate Gate, queue OrderQueue, store Store, verifier Verifier
 		if !s.cfg.Recent.existingLoaded.Load() {
 			return -1
 		}
-		return float64(s.cfg.Recent.existing.Load().Added())
+		return float64(s.existingCount.Load())
 	})
 	s.metrics.registerCatalogAge(cfg.Registry, func() float64 {
 		if s.catalogRead.Load() == 0 {
@@ -431,43 +440,108 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-// existingPage is how many order ids one read of loadExisting lists.
-const existingPage = 10_000
+// The filter of orders that exist (Recent.mayExist) is walked from orders
+// a page at a time, then follows the outbox's tail, which every decided
+// order enters in its transaction: each read starts existingWindow ids
+// below the highest seen, as ids commit out of order.
+const (
+	existingPage   = 10_000
+	existingWindow = 2_000
+)
 
-// loadExisting walks the ids of every order in PostgreSQL into the filter
-// of orders that exist (Recent.mayExist), page by page, retrying a page
-// that fails until ctx ends. Orders decided meanwhile go in through their
-// outcomes; until the walk is done, no key is looked up.
+// loadExisting makes the filter of orders that exist, sized for twice the
+// orders PostgreSQL estimates (at least ExistingOrders), walks their ids
+// into it, and then adds the orders of new outbox rows every
+// ReconcileInterval until ctx ends; every read that fails is tried again.
+// Outcomes add their orders too (Recent.Decided), sooner. Until the walk
+// is done no key is looked up, and past twice its size the filter is set
+// aside: it would send too many new keys to PostgreSQL.
 func (s *Server) loadExisting(ctx context.Context) {
-	filter := s.cfg.Recent.expectExisting(s.cfg.ExistingOrders)
-	start, after, backoff := time.Now(), uuid.Nil, 100*time.Millisecond
-	for {
-		readCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		ids, err := s.store.OrderIDs(readCtx, after, existingPage)
-		cancel()
-		if err != nil {
-			s.log.Debug("orders that exist not listed; trying again", "after", after, "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 5*time.Second)
-			continue
+	var estimate int64
+	var mark int64
+	s.untilRead(ctx, "orders that exist not counted", func(ctx context.Context) (err error) {
+		if estimate, err = s.store.OrderCountEstimate(ctx); err != nil {
+			return err
 		}
+		mark, err = s.store.OutboxLastID(ctx)
+		return err
+	})
+	size := max(s.cfg.ExistingOrders, 2*int(estimate))
+	filter := s.cfg.Recent.expectExisting(size)
+	start, after := time.Now(), uuid.Nil
+	for ctx.Err() == nil {
+		var ids []uuid.UUID
+		s.untilRead(ctx, "orders that exist not listed", func(ctx context.Context) (err error) {
+			ids, err = s.store.OrderIDs(ctx, after, existingPage)
+			return err
+		})
 		for _, id := range ids {
 			filter.Add(id)
 		}
+		s.existingCount.Add(int64(len(ids)))
 		if len(ids) < existingPage {
 			break
 		}
 		after = ids[len(ids)-1]
 	}
+	if ctx.Err() != nil {
+		return
+	}
 	s.cfg.Recent.existingLoaded.Store(true)
-	if n := filter.Added(); n > int64(s.cfg.ExistingOrders) {
-		s.log.Warn("more orders than the filter of orders that exist was sized for; keys Redis forgot are looked up more often", "orders", n, "sized_for", s.cfg.ExistingOrders)
-	} else {
-		s.log.Info("orders that exist listed", "orders", n, "took", time.Since(start))
+	s.log.Info("orders that exist listed", "orders", s.existingCount.Load(), "sized_for", size, "took", time.Since(start))
+	tick := time.NewTicker(s.cfg.ReconcileInterval)
+	defer tick.Stop()
+	for {
+		for {
+			readCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			ids, orders, err := s.store.OutboxOrdersAfter(readCtx, max(mark-existingWindow, 0), existingPage)
+			cancel()
+			if err != nil {
+				break // the next tick reads again
+			}
+			for i, id := range orders {
+				filter.Add(id)
+				if ids[i] > mark {
+					s.existingCount.Add(1)
+				}
+			}
+			if len(ids) > 0 {
+				mark = max(mark, ids[len(ids)-1])
+			}
+			if len(ids) < existingPage {
+				break
+			}
+		}
+		if s.existingCount.Load() > 2*int64(size) && s.cfg.Recent.existingLoaded.CompareAndSwap(true, false) {
+			s.log.Warn("more orders than twice the filter of orders that exist was sized for: keys Redis forgot are no longer looked up; restart the process to size it again",
+				"orders", s.existingCount.Load(), "sized_for", size)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// untilRead runs read, bounded by 10 s, until it succeeds or ctx ends,
+// waiting longer and longer between tries.
+func (s *Server) untilRead(ctx context.Context, what string, read func(context.Context) error) {
+	backoff := 100 * time.Millisecond
+	for {
+		readCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := read(readCtx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		s.log.Debug(what+"; trying again", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

@@ -52,6 +52,19 @@ func (q *Queries) OrderConfirmedTickets(ctx context.Context, arg OrderConfirmedT
 	return items, nil
 }
 
+const orderCountEstimate = `-- name: OrderCountEstimate :one
+SELECT greatest(reltuples, 0)::bigint AS orders FROM pg_catalog.pg_class WHERE oid = 'orders'::regclass
+`
+
+// OrderCountEstimate is the planner's estimate of the number of orders,
+// read without a scan, to size the API's filter of orders that exist.
+func (q *Queries) OrderCountEstimate(ctx context.Context) (int64, error) {
+	row := q.db.QueryRow(ctx, orderCountEstimate)
+	var orders int64
+	err := row.Scan(&orders)
+	return orders, err
+}
+
 const orderGet = `-- name: OrderGet :one
 SELECT id, customer_id, idempotency_key, event_id, category_id, quantity, status, reason, created_at, processed_at FROM orders WHERE id = $1
 `

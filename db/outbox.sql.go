@@ -195,3 +195,40 @@ func (q *Queries) OutboxMarkPublished(ctx context.Context, ids []int64) (int64, 
 	}
 	return result.RowsAffected(), nil
 }
+
+const outboxOrdersAfter = `-- name: OutboxOrdersAfter :many
+SELECT id, aggregate_id FROM outbox WHERE id > $1 ORDER BY id LIMIT $2
+`
+
+type OutboxOrdersAfterParams struct {
+	AfterID int64
+	MaxRows int32
+}
+
+type OutboxOrdersAfterRow struct {
+	ID          int64
+	AggregateID uuid.UUID
+}
+
+// OutboxOrdersAfter lists the orders announced by outbox rows after
+// after_id, oldest first: the API's filter of orders that exist follows
+// the outbox's tail with it (every decided order has its row).
+func (q *Queries) OutboxOrdersAfter(ctx context.Context, arg OutboxOrdersAfterParams) ([]OutboxOrdersAfterRow, error) {
+	rows, err := q.db.Query(ctx, outboxOrdersAfter, arg.AfterID, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []OutboxOrdersAfterRow
+	for rows.Next() {
+		var i OutboxOrdersAfterRow
+		if err := rows.Scan(&i.ID, &i.AggregateID); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

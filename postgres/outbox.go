@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/crowdpass/crowdpass"
@@ -104,6 +105,19 @@ func (s *Store) OutboxAfter(ctx context.Context, after int64, max int) ([]crowdp
 		msgs[i] = crowdpass.OutboxMessage{ID: r.ID, AggregateID: r.AggregateID, EventType: r.EventType, Payload: r.Payload}
 	}
 	return msgs, nil
+}
+
+// OutboxOrdersAfter returns the ids of up to max outbox rows after after,
+// oldest first, with the orders they announce.
+func (s *Store) OutboxOrdersAfter(ctx context.Context, after int64, max int) (ids []int64, orders []uuid.UUID, err error) {
+	rows, err := db.New(s.pool).OutboxOrdersAfter(ctx, db.OutboxOrdersAfterParams{AfterID: after, MaxRows: int32(max)})
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the outbox: %w", err)
+	}
+	for _, r := range rows {
+		ids, orders = append(ids, r.ID), append(orders, r.AggregateID)
+	}
+	return ids, orders, nil
 }
 
 // OutboxLastID returns the highest outbox id (0 for an empty outbox).

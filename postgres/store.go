@@ -178,6 +178,16 @@ func (s *Store) OrderIDs(ctx context.Context, after uuid.UUID, limit int) ([]uui
 	return ids, nil
 }
 
+// OrderCountEstimate is the planner's estimate of how many orders exist
+// (0 before the table was ever analyzed).
+func (s *Store) OrderCountEstimate(ctx context.Context) (int64, error) {
+	n, err := db.New(s.pool).OrderCountEstimate(ctx)
+	if err != nil {
+		return 0, translate(err)
+	}
+	return n, nil
+}
+
 // Order returns an order with its tickets.
 func (s *Store) Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error) {
 	q := db.New(s.pool)

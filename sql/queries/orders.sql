@@ -20,3 +20,8 @@ SELECT * FROM orders WHERE id = @id;
 -- walk over every order (the API's filter of orders that exist).
 -- name: OrderIDsAfter :many
 SELECT id FROM orders WHERE id > @after ORDER BY id LIMIT @page_size;
+
+-- OrderCountEstimate is the planner's estimate of the number of orders,
+-- read without a scan, to size the API's filter of orders that exist.
+-- name: OrderCountEstimate :one
+SELECT greatest(reltuples, 0)::bigint AS orders FROM pg_catalog.pg_class WHERE oid = 'orders'::regclass;

@@ -49,3 +49,9 @@ LIMIT @max_rows;
 
 -- name: OutboxLastID :one
 SELECT coalesce(max(id), 0)::bigint AS last_id FROM outbox;
+
+-- OutboxOrdersAfter lists the orders announced by outbox rows after
+-- after_id, oldest first: the API's filter of orders that exist follows
+-- the outbox's tail with it (every decided order has its row).
+-- name: OutboxOrdersAfter :many
+SELECT id, aggregate_id FROM outbox WHERE id > @after_id ORDER BY id LIMIT @max_rows;
