@@ -44,6 +44,9 @@ type Gate interface {
 	// Lost reports whether Redis lost the keys since the last call for
 	// process (whose canary key is gone), and sets the canary again.
 	Lost(ctx context.Context, process string) (bool, error)
+	// KeepAlive renews this process's live mark: while it lasts, its keys
+	// in flight are not taken over before their deadline.
+	KeepAlive(ctx context.Context, process string) error
 	// Restore writes answers back where Redis lost them, as Remember does.
 	Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (stored int, err error)
 	// GiveBack returns tickets to a category's stock where it exists.
@@ -413,6 +416,7 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Go(func() { s.watchCanary(ctx) })
 	wg.Go(func() { s.giveBackLoop(ctx) })
 	wg.Go(func() { s.loadExisting(ctx) })
+	wg.Go(func() { s.keepAlive(ctx) })
 	s.refreshCatalog(ctx)
 	reconcileTick := time.NewTicker(s.cfg.ReconcileInterval)
 	defer reconcileTick.Stop()
@@ -587,6 +591,26 @@ func (s *Server) giveBack(category uuid.UUID, tickets int) {
 	select {
 	case s.givebacks <- givenBack{category, tickets}:
 	default:
+	}
+}
+
+// keepAlive renews this process's live mark every CanaryInterval, on its
+// own: neither a write-back nor Redis taken for down holds it up, since a
+// live process taken for dead has its keys in flight taken over.
+func (s *Server) keepAlive(ctx context.Context) {
+	tick := time.NewTicker(s.cfg.CanaryInterval)
+	defer tick.Stop()
+	for {
+		aliveCtx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
+		if err := s.gate.KeepAlive(aliveCtx, s.process); err != nil && ctx.Err() == nil {
+			s.log.Debug("live mark not renewed", "err", err)
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
 	}
 }
 

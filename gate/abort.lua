@@ -5,10 +5,15 @@
 -- The attempt's mark goes, unless it took the key over: the dead attempt's
 -- order may be queued, so the mark stays, its deadline passed, for the next
 -- retry to take over at once, with the dead attempt's time.
+-- The tickets go back to the stock unless another attempt holds the key
+-- now: one that took it over (this attempt's process was taken for dead),
+-- whose order is queued with none of its own, or an answer that stands.
 local rec = redis.call('GET', KEYS[1])
+local mine = true
 if rec then
   local status, fp, owner, rest = string.match(rec, '^(%d+)\n([^\n]*)\n([^@\n]*)@[^\n]*(\n.*)$')
-  if status == '0' and owner == ARGV[1] then
+  mine = status == '0' and owner == ARGV[1]
+  if mine then
     if ARGV[3] == '1' then
       local dead = status .. '\n' .. fp .. '\n' .. owner .. '@0' .. rest
       local ttl = redis.call('PTTL', KEYS[1]) -- not KEEPTTL: Redis 5 runs this too
@@ -23,7 +28,7 @@ if rec then
   end
 end
 local taken = tonumber(ARGV[2])
-if taken > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+if mine and taken > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('INCRBY', KEYS[2], taken)
 end
 return 1

@@ -36,10 +36,10 @@ type Config struct {
 	// admit.lua); the mark itself is kept for AnswerTTL.
 	InFlightTTL time.Duration
 	// LiveTTL is how long a process's live mark outlives its last renewal
-	// (an admission, or the canary's check): once it is gone, the process
+	// (an admission, or KeepAlive): once it is gone, the process
 	// is taken for dead and its keys in flight are taken over at once,
-	// without waiting for InFlightTTL. It must be well above the canary's
-	// interval.
+	// without waiting for InFlightTTL. It must be well above the interval
+	// of KeepAlive's calls.
 	LiveTTL time.Duration
 }
 
@@ -107,7 +107,7 @@ return 1`)
 // stock, all in one atomic step. owner identifies this attempt, so that
 // Abort never undoes another attempt's mark; an owner "<process>.<attempt>"
 // also names its process (a name without '.', '@' or newline), whose keys
-// in flight are taken over as soon as its live mark is gone (Lost keeps it).
+// in flight are taken over as soon as its live mark is gone (KeepAlive).
 func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error) {
 	soldOut := record{status: a.SoldOut.Status, fp: a.Fingerprint, customer: a.CustomerID, body: a.SoldOut.Body}
 	head, tail := record{fp: a.Fingerprint, owner: owner + "@", customer: a.CustomerID}.split()
@@ -295,13 +295,8 @@ const canaryTTL = time.Minute
 // Lost reports whether Redis lost this process's canary, a key it sets and
 // checks again and again (Redis was flushed, or restarted without its data,
 // or the process had not checked for canaryTTL), and sets it again. The
-// first call of a process reports it lost: there was none. It also renews
-// the process's live mark (see Admit), which lasts only LiveTTL: the
-// canary, read for a loss, must not expire while a process is merely slow.
+// first call of a process reports it lost: there was none.
 func (g *Redis) Lost(ctx context.Context, process string) (bool, error) {
-	if _, err := g.pipe.doCmd(ctx, "set", g.livePrefix()+process, "1", "px", g.cfg.LiveTTL.Milliseconds()); err != nil {
-		return false, fmt.Errorf("renewing the live mark: %w", err)
-	}
 	_, err := g.pipe.doCmd(ctx, "set", g.cfg.Namespace+"gate:canary:"+process, "1", "get", "px", canaryTTL.Milliseconds())
 	if errors.Is(err, redis.Nil) {
 		return true, nil
@@ -310,6 +305,15 @@ func (g *Redis) Lost(ctx context.Context, process string) (bool, error) {
 		return false, fmt.Errorf("checking the canary: %w", err)
 	}
 	return false, nil
+}
+
+// KeepAlive renews the process's live mark (see Admit) for LiveTTL; a
+// process renews it well within that, whatever else it is doing.
+func (g *Redis) KeepAlive(ctx context.Context, process string) error {
+	if _, err := g.pipe.doCmd(ctx, "set", g.livePrefix()+process, "1", "px", g.cfg.LiveTTL.Milliseconds()); err != nil {
+		return fmt.Errorf("renewing the live mark: %w", err)
+	}
+	return nil
 }
 
 // setNX stores rec under the order's key unless a record is there, in one

@@ -330,7 +330,7 @@ func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 }
 
 // A key in flight stays in progress while its attempt's process lives (its
-// live mark, which its admissions and canary checks renew), and is taken
+// live mark, which its admissions and KeepAlive renew), and is taken
 // over as soon as that mark is gone, long before InFlightTTL: the process
 // died, and its attempt cannot be publishing any more.
 func TestAKeyInFlightOfAProcessThatDiedIsTakenOverAtOnce(t *testing.T) {
@@ -383,13 +383,22 @@ func TestAKeyInFlightOfAProcessThatDiedIsTakenOverAtOnce(t *testing.T) {
 		t.Errorf("retry of a dead process's key: %+v, want admitted without stock, accepted at %v", took, dead.AcceptedAt)
 	}
 
-	// p3's mark is gone too, but its canary check renews it.
+	// The dead attempt's publish fails after all: its tickets stay taken,
+	// for the order the takeover queued, which holds none of its own.
+	if err := short.Abort(ctx, dead, "p2.a", crowdpass.AdmissionResult{Verdict: crowdpass.Admitted, Taken: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := short.Stock(ctx, cat); n != 1 {
+		t.Errorf("stock %d after the dead attempt's abort, want 1: its ticket stays with the order taken over", n)
+	}
+
+	// p3's mark is gone too, but KeepAlive renews it.
 	renewed := admit(short, "carol", "p3.a")
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		n, err := rdb.Exists(ctx, ns+"gate:live:p3").Result()
 		return err == nil && n == 0
 	}, "p3's live mark expired")
-	if _, err := long.Lost(ctx, "p3"); err != nil {
+	if err := long.KeepAlive(ctx, "p3"); err != nil {
 		t.Fatal(err)
 	}
 	if r := retry(renewed); r.Verdict != crowdpass.InProgress {
