@@ -167,7 +167,7 @@ func BearerToken(r *http.Request, allowQuery bool) (string, error) {
 			return "", crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header must be a Bearer token")
 		}
 		tok = strings.TrimSpace(tok)
-		if len(query) == 1 && query[0] != tok {
+		if len(query) == 1 && query[0] != "" && query[0] != tok {
 			return "", crowdpass.Errorf(crowdpass.EUnauthorized, "the Authorization header and access_token name different tokens")
 		}
 		return tok, nil

@@ -104,6 +104,7 @@ func TestBearerTokenComesFromOnePlace(t *testing.T) {
 		{"query elsewhere", nil, "?access_token=a", false, ""},
 		{"the same in both", []string{"Bearer a"}, "?access_token=a", true, "a"},
 		{"different in both", []string{"Bearer a"}, "?access_token=b", true, ""},
+		{"an empty parameter beside the header", []string{"Bearer a"}, "?access_token=", true, "a"},
 		{"query twice", nil, "?access_token=a&access_token=a", true, ""},
 		{"header twice", []string{"Bearer a", "Bearer a"}, "", false, ""},
 		{"not bearer", []string{"Basic a"}, "", false, ""},

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -41,19 +42,35 @@ func (l *refusingListener) Accept() (net.Conn, error) {
 
 // refusingConn remembers the bytes of its last read, which hold the
 // request net/http refuses (requests are small, and read whole), and
-// rewrites net/http's refusal.
+// rewrites net/http's refusal. net/http reads the first byte of the next
+// request alone, while a handler runs (to notice a client gone): that byte
+// is kept apart, and goes before the read that follows it.
 type refusingConn struct {
 	net.Conn
 	authorized func(token string) bool
 	last       []byte // a window on the server's read buffer, not a copy
+	lead       byte   // the byte read alone before last, if led
+	led        bool
+	leading    bool // the last read was of that one byte
 }
 
 func (c *refusingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.last = p[:n]
+	switch {
+	case n == 1 && len(p) == 1:
+		c.lead, c.leading, c.last = p[0], true, nil
+	case n > 0:
+		c.last, c.led, c.leading = p[:n], c.leading, false
 	}
 	return n, err
+}
+
+// request is what was read of the request net/http refused.
+func (c *refusingConn) request() []byte {
+	if !c.led {
+		return c.last
+	}
+	return append([]byte{c.lead}, c.last...)
 }
 
 // refusalHeaders follow the status line of net/http's refusals, and of no
@@ -65,7 +82,7 @@ func (c *refusingConn) Write(p []byte) (int, error) {
 	if len(p) > 12 && string(p[:9]) == "HTTP/1.1 " && (p[9] == '4' || p[9] == '5') {
 		if i := bytes.IndexByte(p, '\r'); i > 0 && bytes.HasPrefix(p[i:], []byte(refusalHeaders)) {
 			reason := string(p[i+len(refusalHeaders):])
-			if _, err := c.Conn.Write(refusal(string(p[9:12]), reason, c.last, c.authorized)); err != nil {
+			if _, err := c.Conn.Write(refusal(string(p[9:12]), reason, c.request(), c.authorized)); err != nil {
 				return 0, err
 			}
 			return len(p), nil
@@ -157,9 +174,17 @@ func checkAuth(headers map[string][]string, query string, authorized func(string
 	return nil
 }
 
-// readHead reads the request line and headers of raw, as far as they go:
-// names in lower case, values trimmed as net/http trims them.
+// requestLine finds request lines; the last in what was read is the one
+// net/http refused (requests before it on the connection were answered).
+var requestLine = regexp.MustCompile(`[A-Z]{3,7} [^ \r\n]+ HTTP/1\.[01]\r\n`)
+
+// readHead reads the request line and headers of the last request in raw,
+// as far as they go: names in lower case, values trimmed as net/http trims
+// them.
 func readHead(raw []byte) (method, target string, headers map[string][]string, ok bool) {
+	if all := requestLine.FindAllIndex(raw, -1); len(all) > 0 {
+		raw = raw[all[len(all)-1][0]:]
+	}
 	head, _, _ := bytes.Cut(raw, []byte("\r\n\r\n"))
 	lines := strings.Split(string(head), "\r\n")
 	fields := strings.Fields(lines[0])

@@ -57,6 +57,32 @@ func TestRequestsNetHTTPRefusesGetProblems(t *testing.T) {
 		}
 	}
 
+	// A request refused after another on the same connection: net/http
+	// reads its first byte alone, while the handler of the first runs.
+	addr := srv.Listener.Addr().String()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + order + "Authorization: Bearer good\r\nIdempotency-Key: a\x01b\r\n\r\n{}")); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	for i, want := range []int{http.StatusBadRequest, http.StatusBadRequest} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p problem.Problem
+		json.NewDecoder(resp.Body).Decode(&p)
+		resp.Body.Close()
+		if resp.StatusCode != want || (i == 1 && p.Code != crowdpass.EKeyInvalid) {
+			t.Errorf("pipelined request %d: %d %+v; want %d (the second idempotency_key_invalid)", i, resp.StatusCode, p, want)
+		}
+	}
+
 	// What a handler writes passes untouched, whatever it is.
 	resp := rawRequest(t, srv.Listener.Addr().String(), "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
 	defer resp.Body.Close()
