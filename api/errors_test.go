@@ -79,6 +79,7 @@ func TestEveryProblemHasItsStatusAndCode(t *testing.T) {
 		{"an event's id without hyphens", "GET", "/events/" + strings.ReplaceAll(event.ID.String(), "-", ""), nil, nil, 404, crowdpass.ENotFound},
 		{"content type twice", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k-ct", "Content-Type", "application/json", "Content-Type", "text/plain"), body, 415, crowdpass.EUnsupportedMediaType},
 		{"json in UTF-8 is json", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k", "Content-Type", "Application/JSON; charset=UTF-8"), orderJSON(event, 1, 3), 422, crowdpass.EValidation},
+		{"json in latin1 beside a bad parameter", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k-ct", "Content-Type", "application/json; charset=latin1; x"), body, 415, crowdpass.EUnsupportedMediaType},
 		{"json in latin1", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k-ct", "Content-Type", "application/json; charset=latin1"), body, 415, crowdpass.EUnsupportedMediaType},
 		{"json with a parameter without value", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k", "Content-Type", "application/json; charset"), orderJSON(event, 1, 3), 422, crowdpass.EValidation},
 		{"text body", "POST", "/orders", hdr("Authorization", "Bearer "+good, "Idempotency-Key", "k", "Content-Type", "text/plain"), body, 415, crowdpass.EUnsupportedMediaType},

@@ -48,6 +48,14 @@ func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		if (err != nil && !errors.Is(err, mime.ErrInvalidMediaParameter)) || mt != "application/json" {
 			return nil, crowdpass.Errorf(crowdpass.EUnsupportedMediaType, "the body must be application/json")
 		}
+		if errors.Is(err, mime.ErrInvalidMediaParameter) { // params is nil: read charset by hand
+			params = map[string]string{}
+			for _, p := range strings.Split(r.Header.Get("Content-Type"), ";")[1:] {
+				if name, value, ok := strings.Cut(strings.TrimSpace(p), "="); ok && strings.EqualFold(name, "charset") {
+					params["charset"] = strings.Trim(value, `"`)
+				}
+			}
+		}
 		if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
 			return nil, crowdpass.Errorf(crowdpass.EUnsupportedMediaType, "the body must be application/json in UTF-8")
 		}
