@@ -700,11 +700,36 @@ const catalogSaveInterval = 5 * time.Second
 // which only matters where a lost gate stock is rebuilt from them, and
 // too many admissions are rejected by the workers.
 func (s *Server) refreshCatalog(ctx context.Context) {
-	readCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	events, err := s.store.Events(readCtx)
-	cancel()
-	redisCtx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
-	defer cancel()
+	read := func(timeout time.Duration) ([]crowdpass.Event, error) {
+		readCtx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return s.store.Events(readCtx)
+	}
+	loadSaved := func() bool {
+		redisCtx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
+		defer cancel()
+		return s.loadSavedCatalog(redisCtx)
+	}
+	save := func(events []crowdpass.Event, replace bool) {
+		redisCtx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
+		defer cancel()
+		s.saveCatalog(redisCtx, events, replace)
+	}
+	var events []crowdpass.Event
+	var err error
+	if s.catalog.isLoaded() {
+		events, err = read(catalogReadTimeout)
+	} else {
+		// Nothing to answer with yet: a database that does not answer at
+		// once is not waited for while a copy in Redis can answer.
+		if events, err = read(catalogFirstReadTimeout); err != nil {
+			if loadSaved() {
+				s.log.Warn("catalog loaded from its copy in Redis: PostgreSQL cannot be read", "err", err)
+				return
+			}
+			events, err = read(catalogReadTimeout)
+		}
+	}
 	if err != nil {
 		switch {
 		case s.catalog.isLoaded():
@@ -713,9 +738,9 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 			// outage): this one is put back, where none is, for a process
 			// that starts meanwhile.
 			if s.catalogSaveDue() {
-				s.saveCatalog(redisCtx, s.catalog.all(), false)
+				save(s.catalog.all(), false)
 			}
-		case s.loadSavedCatalog(redisCtx):
+		case loadSaved():
 			s.log.Warn("catalog loaded from its copy in Redis: PostgreSQL cannot be read", "err", err)
 		default:
 			s.log.Warn("catalog not loaded yet", "err", err)
@@ -725,9 +750,16 @@ func (s *Server) refreshCatalog(ctx context.Context) {
 	s.catalog.replace(events)
 	s.catalogRead.Store(s.cfg.Now().UnixNano())
 	if s.catalogSaveDue() {
-		s.saveCatalog(redisCtx, events, true)
+		save(events, true)
 	}
 }
+
+// A catalog read is bounded by catalogReadTimeout, the first one of a
+// process by catalogFirstReadTimeout while Redis holds a copy.
+const (
+	catalogReadTimeout      = 3 * time.Second
+	catalogFirstReadTimeout = 500 * time.Millisecond
+)
 
 // catalogSaveDue reports whether catalogSaveInterval has passed since the
 // catalog was last copied to Redis.

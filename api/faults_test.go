@@ -970,6 +970,52 @@ func (h *harness) existingOrders() int {
 	return n
 }
 
+// A process that starts while PostgreSQL does not answer (stalled, not
+// down) does not wait out a whole read before it answers from the copy
+// of the catalog in Redis.
+func TestAProcessStartedDuringAStallAnswersFromTheCatalogsCopySoon(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		_, err := h.gate.LoadCatalog(testkit.Context(t))
+		return err == nil
+	}, "the catalog's copy in Redis")
+	stalled := &stalledEvents{Store: h.store}
+	other := h.otherProcess(stalled)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return other.do(http.MethodGet, "/readyz", nil, nil).status == http.StatusOK
+	}, "the catalog loaded during the stall")
+	if wait := stalled.first(); wait <= 0 || wait > time.Second {
+		t.Errorf("the first catalog read waited for up to %s, want a second at most", wait)
+	}
+}
+
+// stalledEvents is a database whose events are never read: each read
+// waits for its deadline, which the first one records.
+type stalledEvents struct {
+	api.Store
+	mu    sync.Mutex
+	limit time.Duration
+}
+
+func (s *stalledEvents) Events(ctx context.Context) ([]crowdpass.Event, error) {
+	if d, ok := ctx.Deadline(); ok {
+		s.mu.Lock()
+		if s.limit == 0 {
+			s.limit = time.Until(d)
+		}
+		s.mu.Unlock()
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func (s *stalledEvents) first() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.limit
+}
+
 // unreadableOrders is a database whose orders cannot be read one by one.
 type unreadableOrders struct{ api.Store }
 
