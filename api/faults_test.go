@@ -496,57 +496,55 @@ func TestOrderAcceptedWithoutRedisReadsAsPending(t *testing.T) {
 }
 
 // An API that dies after queueing an order but before answering leaves its
-// key in flight. A retry after the in-flight time (3 s here) takes the key
-// over and gets a 202 for the one order, even though the gate has no stock
-// left by then: never a sold_out for a key whose order exists. The 202 and
-// the order carry the dead attempt's acceptance time, whichever of the two
-// queued messages the worker decides.
+// key in flight. A retry takes the key over and gets a 202 for the one
+// order, even though the gate has no stock left by then: never a sold_out
+// for a key whose order exists. It does so once the in-flight time (3 s
+// here) is over, or, where the mark names a process whose live mark is
+// gone, at once (the in-flight time an hour). The 202 and the order carry
+// the dead attempt's acceptance time, whichever of the two queued messages
+// the worker decides.
 func TestARetryAfterTheAPIDiedMidRequestGetsItsOrder(t *testing.T) {
 	t.Parallel()
-	h := setup(t, options{workers: 1})
-	event := h.event(4, 1)
-	// What the dead process did: admit (taking the last ticket at the gate)
-	// and queue the order; it never stored an answer.
-	adm := h.acceptedElsewhere(event, "alice", "k")
-	r := h.orderOnceOutOfFlight("alice", "k", orderJSON(event, 0, 1))
-	if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() {
-		t.Fatalf("retry after the API died: %d %s, want 202 for order %s", r.status, r.body, adm.OrderID)
-	}
-	if at := r.problem(t)["accepted_at"]; at != adm.AcceptedAt.String() {
-		t.Errorf("retry's 202 accepted at %v, want the dead attempt's %s", at, adm.AcceptedAt)
-	}
-	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
-	var created time.Time
-	if err := h.db.Pool.QueryRow(testkit.Context(t), "SELECT created_at FROM orders WHERE id = $1", adm.OrderID).Scan(&created); err != nil {
-		t.Fatal(err)
-	}
-	if !created.Equal(adm.AcceptedAt.Time) {
-		t.Errorf("order created at %s, want the dead attempt's %s", created, adm.AcceptedAt)
-	}
-	if n := h.countOrders("customer_id = 'alice' AND status = 'confirmed'"); n != 1 {
-		t.Errorf("%d confirmed orders for one key, want 1", n)
-	}
-}
-
-// A retry of a key whose process died mid-request is taken over as soon as
-// that process's live mark has expired, not when the key's in-flight time
-// (an hour here) ends: the buyer gets the 202 of the one order within a
-// moment of the crash.
-func TestARetryAfterTheAPIDiedIsNotKeptInProgress(t *testing.T) {
-	t.Parallel()
-	h := setup(t, options{workers: 1, inFlightTTL: time.Hour})
-	event := h.event(4, 1)
-	adm := h.acceptedByDead(event, "alice", "k")
-	r := h.orderOnceOutOfFlight("alice", "k", orderJSON(event, 0, 1))
-	if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() {
-		t.Fatalf("retry after the API died: %d %s, want 202 for order %s", r.status, r.body, adm.OrderID)
-	}
-	if at := r.problem(t)["accepted_at"]; at != adm.AcceptedAt.String() {
-		t.Errorf("retry's 202 accepted at %v, want the dead attempt's %s", at, adm.AcceptedAt)
-	}
-	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
-	if n := h.countOrders("customer_id = 'alice' AND status = 'confirmed'"); n != 1 {
-		t.Errorf("%d confirmed orders for one key, want 1", n)
+	for _, c := range []struct {
+		name     string
+		inFlight time.Duration
+		accepted func(h *harness, event crowdpass.Event) crowdpass.Admission
+	}{
+		{"after the in-flight time", 0, func(h *harness, e crowdpass.Event) crowdpass.Admission {
+			return h.acceptedElsewhere(e, "alice", "k")
+		}},
+		{"at once, its process gone", time.Hour, func(h *harness, e crowdpass.Event) crowdpass.Admission {
+			return h.acceptedByDead(e, "alice", "k")
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			h := setup(t, options{inFlightTTL: c.inFlight})
+			event := h.event(4, 1)
+			// What the dead process did: admit (taking the last ticket at the
+			// gate) and queue the order; it never stored an answer. No
+			// worker decides it yet: its key can only be taken over.
+			adm := c.accepted(h, event)
+			r := h.orderOnceOutOfFlight("alice", "k", orderJSON(event, 0, 1))
+			if r.status != http.StatusAccepted || orderID(t, r) != adm.OrderID.String() {
+				t.Fatalf("retry after the API died: %d %s, want 202 for order %s", r.status, r.body, adm.OrderID)
+			}
+			if at := r.problem(t)["accepted_at"]; at != adm.AcceptedAt.String() {
+				t.Errorf("retry's 202 accepted at %v, want the dead attempt's %s", at, adm.AcceptedAt)
+			}
+			h.startWorker()
+			testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
+			var created time.Time
+			if err := h.db.Pool.QueryRow(testkit.Context(t), "SELECT created_at FROM orders WHERE id = $1", adm.OrderID).Scan(&created); err != nil {
+				t.Fatal(err)
+			}
+			if !created.Equal(adm.AcceptedAt.Time) {
+				t.Errorf("order created at %s, want the dead attempt's %s", created, adm.AcceptedAt)
+			}
+			if n := h.countOrders("customer_id = 'alice' AND status = 'confirmed'"); n != 1 {
+				t.Errorf("%d confirmed orders for one key, want 1", n)
+			}
+		})
 	}
 }
 
@@ -857,10 +855,7 @@ func (h *harness) orderOnceOutOfFlight(customer, key string, body []byte) reply 
 func TestAProcessStartedWithoutTheDatabaseTakesTheCatalogFromRedis(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{})
-	testkit.Eventually(t, 20*time.Second, func() bool {
-		_, err := h.gate.LoadCatalog(testkit.Context(t))
-		return err == nil
-	}, "the catalog's copy in Redis")
+	h.waitCatalogCopy()
 
 	other := h.otherProcess(downStore{})
 	testkit.Eventually(t, 10*time.Second, func() bool {
@@ -961,6 +956,15 @@ func (h *harness) otherProcess(store api.Store) harness {
 	return other
 }
 
+// waitCatalogCopy waits for the catalog's copy in Redis.
+func (h *harness) waitCatalogCopy() {
+	h.t.Helper()
+	testkit.Eventually(h.t, 20*time.Second, func() bool {
+		_, err := h.gate.LoadCatalog(testkit.Context(h.t))
+		return err == nil
+	}, "the catalog's copy in Redis")
+}
+
 // existingOrders reads crowdpass_orders_existing: -1 until the walk is done.
 func (h *harness) existingOrders() int {
 	n, err := strconv.Atoi(h.metric("crowdpass_orders_existing"))
@@ -976,10 +980,7 @@ func (h *harness) existingOrders() int {
 func TestAProcessStartedDuringAStallAnswersFromTheCatalogsCopySoon(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{})
-	testkit.Eventually(t, 20*time.Second, func() bool {
-		_, err := h.gate.LoadCatalog(testkit.Context(t))
-		return err == nil
-	}, "the catalog's copy in Redis")
+	h.waitCatalogCopy()
 	stalled := &stalledEvents{Store: h.store}
 	other := h.otherProcess(stalled)
 	testkit.Eventually(t, 10*time.Second, func() bool {

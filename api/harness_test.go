@@ -73,7 +73,7 @@ type harness struct {
 	recent     *api.Recent
 	amqpProxy  *testkit.Proxy
 	redisProxy *testkit.Proxy
-	workers    []*worker.Worker
+	workers    int // started so far (startWorker)
 	// writesBack is set where the API writes its answers back after Redis
 	// lost them (options.canary).
 	writesBack bool
@@ -134,15 +134,6 @@ func setup(t testing.TB, opts options) *harness {
 	running := 2
 	go func() { h.publisher.Run(ctx); done <- struct{}{} }()
 	go func() { h.server.Run(ctx); done <- struct{}{} }()
-	for i := range opts.workers {
-		w := worker.New(worker.Config{
-			AMQPURL: testkit.AMQPURL(), Topology: h.topo, Batch: 50, Logger: log,
-			Name: fmt.Sprintf("api-test-worker-%d", i), RetryMin: 10 * time.Millisecond, RetryMax: 200 * time.Millisecond,
-		}, h.store)
-		h.workers = append(h.workers, w)
-		running++
-		go func() { w.Run(ctx); done <- struct{}{} }()
-	}
 	srv := httptest.NewServer(h.server.Handler())
 	h.url = srv.URL
 	h.client = &http.Client{
@@ -158,10 +149,25 @@ func setup(t testing.TB, opts options) *harness {
 		}
 	})
 	testkit.Eventually(t, 20*time.Second, h.publisher.Ready, "publisher connected")
-	for _, w := range h.workers {
-		testkit.Eventually(t, 20*time.Second, w.Ready, "worker consuming")
+	for range opts.workers {
+		h.startWorker()
 	}
 	return h
+}
+
+// startWorker starts a worker on h's queue and database, until the test ends.
+func (h *harness) startWorker() {
+	h.t.Helper()
+	h.workers++
+	w := worker.New(worker.Config{
+		AMQPURL: testkit.AMQPURL(), Topology: h.topo, Batch: 50, Logger: testkit.Logger(h.t),
+		Name: fmt.Sprintf("api-test-worker-%d", h.workers), RetryMin: 10 * time.Millisecond, RetryMax: 200 * time.Millisecond,
+	}, h.store)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	h.t.Cleanup(func() { cancel(); <-done })
+	testkit.Eventually(h.t, 20*time.Second, w.Ready, "worker consuming")
 }
 
 // event creates an event and waits until the API's catalog has it.

@@ -33,16 +33,23 @@ func setupInFlight(t *testing.T, ttl time.Duration) *gate.Redis {
 // setupNamespace returns a gate whose keys stay in flight for ttl, and its namespace.
 func setupNamespace(t *testing.T, ttl time.Duration) (*gate.Redis, string) {
 	t.Helper()
+	rdb := newClient(t)
+	ns := testkit.Namespace(t)
+	g := gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: ttl})
+	t.Cleanup(g.Close)
+	return g, ns
+}
+
+// newClient connects to the tests' Redis until the test ends.
+func newClient(t *testing.T) *redis.Client {
+	t.Helper()
 	opts, err := redis.ParseURL(testkit.RedisURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	rdb := redis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
-	ns := testkit.Namespace(t)
-	g := gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: ttl})
-	t.Cleanup(g.Close)
-	return g, ns
+	return rdb
 }
 
 // withStock gives a new category a gate stock of n on g.
@@ -335,13 +342,7 @@ func TestAnAttemptThatDiedIsTakenOverAfterItsTime(t *testing.T) {
 // died, and its attempt cannot be publishing any more.
 func TestAKeyInFlightOfAProcessThatDiedIsTakenOverAtOnce(t *testing.T) {
 	t.Parallel()
-	opts, err := redis.ParseURL(testkit.RedisURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
-	ns := testkit.Namespace(t)
+	rdb, ns := newClient(t), testkit.Namespace(t)
 	gateLiving := func(live time.Duration) *gate.Redis {
 		g := gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: time.Hour, LiveTTL: live})
 		t.Cleanup(g.Close)
