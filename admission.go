@@ -97,6 +97,10 @@ type KeyRecord struct {
 	// Decided is the order as decided, where the record is this process's
 	// memory of an outcome it saw (api.Recent); nil while pending.
 	Decided *Order
+	// FromOrder marks an Answer rebuilt from the decided order itself (its
+	// outcome, or PostgreSQL): the 202 the order was accepted with, which
+	// takes the place of any other 202 of its payload (Gate.Remember).
+	FromOrder bool
 }
 
 // KeyAnswer is the answer a process gave an idempotency key (the key's

@@ -176,7 +176,8 @@ type Server struct {
 	givebacks  chan givenBack // giveBackLoop's
 	// existingCount is how many orders the filter of orders that exist
 	// holds (loadExisting).
-	existingCount atomic.Int64
+	existingCount  atomic.Int64
+	existingWalked atomic.Bool // the walk at start is done
 	// process names this process's canary in Redis (watchCanary).
 	process string
 }
@@ -374,6 +375,13 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	checks := append([]Check{
 		{"broker", true, func(context.Context) bool { return s.queue.Ready() }},
 		{"catalog", true, func(context.Context) bool { return s.catalog.isLoaded() }},
+		// Until the orders that exist are listed, a key Redis forgot is
+		// decided as new; while PostgreSQL can be read, that is soon over,
+		// and not worth an answer that stays wrong. Without PostgreSQL the
+		// process takes orders all the same.
+		{"orders", true, func(context.Context) bool {
+			return s.existingWalked.Load() || s.catalogAge() > 2*s.cfg.ReconcileInterval
+		}},
 		{"redis", false, func(ctx context.Context) bool { return s.gate.Ping(ctx) == nil }},
 		{"postgres", false, func(ctx context.Context) bool { return s.store.Ping(ctx) == nil }},
 	}, s.cfg.Checks...)
@@ -492,6 +500,7 @@ func (s *Server) loadExisting(ctx context.Context) {
 		return
 	}
 	s.cfg.Recent.existingLoaded.Store(true)
+	s.existingWalked.Store(true)
 	s.log.Info("orders that exist listed", "orders", s.existingCount.Load(), "sized_for", size, "took", time.Since(start))
 	tick := time.NewTicker(s.cfg.ReconcileInterval)
 	defer tick.Stop()

@@ -1017,6 +1017,44 @@ func (s *stalledEvents) first() time.Duration {
 	return s.limit
 }
 
+// A process is not ready while PostgreSQL answers but the orders that
+// exist are not listed yet: a key Redis forgot would be decided as new.
+func TestAProcessIsNotReadyUntilItKnowsTheOrdersThatExist(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{})
+	walk := &heldWalk{Store: h.store, release: make(chan struct{})}
+	other := h.otherProcess(walk)
+	var body struct {
+		Checks map[string]string `json:"checks"`
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		r := other.do(http.MethodGet, "/readyz", nil, nil)
+		return json.Unmarshal(r.body, &body) == nil && body.Checks["catalog"] == "ok"
+	}, "the catalog loaded")
+	if r := other.do(http.MethodGet, "/readyz", nil, nil); r.status != http.StatusServiceUnavailable || !bytes.Contains(r.body, []byte(`"orders":"down"`)) {
+		t.Errorf("readyz during the walk: %d %s; want 503 with orders down", r.status, r.body)
+	}
+	close(walk.release)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return other.do(http.MethodGet, "/readyz", nil, nil).status == http.StatusOK
+	}, "ready once the walk is done")
+}
+
+// heldWalk is a database whose orders are listed only once released.
+type heldWalk struct {
+	api.Store
+	release chan struct{}
+}
+
+func (w *heldWalk) OrderIDs(ctx context.Context, after uuid.UUID, limit int) ([]uuid.UUID, error) {
+	select {
+	case <-w.release:
+		return w.Store.OrderIDs(ctx, after, limit)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 // unreadableOrders is a database whose orders cannot be read one by one.
 type unreadableOrders struct{ api.Store }
 

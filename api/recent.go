@@ -257,7 +257,8 @@ func decidedRecord(order crowdpass.Order) crowdpass.KeyRecord {
 			OrderID: order.ID, Status: crowdpass.StatusPending, EventID: order.EventID,
 			CategoryID: order.CategoryID, Quantity: order.Quantity, AcceptedAt: order.AcceptedAt,
 		}),
-		Decided: &order,
+		Decided:   &order,
+		FromOrder: true,
 	}
 }
 

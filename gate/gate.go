@@ -211,7 +211,8 @@ func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission, owner string)
 // Remember stores rec, the answer this process gave the key, where Redis
 // lost it, and answers a from the record Redis then holds: a replay, a
 // mismatch, or, for a refusal, in progress if the key was admitted anew
-// meanwhile. A 202 takes the place of what remember.lua says; a refusal
+// meanwhile. A 202 takes the place of what remember.lua says (a 202 rebuilt
+// from the decided order, of any other 202 of its payload too); a refusal
 // (sold_out at the edge: no order exists) only of no record, since the key
 // may have been admitted since Redis lost it, and that admission stands.
 // stored reports whether rec was written.
@@ -227,7 +228,11 @@ func (g *Redis) Remember(ctx context.Context, a crowdpass.Admission, rec crowdpa
 		}
 		return held.verdict(a.Fingerprint), false, nil
 	}
-	val, err := g.pipe.do(ctx, rememberScript, []string{g.keyKey(a.OrderID)}, answer.encode(), g.cfg.AnswerTTL.Milliseconds(), rec.Fingerprint)
+	decided := ""
+	if rec.FromOrder {
+		decided = "1"
+	}
+	val, err := g.pipe.do(ctx, rememberScript, []string{g.keyKey(a.OrderID)}, answer.encode(), g.cfg.AnswerTTL.Milliseconds(), rec.Fingerprint, decided)
 	if errors.Is(err, redis.Nil) {
 		return answer.verdict(a.Fingerprint), true, nil
 	}

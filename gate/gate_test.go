@@ -474,6 +474,23 @@ func TestRememberRestoresA202WhereRedisLostIt(t *testing.T) {
 			t.Errorf("over %s: stored %v, %+v", c.name, stored, res)
 		}
 	}
+
+	// The 202 of a decided order, rebuilt from the order, takes the place of
+	// another 202 of its payload (given while no process knew the order).
+	a := admission("alice", "decided", cat, 1)
+	if _, err := g.Admit(ctx, a, "elsewhere"); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Complete(ctx, a, theirs); err != nil {
+		t.Fatal(err)
+	}
+	decided := crowdpass.KeyRecord{CustomerID: "alice", Fingerprint: a.Fingerprint, Answer: ours, FromOrder: true}
+	if res, stored := remember(a, decided); !stored || res.Verdict != crowdpass.Replay || string(res.Answer.Body) != string(ours.Body) {
+		t.Errorf("the decided order's 202 over another: stored %v, %+v; want it stored and replayed", stored, res)
+	}
+	if res, stored := remember(a, decided); stored || string(res.Answer.Body) != string(ours.Body) {
+		t.Errorf("the decided order's 202 again: stored %v, %+v; want it standing", stored, res)
+	}
 }
 
 func TestRestoreWritesBackAnswersAsRememberWould(t *testing.T) {
