@@ -80,8 +80,14 @@ const refusalHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnectio
 
 func (c *refusingConn) Write(p []byte) (int, error) {
 	if len(p) > 12 && string(p[:9]) == "HTTP/1.1 " && (p[9] == '4' || p[9] == '5') {
-		if i := bytes.IndexByte(p, '\r'); i > 0 && bytes.HasPrefix(p[i:], []byte(refusalHeaders)) {
-			reason := string(p[i+len(refusalHeaders):])
+		i := bytes.IndexByte(p, '\r')
+		// net/http answers an Expect other than 100-continue with an empty
+		// 417 of its own, and no handler here ever writes a 417.
+		if i > 0 && (bytes.HasPrefix(p[i:], []byte(refusalHeaders)) || string(p[9:13]) == "417 ") {
+			reason := ""
+			if bytes.HasPrefix(p[i:], []byte(refusalHeaders)) {
+				reason = string(p[i+len(refusalHeaders):])
+			}
 			if _, err := c.Conn.Write(refusal(string(p[9:12]), reason, c.request(), c.authorized)); err != nil {
 				return 0, err
 			}
@@ -144,6 +150,8 @@ func refusalError(status, reason string, raw []byte, authorized func(string) boo
 		return crowdpass.Errorf(crowdpass.EPayloadTooLarge, "the request's headers are over the limit")
 	case "501":
 		return crowdpass.Errorf(crowdpass.EMalformedBody, "the body's transfer coding is not supported")
+	case "417":
+		return crowdpass.Errorf(crowdpass.EMalformedBody, "the Expect header asks for what this server does not do (only 100-continue)")
 	}
 	if _, text, found := strings.Cut(reason, ": "); found && text != "" {
 		return crowdpass.Errorf(crowdpass.EMalformedBody, "the request could not be read: %s", text)
