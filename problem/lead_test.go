@@ -38,3 +38,38 @@ func TestARefusalSeesTheByteReadAheadOfItsRequest(t *testing.T) {
 		t.Errorf("refusal %q, want idempotency_key_invalid", answer)
 	}
 }
+
+// A request that arrives in pieces, read one after the other into the
+// server's buffer, is judged whole.
+func TestARefusalSeesARequestReadInPieces(t *testing.T) {
+	t.Parallel()
+	server, client := net.Pipe()
+	defer client.Close()
+	c := &refusingConn{Conn: server, authorized: func(tok string) bool { return tok == "good" }}
+	line, rest := "POST /orders HTTP/1.1\r\n", "Host: x\r\nAuthorization: Bearer good\r\nIdempotency-Key: a\x01b\r\n\r\n"
+	go func() {
+		client.Write([]byte(line))
+		client.Write([]byte(rest))
+	}()
+	buf := make([]byte, 4096)
+	n1, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := c.Read(buf[n1:])
+	if err != nil || n1+n2 != len(line)+len(rest) {
+		t.Fatalf("read %d and %d, %v", n1, n2, err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b := make([]byte, 4096)
+		n, _ := client.Read(b)
+		got <- b[:n]
+	}()
+	if _, err := c.Write([]byte("HTTP/1.1 400 Bad Request" + refusalHeaders + "400 Bad Request")); err != nil {
+		t.Fatal(err)
+	}
+	if answer := <-got; !bytes.Contains(answer, []byte(`"code":"idempotency_key_invalid"`)) {
+		t.Errorf("refusal %q, want idempotency_key_invalid", answer)
+	}
+}

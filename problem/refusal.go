@@ -59,10 +59,21 @@ func (c *refusingConn) Read(p []byte) (int, error) {
 	switch {
 	case n == 1 && len(p) == 1:
 		c.lead, c.leading, c.last = p[0], true, nil
+	case n > 0 && c.follows(p):
+		// The server's buffer, read into where the last read ended: one
+		// request sent in several pieces is seen whole.
+		c.last = c.last[:len(c.last)+n]
 	case n > 0:
 		c.last, c.led, c.leading = p[:n], c.leading, false
 	}
 	return n, err
+}
+
+// follows reports whether p starts in the same array right where the last
+// read ended.
+func (c *refusingConn) follows(p []byte) bool {
+	last := c.last
+	return len(last) > 0 && cap(last) > len(last) && len(p) > 0 && &last[:len(last)+1][len(last)] == &p[0]
 }
 
 // request is what was read of the request net/http refused.
@@ -184,7 +195,7 @@ func checkAuth(headers map[string][]string, query string, authorized func(string
 
 // requestLine finds request lines; the last in what was read is the one
 // net/http refused (requests before it on the connection were answered).
-var requestLine = regexp.MustCompile(`[A-Z]{3,7} [^ \r\n]+ HTTP/1\.[01]\r\n`)
+var requestLine = regexp.MustCompile(`[A-Z]{3,7} [^ \r\n]+ HTTP/1\.[01]\r?\n`)
 
 // readHead reads the request line and headers of the last request in raw,
 // as far as they go: names in lower case, values trimmed as net/http trims
@@ -193,8 +204,10 @@ func readHead(raw []byte) (method, target string, headers map[string][]string, o
 	if all := requestLine.FindAllIndex(raw, -1); len(all) > 0 {
 		raw = raw[all[len(all)-1][0]:]
 	}
-	head, _, _ := bytes.Cut(raw, []byte("\r\n\r\n"))
-	lines := strings.Split(string(head), "\r\n")
+	// Lines may end in LF alone, as net/http allows.
+	text := strings.ReplaceAll(string(raw), "\r\n", "\n")
+	head, _, _ := strings.Cut(text, "\n\n")
+	lines := strings.Split(head, "\n")
 	fields := strings.Fields(lines[0])
 	if len(fields) != 3 || !strings.HasPrefix(fields[2], "HTTP/") {
 		return "", "", nil, false
@@ -208,7 +221,11 @@ func readHead(raw []byte) (method, target string, headers map[string][]string, o
 		name = strings.ToLower(name)
 		headers[name] = append(headers[name], strings.Trim(value, " \t"))
 	}
-	return fields[0], fields[1], headers, true
+	target = fields[1]
+	if u, err := url.Parse(target); err == nil && u.IsAbs() { // absolute form
+		target = u.RequestURI()
+	}
+	return fields[0], target, headers, true
 }
 
 func validHeaderValue(v string) bool {

@@ -42,6 +42,8 @@ func TestRequestsNetHTTPRefusesGetProblems(t *testing.T) {
 		{"no key beside a bad header", order + "Authorization: Bearer good\r\nX-Note: a\x01b\r\n\r\n{}", 400, crowdpass.EKeyMissing},
 		{"a bad header elsewhere", order + "Authorization: Bearer good\r\nIdempotency-Key: k\r\nX-Note: a\x01b\r\n\r\n{}", 400, crowdpass.EMalformedBody},
 		{"an unknown transfer coding", "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer good\r\nIdempotency-Key: k\r\nTransfer-Encoding: gzip\r\n\r\n{}", 400, crowdpass.EMalformedBody},
+		{"lines ending in LF alone", "POST /orders HTTP/1.1\nHost: x\nContent-Length: 2\nIdempotency-Key: a\x01b\n\n{}", 401, crowdpass.EUnauthorized},
+		{"an absolute target", "POST http://x/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nIdempotency-Key: a\x01b\r\n\r\n{}", 401, crowdpass.EUnauthorized},
 		{"a public route", "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: \x7f\r\n\r\n", 400, crowdpass.EMalformedBody},
 		{"a WebSocket's token in its query", "GET /ws?access_token=bad HTTP/1.1\r\nHost: x\r\nX-Note: \x01\r\n\r\n", 401, crowdpass.EUnauthorized},
 		{"a bad Content-Length", "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, crowdpass.EMalformedBody},
