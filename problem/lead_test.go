@@ -25,16 +25,7 @@ func TestARefusalSeesTheByteReadAheadOfItsRequest(t *testing.T) {
 	if err != nil || n != len(request)-1 {
 		t.Fatalf("read %d, %v", n, err)
 	}
-	got := make(chan []byte, 1)
-	go func() {
-		b := make([]byte, 4096)
-		n, _ := client.Read(b)
-		got <- b[:n]
-	}()
-	if _, err := c.Write([]byte("HTTP/1.1 400 Bad Request" + refusalHeaders + "400 Bad Request")); err != nil {
-		t.Fatal(err)
-	}
-	if answer := <-got; !bytes.Contains(answer, []byte(`"code":"idempotency_key_invalid"`)) {
+	if answer := refuse(t, c, client); !bytes.Contains(answer, []byte(`"code":"idempotency_key_invalid"`)) {
 		t.Errorf("refusal %q, want idempotency_key_invalid", answer)
 	}
 }
@@ -60,6 +51,15 @@ func TestARefusalSeesARequestReadInPieces(t *testing.T) {
 	if err != nil || n1+n2 != len(line)+len(rest) {
 		t.Fatalf("read %d and %d, %v", n1, n2, err)
 	}
+	if answer := refuse(t, c, client); !bytes.Contains(answer, []byte(`"code":"idempotency_key_invalid"`)) {
+		t.Errorf("refusal %q, want idempotency_key_invalid", answer)
+	}
+}
+
+// refuse has c write net/http's plain 400, and returns what the client
+// reads instead.
+func refuse(t *testing.T, c *refusingConn, client net.Conn) []byte {
+	t.Helper()
 	got := make(chan []byte, 1)
 	go func() {
 		b := make([]byte, 4096)
@@ -69,7 +69,5 @@ func TestARefusalSeesARequestReadInPieces(t *testing.T) {
 	if _, err := c.Write([]byte("HTTP/1.1 400 Bad Request" + refusalHeaders + "400 Bad Request")); err != nil {
 		t.Fatal(err)
 	}
-	if answer := <-got; !bytes.Contains(answer, []byte(`"code":"idempotency_key_invalid"`)) {
-		t.Errorf("refusal %q, want idempotency_key_invalid", answer)
-	}
+	return <-got
 }
