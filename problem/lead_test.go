@@ -30,32 +30,6 @@ func TestARefusalSeesTheByteReadAheadOfItsRequest(t *testing.T) {
 	}
 }
 
-// A request that arrives in pieces, read one after the other into the
-// server's buffer, is judged whole.
-func TestARefusalSeesARequestReadInPieces(t *testing.T) {
-	t.Parallel()
-	server, client := net.Pipe()
-	defer client.Close()
-	c := &refusingConn{Conn: server, authorized: func(tok string) bool { return tok == "good" }}
-	line, rest := "POST /orders HTTP/1.1\r\n", "Host: x\r\nAuthorization: Bearer good\r\nIdempotency-Key: a\x01b\r\n\r\n"
-	go func() {
-		client.Write([]byte(line))
-		client.Write([]byte(rest))
-	}()
-	buf := make([]byte, 4096)
-	n1, err := c.Read(buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n2, err := c.Read(buf[n1:])
-	if err != nil || n1+n2 != len(line)+len(rest) {
-		t.Fatalf("read %d and %d, %v", n1, n2, err)
-	}
-	if answer := refuse(t, c, client); !bytes.Contains(answer, []byte(`"code":"idempotency_key_invalid"`)) {
-		t.Errorf("refusal %q, want idempotency_key_invalid", answer)
-	}
-}
-
 // refuse has c write net/http's plain 400, and returns what the client
 // reads instead.
 func refuse(t *testing.T, c *refusingConn, client net.Conn) []byte {

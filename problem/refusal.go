@@ -41,8 +41,9 @@ func (l *refusingListener) Accept() (net.Conn, error) {
 }
 
 // refusingConn remembers the bytes of its last read, which hold the
-// request net/http refuses (requests are small, and read whole), and
-// rewrites net/http's refusal. net/http reads the first byte of the next
+// request net/http refuses (requests are small, and read whole: a head sent
+// in pieces, or over the server's 4 KiB buffer, is judged on its last
+// piece, without its request line), and rewrites net/http's refusal. net/http reads the first byte of the next
 // request alone, while a handler runs (to notice a client gone): that byte
 // is kept apart, and goes before the read that follows it.
 type refusingConn struct {
@@ -59,21 +60,10 @@ func (c *refusingConn) Read(p []byte) (int, error) {
 	switch {
 	case n == 1 && len(p) == 1:
 		c.lead, c.leading, c.last = p[0], true, nil
-	case n > 0 && c.follows(p):
-		// The server's buffer, read into where the last read ended: one
-		// request sent in several pieces is seen whole.
-		c.last = c.last[:len(c.last)+n]
 	case n > 0:
 		c.last, c.led, c.leading = p[:n], c.leading, false
 	}
 	return n, err
-}
-
-// follows reports whether p starts in the same array right where the last
-// read ended.
-func (c *refusingConn) follows(p []byte) bool {
-	last := c.last
-	return len(last) > 0 && cap(last) > len(last) && len(p) > 0 && &last[:len(last)+1][len(last)] == &p[0]
 }
 
 // request is what was read of the request net/http refused.

@@ -60,8 +60,8 @@ func TestRequestsNetHTTPRefusesGetProblems(t *testing.T) {
 		}
 	}
 
-	// A request refused after another on the same connection: net/http
-	// reads its first byte alone, while the handler of the first runs.
+	// A request refused after another answered on the same connection,
+	// both sent at once.
 	addr := srv.Listener.Addr().String()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
