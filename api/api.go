@@ -178,6 +178,9 @@ type Server struct {
 	// holds (loadExisting).
 	existingCount  atomic.Int64
 	existingWalked atomic.Bool // the walk at start is done
+	// readyBeforeWalk is set once the process was ready without the walk
+	// (knowsExisting).
+	readyBeforeWalk atomic.Bool
 	// process names this process's canary in Redis (watchCanary).
 	process string
 }
@@ -375,13 +378,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	checks := append([]Check{
 		{"broker", true, func(context.Context) bool { return s.queue.Ready() }},
 		{"catalog", true, func(context.Context) bool { return s.catalog.isLoaded() }},
-		// Until the orders that exist are listed, a key Redis forgot is
-		// decided as new; while PostgreSQL can be read, that is soon over,
-		// and not worth an answer that stays wrong. Without PostgreSQL the
-		// process takes orders all the same.
-		{"orders", true, func(context.Context) bool {
-			return s.existingWalked.Load() || s.catalogAge() > 2*s.cfg.ReconcileInterval
-		}},
+		{"orders", true, func(context.Context) bool { return s.knowsExisting() }},
 		{"redis", false, func(ctx context.Context) bool { return s.gate.Ping(ctx) == nil }},
 		{"postgres", false, func(ctx context.Context) bool { return s.store.Ping(ctx) == nil }},
 	}, s.cfg.Checks...)
@@ -536,6 +533,28 @@ func (s *Server) loadExisting(ctx context.Context) {
 		}
 	}
 }
+
+// knowsExisting is the readiness check of the orders that exist. Until
+// they are listed, a key Redis forgot is decided as new; while PostgreSQL
+// can be read, that is soon over, and not worth an answer that stays
+// wrong. A process without PostgreSQL (its catalog older than
+// existingStale) takes orders all the same, and once it has, the walk
+// never makes it unready again: every process started during an outage
+// would go down together when the database came back.
+func (s *Server) knowsExisting() bool {
+	if s.existingWalked.Load() || s.readyBeforeWalk.Load() {
+		return true
+	}
+	if s.catalog.isLoaded() && s.catalogAge() > max(2*s.cfg.ReconcileInterval, existingStale) {
+		s.readyBeforeWalk.Store(true)
+		return true
+	}
+	return false
+}
+
+// existingStale is how old the catalog is, at least, when the database
+// is taken for unreadable by the readiness check of the orders that exist.
+const existingStale = 5 * time.Second
 
 // untilRead runs read, bounded by 10 s, until it succeeds or ctx ends,
 // waiting longer and longer between tries.

@@ -916,8 +916,8 @@ func TestAKeyRedisForgotWhoseOrderExistsGetsItsOrder(t *testing.T) {
 }
 
 // A key the filter says may have an order, whose order cannot be read, is
-// answered unavailable, and nothing is stored for it: a decision then could
-// contradict the order.
+// answered from Redis where Redis holds it, and otherwise unavailable, with
+// nothing stored for it: a decision then could contradict the order.
 func TestAKeyWhoseOrderCannotBeLookedUpIsUnavailable(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{workers: 1})
@@ -928,6 +928,10 @@ func TestAKeyWhoseOrderCannotBeLookedUpIsUnavailable(t *testing.T) {
 	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
 	other := h.otherProcess(unreadableOrders{h.store})
 	testkit.Eventually(t, 10*time.Second, func() bool { return other.existingOrders() == 1 }, "the orders that exist listed")
+	// While Redis holds the key, the gate answers it.
+	if r := other.order("alice", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted || r.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("the key Redis holds: %d %s; want its 202 replayed", r.status, r.body)
+	}
 	if err := testkit.DeleteRedisKeys(testkit.Context(t), h.topo.Namespace); err != nil {
 		t.Fatal(err)
 	}

@@ -496,15 +496,23 @@ func (s *Server) storedOrder(ctx context.Context, customer string, id uuid.UUID)
 	if !s.cfg.Recent.mayExist(id) || s.catalogAge() > 2*s.cfg.ReconcileInterval {
 		return crowdpass.KeyRecord{}, false, nil
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
+	readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
 	defer cancel()
-	order, err := s.store.Order(ctx, id)
+	order, err := s.store.Order(readCtx, id)
 	switch {
 	case errors.Is(err, crowdpass.ErrNotFound):
 		s.metrics.existing.WithLabelValues("absent").Inc()
 		return crowdpass.KeyRecord{}, false, nil
 	case err != nil:
 		s.metrics.existing.WithLabelValues("error").Inc()
+		// Redis may hold the key (a retry of an order older than this
+		// process's memory): the gate then answers from it. Else a
+		// decision could contradict the order: unavailable, never stored.
+		lookCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
+		defer cancel()
+		if _, lookErr := s.gate.Lookup(lookCtx, id); lookErr == nil {
+			return crowdpass.KeyRecord{}, false, nil
+		}
 		s.log.Warn("the order of a key Redis does not hold could not be read", "order_id", id, "err", err)
 		return crowdpass.KeyRecord{}, false, crowdpass.Errorf(crowdpass.EUnavailable, "the key's order could not be looked up; retry with the same Idempotency-Key")
 	case order.CustomerID != customer: // a hash collision of two keys: not this key's
