@@ -41,11 +41,12 @@ func (l *refusingListener) Accept() (net.Conn, error) {
 }
 
 // refusingConn remembers the bytes of its last read, which hold the
-// request net/http refuses (requests are small, and read whole: a head sent
-// in pieces, or over the server's 4 KiB buffer, is judged on its last
-// piece, without its request line), and rewrites net/http's refusal. net/http reads the first byte of the next
-// request alone, while a handler runs (to notice a client gone): that byte
-// is kept apart, and goes before the read that follows it.
+// request net/http refuses, and rewrites net/http's refusal. Requests are
+// small and read whole; a head sent in pieces, or over the server's 4 KiB
+// buffer, is judged on its last piece, without its request line. net/http
+// reads the first byte of the next request alone, while a handler runs (to
+// notice a client gone): that byte is kept apart, and goes before the read
+// that follows it.
 type refusingConn struct {
 	net.Conn
 	authorized func(token string) bool
