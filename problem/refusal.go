@@ -40,31 +40,56 @@ func (l *refusingListener) Accept() (net.Conn, error) {
 	return &refusingConn{Conn: c, authorized: l.authorized}, nil
 }
 
-// refusingConn remembers the bytes of its last read, which hold the
-// request net/http refuses, and rewrites net/http's refusal. Requests are
-// small and read whole; a head sent in pieces, or over the server's 4 KiB
-// buffer, is judged on its last piece, without its request line. net/http
-// reads the first byte of the next request alone, while a handler runs (to
-// notice a client gone): that byte is kept apart, and goes before the read
-// that follows it.
+// refusingConn remembers the bytes of the request net/http refuses, and
+// rewrites net/http's refusal. A request is usually read whole: its last
+// read is kept as a window on the server's buffer, without a copy. A head
+// that comes in pieces (sent so, or over the server's 4 KiB buffer, which
+// moves what is left to its front before it reads again) is copied until
+// it ends, up to maxHead. net/http reads the first byte of the next request
+// alone, while a handler runs (to notice a client gone): that byte is kept
+// apart, and goes before the read that follows it. Nothing is kept once
+// the connection is a WebSocket.
 type refusingConn struct {
 	net.Conn
 	authorized func(token string) bool
-	last       []byte // a window on the server's read buffer, not a copy
+	last       []byte // the request as far as read: a window, or head
+	head       []byte // a head in pieces, copied
+	piecing    bool   // head does not end yet
 	lead       byte   // the byte read alone before last, if led
 	led        bool
 	leading    bool // the last read was of that one byte
+	upgraded   bool // a 101 was written: frames follow, not requests
 }
+
+// maxHead bounds the copy of a head in pieces: net/http refuses more.
+const maxHead = 68 << 10
 
 func (c *refusingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	switch {
+	case n == 0 || c.upgraded:
 	case n == 1 && len(p) == 1:
-		c.lead, c.leading, c.last = p[0], true, nil
-	case n > 0:
+		c.lead, c.leading, c.last, c.piecing = p[0], true, nil, false
+	case c.piecing:
+		c.head = append(c.head, p[:min(n, max(maxHead-len(c.head), 0))]...)
+		c.last = c.head
+		if headEnds(c.head) {
+			c.piecing, c.head = false, nil // last keeps the copy
+		}
+	default:
 		c.last, c.led, c.leading = p[:n], c.leading, false
+		if !headEnds(c.last) {
+			c.head = append(make([]byte, 0, 2*n), c.last...)
+			c.last, c.piecing = c.head, true
+		}
 	}
 	return n, err
+}
+
+// headEnds reports whether b holds a blank line, where a request's head
+// ends (lines may end in LF alone).
+func headEnds(b []byte) bool {
+	return bytes.Contains(b, []byte("\n\r\n")) || bytes.Contains(b, []byte("\n\n"))
 }
 
 // request is what was read of the request net/http refused.
@@ -81,7 +106,10 @@ func (c *refusingConn) request() []byte {
 const refusalHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
 
 func (c *refusingConn) Write(p []byte) (int, error) {
-	if len(p) > 12 && string(p[:9]) == "HTTP/1.1 " && (p[9] == '4' || p[9] == '5') {
+	if len(p) > 12 && string(p[:13]) == "HTTP/1.1 101 " {
+		c.upgraded, c.last, c.head, c.piecing = true, nil, nil, false
+	}
+	if !c.upgraded && len(p) > 12 && string(p[:9]) == "HTTP/1.1 " && (p[9] == '4' || p[9] == '5') {
 		i := bytes.IndexByte(p, '\r')
 		// net/http answers an Expect other than 100-continue with an empty
 		// 417 of its own, and no handler here ever writes a 417.

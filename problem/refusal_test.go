@@ -48,6 +48,7 @@ func TestRequestsNetHTTPRefusesGetProblems(t *testing.T) {
 		{"a WebSocket's token in its query", "GET /ws?access_token=bad HTTP/1.1\r\nHost: x\r\nX-Note: \x01\r\n\r\n", 401, crowdpass.EUnauthorized},
 		{"a bad Content-Length", "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, crowdpass.EMalformedBody},
 		{"an unknown expectation", "GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n\r\n", 400, crowdpass.EMalformedBody},
+		{"a head over the server's buffer, without a token", "POST /orders HTTP/1.1\r\nHost: x\r\nCookie: " + strings.Repeat("x", 5000) + "\r\nIdempotency-Key: a\x01b\r\n\r\n", 401, crowdpass.EUnauthorized},
 		{"headers over the limit", "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: " + strings.Repeat("x", 8<<10) + "\r\n\r\n", 413, crowdpass.EPayloadTooLarge},
 	} {
 		resp := rawRequest(t, srv.Listener.Addr().String(), c.request)
