@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -80,12 +81,25 @@ func Dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
 		Heartbeat:  10 * time.Second,
 		Locale:     "en_US",
 		Properties: props,
-		Dial:       amqp.DefaultDial(timeout),
+		Dial:       lingerDial(timeout),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to broker: %w", err)
 	}
 	return conn, nil
+}
+
+// lingerDial dials as amqp091-go does, and gathers the connection's writes
+// (lingerConn).
+func lingerDial(timeout time.Duration) func(network, addr string) (net.Conn, error) {
+	dial := amqp.DefaultDial(timeout)
+	return func(network, addr string) (net.Conn, error) {
+		c, err := dial(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return newLingerConn(c, writeLinger), nil
+	}
 }
 
 // Close closes conn, waiting for the broker's answer for at most 5 s:

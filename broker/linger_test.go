@@ -1,0 +1,157 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// countingConn counts the writes that reach the wire.
+type countingConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes int
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.writes++
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+func (c *countingConn) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes
+}
+
+// pipe returns a lingerConn over one end of a TCP connection on loopback
+// (whose writes are counted), and the other end.
+func pipe(t *testing.T, linger time.Duration) (*lingerConn, *countingConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := <-accepted
+	if peer == nil {
+		t.Fatal("accept failed")
+	}
+	counted := &countingConn{Conn: raw}
+	lc := newLingerConn(counted, linger)
+	t.Cleanup(func() {
+		lc.Close()
+		peer.Close()
+	})
+	return lc, counted, peer
+}
+
+// Writes made while the connection lingers after a write go out together,
+// in order, and every byte arrives.
+func TestWritesDuringALingerShareOneSegment(t *testing.T) {
+	t.Parallel()
+	lc, counted, peer := pipe(t, time.Second)
+	var want bytes.Buffer
+	for i := range 50 {
+		msg := bytes.Repeat([]byte{byte('a' + i%26)}, 100+i)
+		want.Write(msg)
+		if n, err := lc.Write(msg); n != len(msg) || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+		// Spaced out, as publishes are: each would go out alone without
+		// the linger.
+		time.Sleep(time.Millisecond)
+	}
+	got := make([]byte, want.Len())
+	if _, err := io.ReadFull(peer, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Fatal("the bytes arrived changed or out of order")
+	}
+	// The first write goes out alone; the other 49 came during its linger.
+	if n := counted.count(); n > 2 {
+		t.Errorf("%d writes reached the wire for 50 made within a linger, want 2", n)
+	}
+}
+
+// A write after a quiet spell is not held for the linger.
+func TestAWriteAfterAQuietSpellGoesOutAtOnce(t *testing.T) {
+	t.Parallel()
+	lc, _, peer := pipe(t, time.Hour)
+	if _, err := lc.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(peer, got); err != nil {
+		t.Fatalf("the first write did not arrive: %v", err)
+	}
+}
+
+// A peer that stops reading holds the writer back once maxUnsent bytes wait,
+// and closing the connection ends that wait with an error.
+func TestCloseEndsAWriteWaitingForRoom(t *testing.T) {
+	t.Parallel()
+	lc, _, _ := pipe(t, 0)
+	result := make(chan error, 1)
+	go func() {
+		// Far more than the sockets' buffers and maxUnsent hold.
+		_, err := lc.Write(make([]byte, 64<<20))
+		result <- err
+	}()
+	select {
+	case err := <-result:
+		t.Fatalf("Write = %v through a peer that reads nothing, want it to wait", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	lc.Close()
+	select {
+	case err := <-result:
+		if err == nil {
+			t.Fatal("Write = nil after Close, want an error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Write still waiting 10 s after Close")
+	}
+}
+
+// A deadline set on the connection ends a write the peer does not read, and
+// the writes after it fail.
+func TestADeadlineEndsAStalledWrite(t *testing.T) {
+	t.Parallel()
+	lc, _, _ := pipe(t, 0)
+	_ = lc.SetDeadline(time.Now().Add(200 * time.Millisecond))
+	result := make(chan error, 1)
+	go func() {
+		_, err := lc.Write(make([]byte, 64<<20))
+		result <- err
+	}()
+	select {
+	case err := <-result:
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("Write = %v, want a timeout", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Write still waiting 10 s after the deadline")
+	}
+	if _, err := lc.Write([]byte("x")); err == nil {
+		t.Fatal("a Write after the failed one = nil, want its error")
+	}
+}
