@@ -34,7 +34,13 @@ type PublisherConfig struct {
 	// Declare runs on every new connection, before publishing resumes.
 	Declare            func(*amqp.Channel) error
 	RetryMin, RetryMax time.Duration
-	Logger             *slog.Logger
+	// StalledAfter is how long publishes may wait for a confirm, none
+	// arriving meanwhile, before the publisher reads as not ready (default
+	// 3s): a broker that stops reading or answering, its connection open,
+	// would otherwise keep /readyz ok while every order waits out its
+	// deadline.
+	StalledAfter time.Duration
+	Logger       *slog.Logger
 }
 
 // Publisher publishes with publisher confirms over a pool of channels on
@@ -54,6 +60,12 @@ type Publisher struct {
 	// sent on a memory or disk alarm): a publish then fails at once instead of
 	// hanging in a write the broker does not read.
 	blocked atomic.Bool
+	// unconfirmed counts the publishes written and not yet settled, and
+	// progress is when a confirm last came, or the first of them was
+	// written (since epoch, on the monotonic clock).
+	unconfirmed atomic.Int64
+	progress    atomic.Int64
+	epoch       time.Time
 	// inspecting counts the QueueDepth calls waiting for the broker, which
 	// their callers may have stopped waiting for (maxInspecting at most).
 	inspecting atomic.Int32
@@ -65,15 +77,40 @@ func NewPublisher(cfg PublisherConfig) *Publisher {
 	cfg.Channels = cmp.Or(max(cfg.Channels, 0), 8)
 	cfg.RetryMin = cmp.Or(cfg.RetryMin, 100*time.Millisecond)
 	cfg.RetryMax = cmp.Or(cfg.RetryMax, 5*time.Second)
+	cfg.StalledAfter = cmp.Or(cfg.StalledAfter, 3*time.Second)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Publisher{cfg: cfg, log: cfg.Logger, redeclare: make(chan struct{}, 1)}
+	return &Publisher{cfg: cfg, log: cfg.Logger, redeclare: make(chan struct{}, 1), epoch: time.Now()}
 }
 
 // Ready reports whether the publisher is connected and the broker takes
-// its publishes.
-func (p *Publisher) Ready() bool { return p.ready.Load() && !p.blocked.Load() }
+// its publishes: it does not block them, and confirms them (none has
+// waited StalledAfter without any confirm coming meanwhile).
+func (p *Publisher) Ready() bool {
+	return p.ready.Load() && !p.blocked.Load() && !p.stalled()
+}
+
+func (p *Publisher) stalled() bool {
+	return p.unconfirmed.Load() > 0 && p.since()-p.progress.Load() > int64(p.cfg.StalledAfter)
+}
+
+func (p *Publisher) since() int64 { return int64(time.Since(p.epoch)) }
+
+// written notes a publish written; settled notes n settled, by a confirm
+// (confirmed) or by the loss of their channel.
+func (p *Publisher) written() {
+	if p.unconfirmed.Add(1) == 1 {
+		p.progress.Store(p.since())
+	}
+}
+
+func (p *Publisher) settled(n int, confirmed bool) {
+	if confirmed {
+		p.progress.Store(p.since())
+	}
+	p.unconfirmed.Add(-int64(n))
+}
 
 // Run keeps the publisher connected until ctx is done, reconnecting after
 // any loss. Cancel ctx only once no more publishes are wanted: in-flight
@@ -111,7 +148,7 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 		wg.Wait()
 	}()
 	for range p.cfg.Channels {
-		cc, err := openConfirmChannel(conn)
+		cc, err := openConfirmChannel(p, conn)
 		if err != nil {
 			return err
 		}
@@ -239,6 +276,7 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) (errs []er
 
 // confirmChannel is one channel in confirm mode with its own dispatcher.
 type confirmChannel struct {
+	pub      *Publisher
 	conn     *amqp.Connection
 	ch       *amqp.Channel
 	returns  chan amqp.Return
@@ -260,7 +298,7 @@ type waiter struct {
 	done     chan error
 }
 
-func openConfirmChannel(conn *amqp.Connection) (*confirmChannel, error) {
+func openConfirmChannel(pub *Publisher, conn *amqp.Connection) (*confirmChannel, error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return nil, fmt.Errorf("opening channel: %w", err)
@@ -269,6 +307,7 @@ func openConfirmChannel(conn *amqp.Connection) (*confirmChannel, error) {
 		return nil, fmt.Errorf("enabling confirms: %w", err)
 	}
 	cc := &confirmChannel{
+		pub:  pub,
 		conn: conn,
 		ch:   ch,
 		// Returns are unbuffered and confirms handled by the same goroutine:
@@ -304,6 +343,7 @@ func (cc *confirmChannel) start(ctx context.Context, exchange, key string, manda
 	seq := cc.ch.GetNextPublishSeqNo()
 	cc.pending[seq] = w
 	cc.byID[w.id] = append(cc.byID[w.id], w)
+	cc.pub.written()
 	cc.mu.Unlock()
 	// A write the broker does not read (TCP flow control, a stalled broker)
 	// cannot be interrupted, and the publishes of every channel queue behind
@@ -363,6 +403,7 @@ func (cc *confirmChannel) settle(seq uint64, result func(*waiter) error) {
 		} else {
 			cc.byID[w.id] = ws
 		}
+		cc.pub.settled(1, result != nil)
 	}
 	cc.mu.Unlock()
 	if ok && result != nil {
@@ -411,6 +452,7 @@ func (cc *confirmChannel) fail() {
 	cc.dead = true
 	pending := cc.pending
 	cc.pending, cc.byID = map[uint64]*waiter{}, map[string][]*waiter{}
+	cc.pub.settled(len(pending), false)
 	cc.mu.Unlock()
 	for _, w := range pending {
 		w.done <- ErrChannelLost

@@ -16,13 +16,17 @@ import (
 
 // runPublisher starts a publisher on url under a namespace of its own and
 // waits until it is connected.
-func runPublisher(t *testing.T, url string) (*broker.Publisher, broker.Topology) {
+func runPublisher(t *testing.T, url string, opts ...func(*broker.PublisherConfig)) (*broker.Publisher, broker.Topology) {
 	t.Helper()
 	topo := broker.Topology{Namespace: testkit.Namespace(t)}
-	pub := broker.NewPublisher(broker.PublisherConfig{
+	cfg := broker.PublisherConfig{
 		URL: url, Name: "publisher-test", Declare: topo.Declare,
 		RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond, Logger: testkit.Logger(t),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	pub := broker.NewPublisher(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -109,6 +113,40 @@ func TestAPublishTheBrokerDoesNotReadEndsAtItsDeadline(t *testing.T) {
 	testkit.Eventually(t, 20*time.Second, func() bool {
 		return pub.Publish(ctx2, "", topo.Orders(), amqp.Publishing{MessageId: "small", Body: []byte("{}")}) == nil
 	}, "no publish confirmed after the broker woke")
+}
+
+// A broker that stops confirming, its connection open, makes the publisher
+// not ready once a publish has waited StalledAfter with no confirm coming
+// (/readyz then reads down rather than ok while every order waits out its
+// deadline), and ready again once confirms come.
+func TestAPublisherWhoseConfirmsStopIsNotReady(t *testing.T) {
+	t.Parallel()
+	proxy, url := testkit.NewURLProxy(t, testkit.AMQPURL())
+	pub, topo := runPublisher(t, url, func(c *broker.PublisherConfig) { c.StalledAfter = 300 * time.Millisecond })
+	publish := func(timeout time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return pub.Publish(ctx, "", topo.Orders(), amqp.Publishing{MessageId: "m", Body: []byte("{}")})
+	}
+	if err := publish(10 * time.Second); err != nil {
+		t.Fatalf("Publish before the stall = %v", err)
+	}
+	if !pub.Ready() {
+		t.Fatal("publisher not ready after a confirmed publish")
+	}
+
+	proxy.Stall()
+	t.Cleanup(proxy.Resume)
+	if err := publish(200 * time.Millisecond); !errors.Is(err, crowdpass.ErrUnconfirmed) {
+		t.Fatalf("Publish through a stalled broker = %v, want ErrUnconfirmed", err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return !pub.Ready() }, "publisher still ready with a publish unconfirmed for 10 s")
+
+	proxy.Resume()
+	testkit.Eventually(t, 20*time.Second, pub.Ready, "publisher not ready again after the broker woke")
+	if err := publish(10 * time.Second); err != nil {
+		t.Fatalf("Publish after the broker woke = %v", err)
+	}
 }
 
 // A queue inspection the broker does not answer ends at its caller's
