@@ -70,6 +70,12 @@ func (t Topology) Delete(ch *amqp.Channel) error {
 // Dial connects to the broker, naming the connection so operators can tell
 // the roles apart in the management UI. It gives up when ctx is done.
 func Dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
+	return dial(ctx, url, name, 0)
+}
+
+// dial is Dial whose connection, given a linger, gathers its writes
+// (lingerConn).
+func dial(ctx context.Context, url, name string, linger time.Duration) (*amqp.Connection, error) {
 	deadline, ok := ctx.Deadline()
 	timeout := 10 * time.Second
 	if ok {
@@ -77,29 +83,27 @@ func Dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
 	}
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName(name)
+	netDial := amqp.DefaultDial(timeout)
+	if linger > 0 {
+		plain := netDial
+		netDial = func(network, addr string) (net.Conn, error) {
+			c, err := plain(network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return newLingerConn(c, linger), nil
+		}
+	}
 	conn, err := amqp.DialConfig(url, amqp.Config{
 		Heartbeat:  10 * time.Second,
 		Locale:     "en_US",
 		Properties: props,
-		Dial:       lingerDial(timeout),
+		Dial:       netDial,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to broker: %w", err)
 	}
 	return conn, nil
-}
-
-// lingerDial dials as amqp091-go does, and gathers the connection's writes
-// (lingerConn).
-func lingerDial(timeout time.Duration) func(network, addr string) (net.Conn, error) {
-	dial := amqp.DefaultDial(timeout)
-	return func(network, addr string) (net.Conn, error) {
-		c, err := dial(network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return newLingerConn(c, writeLinger), nil
-	}
 }
 
 // Close closes conn, waiting for the broker's answer for at most 5 s:

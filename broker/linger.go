@@ -2,11 +2,12 @@ package broker
 
 import (
 	"net"
+	"os"
 	"sync"
 	"time"
 )
 
-// writeLinger is how long a connection to the broker waits after a write
+// writeLinger is how long a publisher's connection waits after a write
 // before the next, gathering what is written meanwhile into one segment.
 //
 // amqp091-go writes every publish with a system call of its own, and the
@@ -15,39 +16,57 @@ import (
 // 7,000 publishes a second of a sale, RabbitMQ 3.10 spent 140 µs of CPU on
 // each one read alone, against 27 µs when they came in bulk; lingering 2 ms
 // halved that, and a sale on one machine sold 20–25% faster with a lower
-// POST p99 (docs/benchmarks.md, "Session 12"). A write after a quiet spell
-// goes out at once: the linger delays only writes that follow another
-// within writeLinger, by at most that long.
+// POST p99 (docs/benchmarks.md, "Session 12").
+//
+// The price: a write within writeLinger of the last one waits for the rest
+// of it. A request and its answer on that connection (a queue inspection,
+// the set-up of a session) take about 2 ms more per round trip, and a
+// caller that publishes one message at a time, waiting for each confirm,
+// gets at most one through every 2 ms. Only the publisher's connection
+// lingers, where many publishes wait for their confirms at once; the
+// consumers' connections do not.
 const writeLinger = 2 * time.Millisecond
 
-// maxUnsent bounds the bytes a lingerConn holds for its writer: a Write
-// waits while that much is unsent, so that a broker that stops reading
-// still holds its publishers back, as the socket's own buffer does.
-const maxUnsent = 256 << 10
+const (
+	// maxUnsent bounds the bytes a lingerConn holds for its writer: a Write
+	// waits while that much is unsent, so that a broker that stops reading
+	// still holds its publishers back, as the socket's own buffer does.
+	maxUnsent = 256 << 10
+	// noLingerAfter is the size of a write after which the writer does not
+	// linger: there is no segment to save, and lingering would cap a large
+	// message's rate.
+	noLingerAfter = 64 << 10
+	// closeFlush bounds how long Close tries to send what it still holds.
+	closeFlush = 100 * time.Millisecond
+)
 
 // lingerConn is a net.Conn whose writes are sent by a goroutine of its own,
 // one system call for all those made since its last one and at most one
-// call every linger. A Write returns once its bytes are held; an error of
-// the underlying connection is returned by the Writes that follow it, as a
-// buffered writer's would be. Close, or a deadline set on the connection,
-// ends a Write waiting for room.
+// call every linger. A write after a quiet spell goes out at once.
+//
+// A Write returns once its bytes are held. An error of the underlying
+// connection is returned by the Writes that follow it, as a buffered
+// writer's would be, and so is an expired write deadline; a deadline set on
+// the connection, or Close, also ends a Write waiting for room. Close sends
+// what is held, within closeFlush, before closing.
 type lingerConn struct {
 	net.Conn
 	linger time.Duration
 
-	mu      sync.Mutex
-	cond    *sync.Cond // signalled when unsent changes, err is set or the conn closes
-	unsent  []byte
-	err     error
-	closed  bool
-	closing chan struct{} // closed by Close: ends a linger
-	stopped chan struct{} // closed when the writer has returned
+	mu       sync.Mutex
+	cond     *sync.Cond // signalled when unsent changes, err is set or the conn closes
+	unsent   []byte
+	err      error
+	deadline time.Time // the write deadline last set
+	closed   bool
+	started  bool          // the writer runs, from the first Write on
+	closing  chan struct{} // closed by Close: ends a linger
+	stopped  chan struct{} // closed when the writer has returned
 }
 
 func newLingerConn(c net.Conn, linger time.Duration) *lingerConn {
 	lc := &lingerConn{Conn: c, linger: linger, closing: make(chan struct{}), stopped: make(chan struct{})}
 	lc.cond = sync.NewCond(&lc.mu)
-	go lc.writer()
 	return lc
 }
 
@@ -55,6 +74,13 @@ func newLingerConn(c net.Conn, linger time.Duration) *lingerConn {
 func (c *lingerConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.started && !c.closed {
+		// Started here, not when dialled: a connection amqp091-go drops
+		// before its first write (a TLS configuration it cannot load) is
+		// never closed, and would keep a writer waiting for ever.
+		c.started = true
+		go c.writer()
+	}
 	n := 0
 	for n < len(p) {
 		for c.err == nil && !c.closed && len(c.unsent) >= maxUnsent {
@@ -65,6 +91,8 @@ func (c *lingerConn) Write(p []byte) (int, error) {
 			return n, c.err
 		case c.closed:
 			return n, net.ErrClosed
+		case !c.deadline.IsZero() && !time.Now().Before(c.deadline):
+			return n, os.ErrDeadlineExceeded
 		}
 		k := min(len(p)-n, maxUnsent-len(c.unsent))
 		c.unsent = append(c.unsent, p[n:n+k]...)
@@ -74,7 +102,8 @@ func (c *lingerConn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// writer sends what Write holds until the conn is closed or a write fails.
+// writer sends what Write holds until a write fails, or the conn is closed
+// and all it held is sent.
 func (c *lingerConn) writer() {
 	defer close(c.stopped)
 	var spare []byte
@@ -85,15 +114,15 @@ func (c *lingerConn) writer() {
 		for len(c.unsent) == 0 && c.err == nil && !c.closed {
 			c.cond.Wait()
 		}
-		if c.err != nil || c.closed {
-			return
+		if c.err != nil || len(c.unsent) == 0 {
+			return // failed, or closed with nothing left
 		}
 		out := c.unsent
 		c.unsent = spare[:0]
 		c.cond.Broadcast()
 		c.mu.Unlock()
 		_, err := c.Conn.Write(out)
-		if err == nil && c.linger > 0 {
+		if err == nil && c.linger > 0 && len(out) < noLingerAfter {
 			if linger == nil {
 				linger = time.NewTimer(c.linger)
 			} else {
@@ -113,17 +142,38 @@ func (c *lingerConn) writer() {
 	}
 }
 
-// Close closes the connection, dropping what is unsent, and waits for the
-// writer to return.
+// SetDeadline and SetWriteDeadline also bound the Writes held here.
+func (c *lingerConn) SetDeadline(t time.Time) error {
+	c.setWriteDeadline(t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *lingerConn) SetWriteDeadline(t time.Time) error {
+	c.setWriteDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *lingerConn) setWriteDeadline(t time.Time) {
+	c.mu.Lock()
+	c.deadline = t
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
+// Close sends what is held, for at most closeFlush (amqp091-go's last
+// frame, a close-ok, may be among it), and closes the connection.
 func (c *lingerConn) Close() error {
 	c.mu.Lock()
+	started := c.started
 	if !c.closed {
 		c.closed = true
 		close(c.closing)
 		c.cond.Broadcast()
 	}
 	c.mu.Unlock()
-	err := c.Conn.Close() // ends a write under way
-	<-c.stopped
-	return err
+	if started {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlush)) // ends a write the peer does not read
+		<-c.stopped
+	}
+	return c.Conn.Close()
 }

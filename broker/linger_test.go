@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -78,6 +80,7 @@ func TestWritesDuringALingerShareOneSegment(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	got := make([]byte, want.Len())
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadFull(peer, got); err != nil {
 		t.Fatal(err)
 	}
@@ -154,4 +157,61 @@ func TestADeadlineEndsAStalledWrite(t *testing.T) {
 	if _, err := lc.Write([]byte("x")); err == nil {
 		t.Fatal("a Write after the failed one = nil, want its error")
 	}
+}
+
+// Close sends what the connection holds before closing it: amqp091-go's
+// last frame may be among it.
+func TestCloseSendsWhatIsHeld(t *testing.T) {
+	t.Parallel()
+	lc, _, peer := pipe(t, time.Hour)
+	for _, msg := range []string{"first", "close-ok"} {
+		if _, err := lc.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := lc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "firstclose-ok" {
+		t.Fatalf("the peer got %q, want %q", got, "firstclose-ok")
+	}
+	if _, err := lc.Write([]byte("late")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write after Close = %v, want net.ErrClosed", err)
+	}
+}
+
+// A write deadline that has passed fails the Writes after it, as it would
+// on the connection itself.
+func TestAWriteAfterItsDeadlineFails(t *testing.T) {
+	t.Parallel()
+	lc, _, _ := pipe(t, 0)
+	_ = lc.SetWriteDeadline(time.Now().Add(-time.Second))
+	if _, err := lc.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write after its deadline = %v, want os.ErrDeadlineExceeded", err)
+	}
+	_ = lc.SetWriteDeadline(time.Time{})
+	if _, err := lc.Write([]byte("x")); err != nil {
+		t.Fatalf("Write with the deadline cleared = %v", err)
+	}
+}
+
+// A connection dropped before its first write starts no writer: amqp091-go
+// drops one without closing it when it cannot load a TLS configuration.
+func TestAConnectionNeverWrittenHoldsNoWriter(t *testing.T) {
+	// Not parallel: it counts the process's goroutines.
+	before := runtime.NumGoroutine()
+	conns := make([]*lingerConn, 0, 20)
+	for range 20 {
+		lc, _, _ := pipe(t, writeLinger)
+		conns = append(conns, lc)
+	}
+	if n := runtime.NumGoroutine(); n > before+5 {
+		t.Fatalf("%d goroutines for 20 connections never written to, %d before", n, before)
+	}
+	_ = conns
 }

@@ -122,7 +122,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 
 func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := Dial(dialCtx, p.cfg.URL, p.cfg.Name)
+	conn, err := dial(dialCtx, p.cfg.URL, p.cfg.Name, writeLinger)
 	cancel()
 	if err != nil {
 		return err
