@@ -112,25 +112,38 @@ func TestAWriteAfterAQuietSpellGoesOutAtOnce(t *testing.T) {
 func TestCloseEndsAWriteWaitingForRoom(t *testing.T) {
 	t.Parallel()
 	lc, _, _ := pipe(t, 0)
-	result := make(chan error, 1)
-	go func() {
-		// Far more than the sockets' buffers and maxUnsent hold.
-		_, err := lc.Write(make([]byte, 64<<20))
-		result <- err
-	}()
+	result := writeMore(lc)
 	select {
 	case err := <-result:
 		t.Fatalf("Write = %v through a peer that reads nothing, want it to wait", err)
 	case <-time.After(100 * time.Millisecond):
 	}
 	lc.Close()
+	if err := within(t, result, "Close"); err == nil {
+		t.Fatal("Write = nil after Close, want an error")
+	}
+}
+
+// writeMore writes far more than the sockets' buffers and maxUnsent hold,
+// in the background.
+func writeMore(lc *lingerConn) <-chan error {
+	result := make(chan error, 1)
+	go func() {
+		_, err := lc.Write(make([]byte, 64<<20))
+		result <- err
+	}()
+	return result
+}
+
+// within waits 10 s at most for the result of a Write that after should end.
+func within(t *testing.T, result <-chan error, after string) error {
+	t.Helper()
 	select {
 	case err := <-result:
-		if err == nil {
-			t.Fatal("Write = nil after Close, want an error")
-		}
+		return err
 	case <-time.After(10 * time.Second):
-		t.Fatal("Write still waiting 10 s after Close")
+		t.Fatalf("Write still waiting 10 s after %s", after)
+		return nil
 	}
 }
 
@@ -140,19 +153,10 @@ func TestADeadlineEndsAStalledWrite(t *testing.T) {
 	t.Parallel()
 	lc, _, _ := pipe(t, 0)
 	_ = lc.SetDeadline(time.Now().Add(200 * time.Millisecond))
-	result := make(chan error, 1)
-	go func() {
-		_, err := lc.Write(make([]byte, 64<<20))
-		result <- err
-	}()
-	select {
-	case err := <-result:
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
-			t.Fatalf("Write = %v, want a timeout", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Write still waiting 10 s after the deadline")
+	err := within(t, writeMore(lc), "the deadline")
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("Write = %v, want a timeout", err)
 	}
 	if _, err := lc.Write([]byte("x")); err == nil {
 		t.Fatal("a Write after the failed one = nil, want its error")
