@@ -70,12 +70,15 @@ func (t Topology) Delete(ch *amqp.Channel) error {
 // Dial connects to the broker, naming the connection so operators can tell
 // the roles apart in the management UI. It gives up when ctx is done.
 func Dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
-	return dial(ctx, url, name, 0)
+	conn, _, err := dial(ctx, url, name, 0)
+	return conn, err
 }
 
 // dial is Dial whose connection, given a linger, gathers its writes
-// (lingerConn).
-func dial(ctx context.Context, url, name string, linger time.Duration) (*amqp.Connection, error) {
+// (lingerConn). cut closes the connection's socket at once, under
+// amqp091-go: its own close waits for locks that a write the broker does
+// not read holds.
+func dial(ctx context.Context, url, name string, linger time.Duration) (conn *amqp.Connection, cut func(), err error) {
 	deadline, ok := ctx.Deadline()
 	timeout := 10 * time.Second
 	if ok {
@@ -83,27 +86,29 @@ func dial(ctx context.Context, url, name string, linger time.Duration) (*amqp.Co
 	}
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName(name)
-	netDial := amqp.DefaultDial(timeout)
-	if linger > 0 {
-		plain := netDial
-		netDial = func(network, addr string) (net.Conn, error) {
-			c, err := plain(network, addr)
-			if err != nil {
-				return nil, err
-			}
+	var raw net.Conn // set by DialConfig's call of the dialler, before it returns
+	plain := amqp.DefaultDial(timeout)
+	netDial := func(network, addr string) (net.Conn, error) {
+		c, err := plain(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		raw = c
+		if linger > 0 {
 			return newLingerConn(c, linger), nil
 		}
+		return c, nil
 	}
-	conn, err := amqp.DialConfig(url, amqp.Config{
+	conn, err = amqp.DialConfig(url, amqp.Config{
 		Heartbeat:  10 * time.Second,
 		Locale:     "en_US",
 		Properties: props,
 		Dial:       netDial,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connecting to broker: %w", err)
+		return nil, nil, fmt.Errorf("connecting to broker: %w", err)
 	}
-	return conn, nil
+	return conn, func() { _ = raw.Close() }, nil
 }
 
 // Close closes conn, waiting for the broker's answer for at most 5 s:
@@ -114,6 +119,17 @@ func Close(conn *amqp.Connection) error {
 }
 
 const closeTimeout = 5 * time.Second
+
+// closeOrCut closes conn as Close does, and cuts its socket if that takes
+// longer than closeTimeout. amqp091-go's close, like its own shutdown after
+// a missed heartbeat, waits for the channel that a publish blocked in a
+// write to a broker that reads nothing holds, for as long as the broker
+// stalls; the cut fails that write, and the close goes on.
+func closeOrCut(conn *amqp.Connection, cut func()) {
+	t := time.AfterFunc(closeTimeout, cut)
+	defer t.Stop()
+	_ = Close(conn)
+}
 
 // Open dials the broker (for at most 10 seconds), opens a channel and
 // declares the topology on it: the start of every consumer's session.

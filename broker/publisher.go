@@ -122,12 +122,12 @@ func (p *Publisher) Run(ctx context.Context) error {
 
 func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := dial(dialCtx, p.cfg.URL, p.cfg.Name, writeLinger)
+	conn, cut, err := dial(dialCtx, p.cfg.URL, p.cfg.Name, writeLinger)
 	cancel()
 	if err != nil {
 		return err
 	}
-	defer Close(conn)
+	defer closeOrCut(conn, cut)
 	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 	blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 1))
 	defer p.blocked.Store(false) // the next connection starts unblocked
@@ -144,11 +144,11 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 	pool := make([]*confirmChannel, 0, p.cfg.Channels)
 	var wg sync.WaitGroup
 	defer func() {
-		Close(conn) // ends the dispatchers
+		closeOrCut(conn, cut) // ends the dispatchers
 		wg.Wait()
 	}()
 	for range p.cfg.Channels {
-		cc, err := openConfirmChannel(p, conn)
+		cc, err := openConfirmChannel(p, conn, cut)
 		if err != nil {
 			return err
 		}
@@ -157,7 +157,7 @@ func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 			cc.dispatch()
 			// A channel the broker closed takes the connection with it, so
 			// that the pool is rebuilt whole rather than left a channel short.
-			Close(conn)
+			closeOrCut(conn, cut)
 		})
 	}
 	p.mu.Lock()
@@ -278,6 +278,7 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) (errs []er
 type confirmChannel struct {
 	pub      *Publisher
 	conn     *amqp.Connection
+	cut      func() // closes the connection's socket at once
 	ch       *amqp.Channel
 	returns  chan amqp.Return
 	confirms chan amqp.Confirmation
@@ -298,7 +299,7 @@ type waiter struct {
 	done     chan error
 }
 
-func openConfirmChannel(pub *Publisher, conn *amqp.Connection) (*confirmChannel, error) {
+func openConfirmChannel(pub *Publisher, conn *amqp.Connection, cut func()) (*confirmChannel, error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return nil, fmt.Errorf("opening channel: %w", err)
@@ -309,6 +310,7 @@ func openConfirmChannel(pub *Publisher, conn *amqp.Connection) (*confirmChannel,
 	cc := &confirmChannel{
 		pub:  pub,
 		conn: conn,
+		cut:  cut,
 		ch:   ch,
 		// Returns are unbuffered and confirms handled by the same goroutine:
 		// the broker sends a message's return before its ack, the client
@@ -351,10 +353,13 @@ func (cc *confirmChannel) start(ctx context.Context, exchange, key string, manda
 	// caller's deadline cuts the connection: that write and every publish
 	// pending on it fail with ErrChannelLost, and the session reconnects.
 	// The grace keeps a deadline that merely falls inside a slow but moving
-	// write from cutting a healthy connection, and every publish on it.
+	// write from cutting a healthy connection, and every publish on it. The
+	// socket is closed under amqp091-go: its own close would wait, as its
+	// shutdown after a missed heartbeat does, for this channel, which the
+	// blocked write holds.
 	stop := func() bool { return true }
 	if deadline, ok := ctx.Deadline(); ok {
-		stop = time.AfterFunc(time.Until(deadline)+writeStall, func() { _ = cc.conn.CloseDeadline(time.Now()) }).Stop
+		stop = time.AfterFunc(time.Until(deadline)+writeStall, cc.cut).Stop
 	}
 	err := cc.ch.PublishWithContext(ctx, exchange, key, mandatory, false, msg)
 	stop()

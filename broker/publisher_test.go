@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"net/url"
 	"testing"
 	"time"
 
@@ -82,37 +83,57 @@ func TestAnOrderWhoseConnectionWasLostBeforeItsConfirmIsSentAgain(t *testing.T) 
 // A publish the broker does not read (stalled, or holding publishers back
 // by TCP flow control) ends soon after the caller's deadline (5 s of grace):
 // the connection is cut under it, instead of the caller hanging until the
-// broker wakes; the publisher then connects again.
+// broker wakes; the publisher then connects again. That holds too when the
+// client library has begun to shut the connection down first, after a
+// missed heartbeat: its shutdown waits for the channel the blocked write
+// holds, and so did a close made through it.
 func TestAPublishTheBrokerDoesNotReadEndsAtItsDeadline(t *testing.T) {
 	t.Parallel()
-	proxy, url := testkit.NewURLProxy(t, testkit.AMQPURL())
-	pub, topo := runPublisher(t, url)
-	proxy.Stall()
-	t.Cleanup(proxy.Resume)
+	for _, tc := range []struct{ name, query string }{
+		{"heartbeats go on", ""},
+		{"a heartbeat is missed first", "heartbeat=1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			proxy, raw := testkit.NewURLProxy(t, testkit.AMQPURL())
+			u, err := url.Parse(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u.RawQuery = tc.query
+			pub, topo := runPublisher(t, u.String())
+			proxy.Stall()
+			t.Cleanup(proxy.Resume)
 
-	// Far more than the sockets' buffers hold, so that the write blocks.
-	body := make([]byte, 64<<20)
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	defer cancel()
-	result := make(chan error, 1)
-	go func() {
-		result <- pub.Publish(ctx, "", topo.Orders(), amqp.Publishing{MessageId: "big", Body: body})
-	}()
-	select {
-	case err := <-result:
-		if err == nil {
-			t.Fatal("Publish = nil through a stalled broker")
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Publish still blocked 20 s after its 500 ms deadline")
+			// Far more than the sockets' buffers hold, so that the write blocks.
+			body := make([]byte, 64<<20)
+			deadline := 500 * time.Millisecond
+			if tc.query != "" {
+				deadline = 3 * time.Second // past the missed heartbeats
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), deadline)
+			defer cancel()
+			result := make(chan error, 1)
+			go func() {
+				result <- pub.Publish(ctx, "", topo.Orders(), amqp.Publishing{MessageId: "big", Body: body})
+			}()
+			select {
+			case err := <-result:
+				if err == nil {
+					t.Fatal("Publish = nil through a stalled broker")
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("Publish still blocked 20 s after its %s deadline", deadline)
+			}
+			proxy.Resume()
+			testkit.Eventually(t, 20*time.Second, pub.Ready, "publisher not connected again")
+			ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel2()
+			testkit.Eventually(t, 20*time.Second, func() bool {
+				return pub.Publish(ctx2, "", topo.Orders(), amqp.Publishing{MessageId: "small", Body: []byte("{}")}) == nil
+			}, "no publish confirmed after the broker woke")
+		})
 	}
-	proxy.Resume()
-	testkit.Eventually(t, 20*time.Second, pub.Ready, "publisher not connected again")
-	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel2()
-	testkit.Eventually(t, 20*time.Second, func() bool {
-		return pub.Publish(ctx2, "", topo.Orders(), amqp.Publishing{MessageId: "small", Body: []byte("{}")}) == nil
-	}, "no publish confirmed after the broker woke")
 }
 
 // A broker that stops confirming, its connection open, makes the publisher
