@@ -70,15 +70,15 @@ func (t Topology) Delete(ch *amqp.Channel) error {
 // Dial connects to the broker, naming the connection so operators can tell
 // the roles apart in the management UI. It gives up when ctx is done.
 func Dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
-	conn, _, err := dial(ctx, url, name, 0)
+	conn, _, err := dial(ctx, url, name, 0, nil)
 	return conn, err
 }
 
 // dial is Dial whose connection, given a linger, gathers its writes
-// (lingerConn). cut closes the connection's socket at once, under
+// (lingerConn) while worth says it pays off. cut closes the connection's socket at once, under
 // amqp091-go: its own close waits for locks that a write the broker does
 // not read holds.
-func dial(ctx context.Context, url, name string, linger time.Duration) (conn *amqp.Connection, cut func(), err error) {
+func dial(ctx context.Context, url, name string, linger time.Duration, worth func() bool) (conn *amqp.Connection, cut func(), err error) {
 	deadline, ok := ctx.Deadline()
 	timeout := 10 * time.Second
 	if ok {
@@ -95,7 +95,7 @@ func dial(ctx context.Context, url, name string, linger time.Duration) (conn *am
 		}
 		raw = c
 		if linger > 0 {
-			return newLingerConn(c, linger), nil
+			return newLingerConn(c, linger, worth), nil
 		}
 		return c, nil
 	}

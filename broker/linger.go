@@ -19,12 +19,12 @@ import (
 // POST p99 (docs/benchmarks.md, "Session 12").
 //
 // The price: a write within writeLinger of the last one waits for the rest
-// of it. A request and its answer on that connection (a queue inspection,
-// the set-up of a session) take about 2 ms more per round trip, and a
-// caller that publishes one message at a time, waiting for each confirm,
-// gets at most one through every 2 ms. Only the publisher's connection
-// lingers, where many publishes wait for their confirms at once; the
-// consumers' connections do not.
+// of it. So only the publisher's connection lingers, and only while more
+// than one publish waits for its confirm: a caller that publishes one
+// message at a time, a request and its answer (a queue inspection, the
+// set-up of a session) in a quiet spell, and the consumers' connections
+// never wait. Under load a queue inspection takes about 2 ms more per
+// round trip.
 const writeLinger = 2 * time.Millisecond
 
 const (
@@ -52,6 +52,9 @@ const (
 type lingerConn struct {
 	net.Conn
 	linger time.Duration
+	// worth, if set, tells whether a linger may pay off now; when it says
+	// no, the writer sends each write as it comes.
+	worth func() bool
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when unsent changes, err is set or the conn closes
@@ -64,8 +67,8 @@ type lingerConn struct {
 	stopped  chan struct{} // closed when the writer has returned
 }
 
-func newLingerConn(c net.Conn, linger time.Duration) *lingerConn {
-	lc := &lingerConn{Conn: c, linger: linger, closing: make(chan struct{}), stopped: make(chan struct{})}
+func newLingerConn(c net.Conn, linger time.Duration, worth func() bool) *lingerConn {
+	lc := &lingerConn{Conn: c, linger: linger, worth: worth, closing: make(chan struct{}), stopped: make(chan struct{})}
 	lc.cond = sync.NewCond(&lc.mu)
 	return lc
 }
@@ -122,7 +125,7 @@ func (c *lingerConn) writer() {
 		c.cond.Broadcast()
 		c.mu.Unlock()
 		_, err := c.Conn.Write(out)
-		if err == nil && c.linger > 0 && len(out) < noLingerAfter {
+		if err == nil && c.linger > 0 && len(out) < noLingerAfter && (c.worth == nil || c.worth()) {
 			if linger == nil {
 				linger = time.NewTimer(c.linger)
 			} else {

@@ -36,6 +36,12 @@ func (c *countingConn) count() int {
 // (whose writes are counted), and the other end.
 func pipe(t *testing.T, linger time.Duration) (*lingerConn, *countingConn, net.Conn) {
 	t.Helper()
+	return pipeWorth(t, linger, nil)
+}
+
+// pipeWorth is pipe whose connection lingers only while worth says so.
+func pipeWorth(t *testing.T, linger time.Duration, worth func() bool) (*lingerConn, *countingConn, net.Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +61,7 @@ func pipe(t *testing.T, linger time.Duration) (*lingerConn, *countingConn, net.C
 		t.Fatal("accept failed")
 	}
 	counted := &countingConn{Conn: raw}
-	lc := newLingerConn(counted, linger)
+	lc := newLingerConn(counted, linger, worth)
 	t.Cleanup(func() {
 		lc.Close()
 		peer.Close()
@@ -104,6 +110,23 @@ func TestAWriteAfterAQuietSpellGoesOutAtOnce(t *testing.T) {
 	got := make([]byte, 4)
 	if _, err := io.ReadFull(peer, got); err != nil {
 		t.Fatalf("the first write did not arrive: %v", err)
+	}
+}
+
+// A connection whose linger would not pay off now (a single publish under
+// way, a request waiting for its answer) sends each write as it comes.
+func TestAWriteIsNotHeldWhenLingeringWouldNotPay(t *testing.T) {
+	t.Parallel()
+	lc, _, peer := pipeWorth(t, time.Hour, func() bool { return false })
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for _, msg := range []string{"request", "next"} {
+		if _, err := lc.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(peer, got); err != nil {
+			t.Fatalf("%q did not arrive: %v", msg, err)
+		}
 	}
 }
 

@@ -122,7 +122,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 
 func (p *Publisher) session(ctx context.Context, onConnected func()) error {
 	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, cut, err := dial(dialCtx, p.cfg.URL, p.cfg.Name, writeLinger)
+	// Lingering pays while other publishes are under way to share a segment.
+	conn, cut, err := dial(dialCtx, p.cfg.URL, p.cfg.Name, writeLinger, func() bool { return p.unconfirmed.Load() > 1 })
 	cancel()
 	if err != nil {
 		return err
