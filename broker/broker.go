@@ -75,9 +75,9 @@ func Dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
 }
 
 // dial is Dial whose connection, given a linger, gathers its writes
-// (lingerConn) while worth says it pays off. cut closes the connection's socket at once, under
-// amqp091-go: its own close waits for locks that a write the broker does
-// not read holds.
+// (lingerConn) while worth says it pays off. cut closes the connection's
+// socket at once, under amqp091-go: its own close waits for locks that a
+// write the broker does not read holds.
 func dial(ctx context.Context, url, name string, linger time.Duration, worth func() bool) (conn *amqp.Connection, cut func(), err error) {
 	deadline, ok := ctx.Deadline()
 	timeout := 10 * time.Second
