@@ -69,6 +69,9 @@ type Store interface {
 	Events(ctx context.Context) ([]crowdpass.Event, error)
 	CreateEvent(ctx context.Context, spec crowdpass.EventSpec) (crowdpass.Event, error)
 	Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error)
+	// ListenEventsCreated calls created with each event id committed from
+	// the moment it calls listening on, until ctx is done or it fails.
+	ListenEventsCreated(ctx context.Context, listening func(), created func(uuid.UUID)) error
 	Order(ctx context.Context, id uuid.UUID) (crowdpass.Order, error)
 	// OrderIDs lists up to limit order ids above after, in id order;
 	// OrderCountEstimate guesses how many there are.
@@ -422,6 +425,7 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Go(func() { s.giveBackLoop(ctx) })
 	wg.Go(func() { s.loadExisting(ctx) })
 	wg.Go(func() { s.keepAlive(ctx) })
+	wg.Go(func() { s.learnNewEvents(ctx) })
 	s.refreshCatalog(ctx)
 	reconcileTick := time.NewTicker(s.cfg.ReconcileInterval)
 	defer reconcileTick.Stop()

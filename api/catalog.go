@@ -196,6 +196,50 @@ func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, 
 	return e, nil
 }
 
+// learnNewEvents puts each event committed anywhere (another process,
+// `crowdpass event create`, a DBA) into the catalog as its notification
+// comes, so that it is known within a round trip: the refresh comes only
+// every ReconcileInterval, and a lookup on a miss is bounded in rate, which
+// a flood of unknown ids uses up. It listens again after a lost
+// connection; the refresh covers what was created meanwhile.
+func (s *Server) learnNewEvents(ctx context.Context) {
+	backoff := listenRetryMin
+	for {
+		err := s.store.ListenEventsCreated(ctx, func() { backoff = listenRetryMin }, func(id uuid.UUID) {
+			if _, ok := s.catalog.event(id); ok {
+				return
+			}
+			readCtx, cancel := context.WithTimeout(ctx, catalogReadTimeout)
+			defer cancel()
+			e, err := s.store.Event(readCtx, id)
+			if err != nil {
+				s.log.Debug("new event not read; the next refresh brings it", "event_id", id, "err", err)
+				return
+			}
+			s.catalog.add(e)
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Debug("not listening for new events; the refresh brings them", "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, listenRetryMax)
+	}
+}
+
+// The listener for new events retries after listenRetryMin, doubling up to
+// listenRetryMax while it keeps failing.
+const (
+	listenRetryMin = 100 * time.Millisecond
+	listenRetryMax = 5 * time.Second
+)
+
 // savedEvent finds an event in the catalog's copy in Redis (refreshCatalog),
 // for a lookup PostgreSQL did not answer: an event created by another
 // process shortly before the database went down is then known here too.

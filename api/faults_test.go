@@ -1085,6 +1085,9 @@ func (downStore) Unsold(context.Context, uuid.UUID, []uuid.UUID, []int32) (int, 
 	return 0, errDatabaseDown
 }
 func (downStore) Ping(context.Context) error { return errDatabaseDown }
+func (downStore) ListenEventsCreated(context.Context, func(), func(uuid.UUID)) error {
+	return errDatabaseDown
+}
 func (downStore) OrderIDs(context.Context, uuid.UUID, int) ([]uuid.UUID, error) {
 	return nil, errDatabaseDown
 }

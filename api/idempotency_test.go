@@ -327,6 +327,34 @@ func TestAnEventThatMayExistIsNeverNotFound(t *testing.T) {
 	}
 }
 
+// An event committed by another process is in the catalog within a round
+// trip of its commit, before any request asks for it: a flood of unknown
+// ids, which uses up the lookups' rate, cannot make it unknown until the
+// next refresh.
+func TestAnEventCreatedElsewhereIsAnnounced(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{reconcile: time.Hour})
+	ctx := testkit.Context(t)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		var n int
+		err := h.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND query = 'LISTEN events_created'`).Scan(&n)
+		return err == nil && n > 0
+	}, "the API listening for new events")
+	for range 20 {
+		if r := h.do(http.MethodGet, "/events/"+uuid.NewString(), nil, nil); r.status != http.StatusNotFound {
+			t.Fatalf("GET /events/{unknown id} answered %d %s", r.status, r.body)
+		}
+	}
+
+	event := testkit.CreateEvent(t, h.store, 4, 10)
+	testkit.Eventually(t, 10*time.Second, func() bool { return h.server.CatalogHas(event.ID) },
+		"the new event in the catalog without a refresh or a request")
+	if r := h.order("alice", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted {
+		t.Fatalf("POST /orders for the new event answered %d %s", r.status, r.body)
+	}
+}
+
 // An event created through another process (or `crowdpass event create`) is
 // known at once, not only after the next catalog refresh.
 func TestEventCreatedElsewhereIsOrderableAtOnce(t *testing.T) {

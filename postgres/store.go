@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/crowdpass/crowdpass"
@@ -123,6 +124,42 @@ func (s *Store) Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error
 	}
 	return eventFromRows(row, cats), nil
 }
+
+// ListenEventsCreated calls created with the id of each event committed from
+// the moment it calls listening on (the events_created notifications of
+// migration 00005), until ctx is done or its connection fails; it returns
+// why. It holds a connection of its own, outside the pool, so that a
+// listener never takes a worker's connection.
+func (s *Store) ListenEventsCreated(ctx context.Context, listening func(), created func(uuid.UUID)) error {
+	setupCtx, cancel := context.WithTimeout(ctx, listenSetupTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(setupCtx, s.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("connecting to listen for new events: %w", err)
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), listenSetupTimeout)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(setupCtx, "LISTEN events_created"); err != nil {
+		return fmt.Errorf("listening for new events: %w", err)
+	}
+	listening()
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		if id, err := uuid.Parse(n.Payload); err == nil {
+			created(id)
+		}
+	}
+}
+
+// listenSetupTimeout bounds connecting, LISTEN and closing for
+// ListenEventsCreated.
+const listenSetupTimeout = 5 * time.Second
 
 // Unsold returns a category's remaining less the tickets of the given
 // orders (ids and quantities, in the same order) that are not decided yet,
