@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/auth"
 	"github.com/crowdpass/crowdpass/postgres"
@@ -36,6 +38,9 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	default:
 		return usagef("migrate: unknown command %q (want up, down or status)", command)
 	}
+	if err := checkDatabaseURL(cfg.DatabaseURL); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	if command == "up" {
@@ -50,6 +55,16 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	defer pool.Close()
 	return postgres.Migrate(ctx, pool, command, stdout)
+}
+
+// checkDatabaseURL says at once, as bad input (exit 2), that a
+// DATABASE_URL does not parse, as the roles do; one that parses but cannot
+// be reached fails later, with exit 1.
+func checkDatabaseURL(url string) error {
+	if _, err := pgx.ParseConfig(url); err != nil {
+		return usagef("DATABASE_URL: %v", err)
+	}
+	return nil
 }
 
 // categoriesFlag collects repeated --category NAME:CAPACITY[:PRICE_CENTS].
@@ -139,6 +154,9 @@ func runEventCreate(ctx context.Context, args []string, getenv func(string) stri
 		return usagef("event create: %s", describe(err))
 	}
 
+	if err := checkDatabaseURL(cfg.DatabaseURL); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	pool, err := postgres.Open(ctx, cfg.DatabaseURL, 2)

@@ -133,6 +133,13 @@ func TestBadEnvironmentExitsTwo(t *testing.T) {
 			t.Errorf("%s=%s: exit %d, stderr %q", name, value, code, stderr)
 		}
 	}
+	// A DATABASE_URL that does not parse, for every command that opens the database.
+	for _, args := range [][]string{{"worker"}, {"migrate", "up"}, {"migrate", "status"}, {"event", "create", "--name", "X", "--category", "A:10"}, {"rush", "--buyers", "1"}} {
+		_, stderr, code := runCLI(t, env(db, "", "DATABASE_URL", "::bad"), args...)
+		if code != 2 || !strings.Contains(stderr, "DATABASE_URL") {
+			t.Errorf("DATABASE_URL=::bad %q: exit %d, stderr %q; want 2 naming DATABASE_URL", args, code, stderr)
+		}
+	}
 }
 
 func TestTokenIsSignedWithTheSecret(t *testing.T) {

@@ -69,6 +69,9 @@ func runRush(ctx context.Context, args []string, getenv func(string) string, std
 
 	var auditor rush.Auditor
 	if !rc.Bare {
+		if err := checkDatabaseURL(cfg.DatabaseURL); err != nil {
+			return err
+		}
 		pool, err := postgres.Open(ctx, cfg.DatabaseURL, 4)
 		if err != nil {
 			return fmt.Errorf("rush audits in PostgreSQL: %w", err)
