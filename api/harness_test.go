@@ -56,6 +56,9 @@ type options struct {
 	missTimeout time.Duration
 	// inFlightTTL is the gate's InFlightTTL (default 3s).
 	inFlightTTL time.Duration
+	// deaf keeps the API from hearing of events created elsewhere: its
+	// catalog learns them by a refresh or a miss's lookup only.
+	deaf bool
 }
 
 type harness struct {
@@ -115,6 +118,10 @@ func setup(t testing.TB, opts options) *harness {
 		Channels: 4, RetryMin: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
 	})
 	h.recent = api.NewRecent(0)
+	var store api.Store = h.store
+	if opts.deaf {
+		store = deafStore{store}
+	}
 	h.server = api.New(api.Config{
 		Recent:            h.recent,
 		PublishTimeout:    cmp.Or(opts.publishTimeout, 2*time.Second),
@@ -127,7 +134,7 @@ func setup(t testing.TB, opts options) *harness {
 		Now:               opts.now,
 		MissTimeout:       cmp.Or(opts.missTimeout, 10*time.Second), // a loaded CI machine's first read may be slow
 		Logger:            log,
-	}, h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, h.store, h.authority)
+	}, h.gate, broker.OrderQueue{Publisher: h.publisher, Topology: h.topo}, store, h.authority)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -408,4 +415,12 @@ func (h *harness) waitGate(category uuid.UUID, n int) {
 		got, known, err := h.gate.Stock(testkit.Context(t), category)
 		return err == nil && known && got == n
 	}, "gate stock %d", n)
+}
+
+// deafStore hears of no event created (options.deaf).
+type deafStore struct{ api.Store }
+
+func (deafStore) ListenEventsCreated(ctx context.Context, _ func(), _ func(uuid.UUID)) error {
+	<-ctx.Done()
+	return ctx.Err()
 }

@@ -309,7 +309,7 @@ func TestStockBackInTheGateIsSoldAgain(t *testing.T) {
 // not answer, is unavailable, never not found: it may exist.
 func TestAnEventThatMayExistIsNeverNotFound(t *testing.T) {
 	t.Parallel()
-	h := setup(t, options{reconcile: time.Hour, missTimeout: 200 * time.Millisecond})
+	h := setup(t, options{reconcile: time.Hour, missTimeout: 200 * time.Millisecond, deaf: true})
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		return h.do(http.MethodGet, "/events/"+uuid.NewString(), nil, nil).status == http.StatusNotFound
 	}, "catalog loaded")
@@ -356,10 +356,11 @@ func TestAnEventCreatedElsewhereIsAnnounced(t *testing.T) {
 }
 
 // An event created through another process (or `crowdpass event create`) is
-// known at once, not only after the next catalog refresh.
+// known at once, not only after the next catalog refresh, by the lookup a
+// miss makes where the process has not heard of it yet (deaf).
 func TestEventCreatedElsewhereIsOrderableAtOnce(t *testing.T) {
 	t.Parallel()
-	h := setup(t, options{reconcile: time.Hour})
+	h := setup(t, options{reconcile: time.Hour, deaf: true})
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		return h.do(http.MethodGet, "/events/"+uuid.NewString(), nil, nil).status == http.StatusNotFound
 	}, "catalog loaded")
