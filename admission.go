@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -84,6 +85,11 @@ type AdmissionResult struct {
 	// must be queued and answered with: the dead attempt's (the attempt's
 	// own for a mark written before marks kept it); zero otherwise.
 	AcceptedAt Time
+	// Recovering is, for an Admitted or SoldOut given while Redis recovers
+	// from losing its keys, when the recovery ends: another process may
+	// write back an answer it gave the key before the loss until then, and
+	// the caller looks at the key again after it. Zero otherwise.
+	Recovering time.Time
 }
 
 // KeyRecord is what the gate remembers of an idempotency key.

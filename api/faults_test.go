@@ -752,6 +752,76 @@ func TestAnswersRedisLostAreWrittenBackForOtherProcesses(t *testing.T) {
 	}
 }
 
+// A retry sent to another process at once after Redis lost its keys, before
+// this process has written its answers back, is answered only once the
+// recovery is over: with the first answer, the 202 with its accepted_at or
+// the sold_out, never a second acceptance, a sold_out for an accepted key,
+// or an admission of a refused one. The probe's case: without the
+// recovery, the other process queued alice's order anew, with another
+// accepted_at that replays kept, and could answer it sold_out.
+func TestARetryElsewhereRightAfterALossGetsTheFirstAnswer(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{}) // no workers: alice's order stays in the queue
+	event := h.event(4, 1)
+	alice := h.order("alice", "a", orderJSON(event, 0, 1))
+	bob := h.order("bob", "b", orderJSON(event, 0, 1))
+	if alice.status != http.StatusAccepted || bob.status != http.StatusConflict {
+		t.Fatalf("before the loss: alice %d %s, bob %d %s", alice.status, alice.body, bob.status, bob.body)
+	}
+	other := h.otherProcess(h.store)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return other.do(http.MethodGet, "/readyz", nil, nil).status == http.StatusOK
+	}, "the other process ready")
+	h.loseRedisKeys()
+
+	for _, c := range []struct {
+		customer, key string
+		first         reply
+	}{{"alice", "a", alice}, {"bob", "b", bob}} {
+		r := other.order(c.customer, c.key, orderJSON(event, 0, 1))
+		if r.status != c.first.status || !bytes.Equal(r.body, c.first.body) || r.header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("%s's retry elsewhere right after the loss: %d %s (replayed %q); want %d %s replayed",
+				c.customer, r.status, r.body, r.header.Get("Idempotent-Replayed"), c.first.status, c.first.body)
+		}
+	}
+	if n := h.acceptedCount(); n != 1 {
+		t.Errorf("%d orders queued; want alice's alone", n)
+	}
+}
+
+// An accepted order still in the queue reads as pending at another process
+// right after Redis lost its keys, not as unknown: the read waits for the
+// recovery, during which the process that accepted it writes its 202 back.
+func TestAnOrderReadElsewhereRightAfterALossIsPending(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{}) // no workers: alice's order stays in the queue
+	event := h.event(4, 1)
+	alice := h.order("alice", "a", orderJSON(event, 0, 1))
+	if alice.status != http.StatusAccepted {
+		t.Fatalf("alice: %d %s", alice.status, alice.body)
+	}
+	var first struct {
+		AcceptedAt string `json:"accepted_at"`
+	}
+	if err := json.Unmarshal(alice.body, &first); err != nil {
+		t.Fatal(err)
+	}
+	other := h.otherProcess(h.store)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return other.do(http.MethodGet, "/readyz", nil, nil).status == http.StatusOK
+	}, "the other process ready")
+	h.loseRedisKeys()
+
+	r := other.do(http.MethodGet, "/orders/"+crowdpass.OrderID("alice", "a").String(), http.Header{"Authorization": {"Bearer " + h.token("alice")}}, nil)
+	var got struct {
+		Status     string `json:"status"`
+		AcceptedAt string `json:"accepted_at"`
+	}
+	if r.status != http.StatusOK || json.Unmarshal(r.body, &got) != nil || got.Status != "pending" || got.AcceptedAt != first.AcceptedAt {
+		t.Errorf("alice's order read elsewhere right after the loss: %d %s; want pending, accepted at %s", r.status, r.body, first.AcceptedAt)
+	}
+}
+
 // An order that never reaches PostgreSQL (dead-lettered here) keeps its
 // ticket out of the gate only for a while: the drift correction stops
 // counting it as held by a worker once it is old, and the ticket is sold.

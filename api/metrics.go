@@ -19,6 +19,8 @@ type metrics struct {
 	waiting     prometheus.Gauge
 	unconfirmed prometheus.Counter
 	restored    prometheus.Counter
+	// recoveryWaits counts answers given during a recovery, looked at again after it.
+	recoveryWaits prometheus.Counter
 }
 
 // registerExisting adds the size of the filter of orders that exist.
@@ -90,11 +92,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "crowdpass_gate_restored_total",
 			Help: "Answers (202s and edge refusals) this process remembered and wrote back into Redis after Redis lost its keys.",
 		}),
+		recoveryWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "crowdpass_gate_recovery_waits_total",
+			Help: "POST /orders answered anew while Redis recovered from losing its keys, which waited for the recovery's end and looked at their key again.",
+		}),
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "crowdpass_orders_waiting_for_key",
 			Help: "POST /orders waiting for another request of their Idempotency-Key in this process (a double click's second click waiting for its first).",
 		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered, m.existing, m.waiting, m.unconfirmed, m.restored)
+	reg.MustRegister(m.requests, m.latency, m.inFlight, m.gate, m.confirm, m.slowPath, m.refused, m.reconcile, m.remembered, m.existing, m.waiting, m.unconfirmed, m.restored, m.recoveryWaits)
 	return m
 }

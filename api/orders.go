@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -267,6 +268,13 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			}
 			gated = false
 		} else {
+			if !res.Recovering.IsZero() {
+				res = s.afterRecovery(r.Context(), adm, res)
+				if inFlight && res.Verdict != crowdpass.Admitted {
+					s.inFlight.Add(-1)
+					inFlight = false
+				}
+			}
 			s.metrics.gate.WithLabelValues(verdictName(res.Verdict)).Inc()
 			switch res.Verdict {
 			case crowdpass.Replay:
@@ -356,6 +364,41 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/orders/"+req.OrderID.String())
 	problem.WriteAnswer(w, answer)
+}
+
+// afterRecovery waits until Redis has recovered from losing its keys and
+// looks at the key again, for res, an answer given anew during the
+// recovery (an admission, or a sold_out stored): a process that answered
+// the key before the loss writes its answer back meanwhile, in the place
+// of this one (remember.lua, refusal.lua), and that answer stands. An
+// admission that gave way gives its tickets back; its order was not
+// queued. Where the key holds this answer still, or cannot be read, or
+// the request ends first, res stands: as it would have without the loss.
+func (s *Server) afterRecovery(ctx context.Context, adm crowdpass.Admission, res crowdpass.AdmissionResult) crowdpass.AdmissionResult {
+	s.metrics.recoveryWaits.Inc()
+	t := time.NewTimer(time.Until(res.Recovering))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return res
+	case <-t.C:
+	}
+	lookCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
+	defer cancel()
+	rec, err := s.gate.Lookup(lookCtx, adm.OrderID)
+	if err != nil || rec.InFlight || rec.Answer.Status == 0 ||
+		(res.Verdict == crowdpass.SoldOut && rec.Answer.Status == res.Answer.Status && bytes.Equal(rec.Answer.Body, res.Answer.Body)) {
+		return res
+	}
+	if res.Verdict == crowdpass.Admitted && res.Taken > 0 {
+		if _, err := s.gate.GiveBack(lookCtx, adm.CategoryID, res.Taken); err != nil {
+			s.log.Warn("tickets of an admission that gave way not given back; the reconcile corrects the stock", "order_id", adm.OrderID, "err", err)
+		}
+	}
+	if rec.Fingerprint != adm.Fingerprint {
+		return crowdpass.AdmissionResult{Verdict: crowdpass.Mismatch}
+	}
+	return crowdpass.AdmissionResult{Verdict: crowdpass.Replay, Answer: rec.Answer}
 }
 
 // keyHolds are the keys whose requests this process is handling, one

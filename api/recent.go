@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -355,7 +356,11 @@ func (p PendingLookup) Remembered(order uuid.UUID) (crowdpass.KeyRecord, bool) {
 	return p.recent.get(order)
 }
 
-// Lookup returns the order's record, or crowdpass.ErrNotFound.
+// Lookup returns the order's record, or crowdpass.ErrNotFound. An order
+// next does not hold while Redis recovers from losing its keys (see
+// crowdpass.AdmissionResult.Recovering) is looked up again once the
+// recovery is over, or ctx is: the process that accepted it may be
+// writing its 202 back meanwhile.
 func (p PendingLookup) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecord, error) {
 	if rec, ok := p.recent.get(order); ok {
 		return rec, nil
@@ -363,5 +368,27 @@ func (p PendingLookup) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.K
 	if p.next == nil {
 		return crowdpass.KeyRecord{}, crowdpass.ErrNotFound
 	}
+	rec, err := p.next.Lookup(ctx, order)
+	r, ok := p.next.(recoverer)
+	if !ok || !errors.Is(err, crowdpass.ErrNotFound) {
+		return rec, err
+	}
+	until, rerr := r.Recovering(ctx)
+	if rerr != nil || until.IsZero() {
+		return rec, err
+	}
+	t := time.NewTimer(time.Until(until))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return rec, err
+	case <-t.C:
+	}
 	return p.next.Lookup(ctx, order)
+}
+
+// recoverer tells whether Redis is recovering from losing its keys, and
+// until when (gate.Redis.Recovering).
+type recoverer interface {
+	Recovering(ctx context.Context) (time.Time, error)
 }

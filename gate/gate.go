@@ -41,6 +41,11 @@ type Config struct {
 	// without waiting for InFlightTTL. It must be well above the interval
 	// of KeepAlive's calls.
 	LiveTTL time.Duration
+	// Recovery is how long an epoch begun after Redis lost its keys
+	// recovers (epoch.lua): every process notices the loss (its canary)
+	// and writes back the answers it remembers within it, and an answer
+	// given anew meanwhile is looked at again once it is over (default 1s).
+	Recovery time.Duration
 }
 
 // Redis is the gate on a Redis server.
@@ -61,7 +66,21 @@ func New(rdb redis.UniversalClient, cfg Config) *Redis {
 	if cfg.LiveTTL <= 0 {
 		cfg.LiveTTL = 3 * time.Second
 	}
-	return &Redis{rdb: rdb, cfg: cfg, pipe: newPipeliner(rdb)}
+	if cfg.Recovery <= 0 {
+		cfg.Recovery = time.Second
+	}
+	return &Redis{rdb: rdb, cfg: cfg, pipe: newPipeliner(rdb, cfg.Namespace+"gate:epoch", cfg.Recovery)}
+}
+
+// Begin sets the gate's epoch where Redis has none, as one that does not
+// recover: a process that starts has written nothing yet, and the first
+// start of a deployment need not wait. Redis losing its keys is then seen
+// by the first pipeline after it, which begins an epoch that recovers.
+func (g *Redis) Begin(ctx context.Context) error {
+	if err := epochScript.Run(ctx, g.rdb, []string{g.cfg.Namespace + "gate:epoch"}, 0).Err(); err != nil {
+		return fmt.Errorf("beginning the gate's epoch: %w", err)
+	}
+	return nil
 }
 
 // Close stops the gate's pipelines; calls after it fail.
@@ -92,10 +111,18 @@ var abortSource string
 //go:embed remember.lua
 var rememberSource string
 
+//go:embed epoch.lua
+var epochSource string
+
+//go:embed refusal.lua
+var refusalSource string
+
 var (
 	admitScript    = redis.NewScript(admitSource)
 	abortScript    = redis.NewScript(abortSource)
 	rememberScript = redis.NewScript(rememberSource)
+	epochScript    = redis.NewScript(epochSource)
+	refusalScript  = redis.NewScript(refusalSource)
 	casScript      = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if (cur or '') ~= ARGV[1] then return 0 end
@@ -115,10 +142,11 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 	if !named {
 		process = ""
 	}
-	val, err := g.pipe.do(ctx, admitScript, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
+	call := g.pipe.do(ctx, admitScript, []string{g.keyKey(a.OrderID), g.StockKey(a.CategoryID)},
 		a.Fingerprint, a.Quantity, string(a.Window), g.cfg.InFlightTTL.Milliseconds(),
 		soldOut.encode(), head, g.cfg.AnswerTTL.Milliseconds(), tail, acceptedAt(a.AcceptedAt), remaining(a),
 		g.livePrefix(), process, g.cfg.LiveTTL.Milliseconds())
+	val, err := call.val, call.err
 	if err != nil {
 		return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: %w", err)
 	}
@@ -130,7 +158,7 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 	switch {
 	case verdict == "admitted" && (len(res) == 2 || len(res) == 3):
 		taken, _ := res[1].(int64)
-		r := crowdpass.AdmissionResult{Verdict: crowdpass.Admitted, Taken: int(taken)}
+		r := crowdpass.AdmissionResult{Verdict: crowdpass.Admitted, Taken: int(taken), Recovering: call.recovering}
 		if len(res) == 3 { // taken over: the dead attempt's time
 			r.TookOver = true
 			at, _ := res[2].(string)
@@ -155,7 +183,7 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 		return crowdpass.AdmissionResult{Verdict: crowdpass.StockUnknown}, nil
 	case verdict == "soldout" && len(res) == 2:
 		stock, _ := res[1].(int64)
-		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut, Stock: int(stock), StockKnown: true}, nil
+		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut, Stock: int(stock), StockKnown: true, Recovering: call.recovering}, nil
 	}
 	return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: unexpected answer %v", val)
 }
@@ -191,7 +219,7 @@ func remaining(a crowdpass.Admission) string {
 // before 7.0, which refuses SET with both NX and GET, gets Admit, as owner.
 func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission, owner string) (crowdpass.AdmissionResult, error) {
 	soldOut := record{status: a.SoldOut.Status, fp: a.Fingerprint, customer: a.CustomerID, body: a.SoldOut.Body}
-	held, stored, err := g.setNX(ctx, a.OrderID, soldOut)
+	held, stored, recovering, err := g.setNX(ctx, a.OrderID, soldOut)
 	var reply redis.Error
 	switch {
 	case errors.As(err, &reply):
@@ -199,7 +227,7 @@ func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission, owner string)
 	case err != nil:
 		return crowdpass.AdmissionResult{}, fmt.Errorf("refusing order: %w", err)
 	case stored:
-		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut}, nil
+		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut, Recovering: recovering}, nil
 	case held.status == 0 && held.fp == a.Fingerprint:
 		// In flight, or left by an attempt that died: the script tells
 		// which, and takes the key over in the second case.
@@ -219,7 +247,7 @@ func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission, owner string)
 func (g *Redis) Remember(ctx context.Context, a crowdpass.Admission, rec crowdpass.KeyRecord) (res crowdpass.AdmissionResult, stored bool, err error) {
 	answer := record{status: rec.Answer.Status, fp: rec.Fingerprint, customer: a.CustomerID, body: rec.Answer.Body}
 	if rec.Answer.Status != http.StatusAccepted {
-		held, stored, err := g.setNX(ctx, a.OrderID, answer)
+		held, stored, _, err := g.setNX(ctx, a.OrderID, answer)
 		switch {
 		case err != nil:
 			return crowdpass.AdmissionResult{}, false, fmt.Errorf("remembering answer: %w", err)
@@ -232,7 +260,8 @@ func (g *Redis) Remember(ctx context.Context, a crowdpass.Admission, rec crowdpa
 	if rec.FromOrder {
 		decided = "1"
 	}
-	val, err := g.pipe.do(ctx, rememberScript, []string{g.keyKey(a.OrderID)}, answer.encode(), g.cfg.AnswerTTL.Milliseconds(), rec.Fingerprint, decided)
+	call := g.pipe.do(ctx, rememberScript, []string{g.keyKey(a.OrderID)}, answer.encode(), g.cfg.AnswerTTL.Milliseconds(), rec.Fingerprint, decided)
+	val, err := call.val, call.err
 	if errors.Is(err, redis.Nil) {
 		return answer.verdict(a.Fingerprint), true, nil
 	}
@@ -259,9 +288,11 @@ func (g *Redis) Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (sto
 	if len(answers) == 0 {
 		return 0, nil
 	}
-	// A restarted Redis has forgotten the script too.
-	if err := rememberScript.Load(ctx, g.rdb).Err(); err != nil {
-		return 0, fmt.Errorf("restoring answers: %w", err)
+	// A restarted Redis has forgotten the scripts too.
+	for _, script := range []*redis.Script{rememberScript, refusalScript} {
+		if err := script.Load(ctx, g.rdb).Err(); err != nil {
+			return 0, fmt.Errorf("restoring answers: %w", err)
+		}
 	}
 	ttl := g.cfg.AnswerTTL.Milliseconds()
 	for chunk := range slices.Chunk(answers, restoreBatch) {
@@ -273,7 +304,7 @@ func (g *Redis) Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (sto
 			if a.Answer.Status == http.StatusAccepted {
 				cmds[i] = rememberScript.EvalSha(ctx, pipe, []string{key}, rec.encode(), ttl, a.Fingerprint)
 			} else {
-				cmds[i] = pipe.SetNX(ctx, key, rec.encode(), g.cfg.AnswerTTL)
+				cmds[i] = refusalScript.EvalSha(ctx, pipe, []string{key, g.cfg.Namespace + "gate:epoch"}, rec.encode(), ttl, a.Fingerprint)
 			}
 		}
 		_, _ = pipe.Exec(ctx) // errors are per command
@@ -284,8 +315,8 @@ func (g *Redis) Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (sto
 				stored++
 			case err != nil:
 				return stored, fmt.Errorf("restoring answers: %w", err)
-			default: // SET NX: true when it stored
-				if b, ok := c.(*redis.BoolCmd); ok && b.Val() {
+			default: // refusal.lua: 1 when it stored
+				if n, _ := c.(*redis.Cmd).Int(); n == 1 {
 					stored++
 				}
 			}
@@ -302,7 +333,7 @@ const canaryTTL = time.Minute
 // or the process had not checked for canaryTTL), and sets it again. The
 // first call of a process reports it lost: there was none.
 func (g *Redis) Lost(ctx context.Context, process string) (bool, error) {
-	_, err := g.pipe.doCmd(ctx, "set", g.cfg.Namespace+"gate:canary:"+process, "1", "get", "px", canaryTTL.Milliseconds())
+	err := g.pipe.doCmd(ctx, "set", g.cfg.Namespace+"gate:canary:"+process, "1", "get", "px", canaryTTL.Milliseconds()).err
 	if errors.Is(err, redis.Nil) {
 		return true, nil
 	}
@@ -315,24 +346,25 @@ func (g *Redis) Lost(ctx context.Context, process string) (bool, error) {
 // KeepAlive renews the process's live mark (see Admit) for LiveTTL; a
 // process renews it well within that, whatever else it is doing.
 func (g *Redis) KeepAlive(ctx context.Context, process string) error {
-	if _, err := g.pipe.doCmd(ctx, "set", g.livePrefix()+process, "1", "px", g.cfg.LiveTTL.Milliseconds()); err != nil {
+	if err := g.pipe.doCmd(ctx, "set", g.livePrefix()+process, "1", "px", g.cfg.LiveTTL.Milliseconds()).err; err != nil {
 		return fmt.Errorf("renewing the live mark: %w", err)
 	}
 	return nil
 }
 
 // setNX stores rec under the order's key unless a record is there, in one
-// SET NX GET: stored reports whether it was, held is the record found.
-func (g *Redis) setNX(ctx context.Context, order uuid.UUID, rec record) (held record, stored bool, err error) {
-	val, err := g.pipe.doCmd(ctx, "set", g.keyKey(order), rec.encode(), "nx", "get", "px", g.cfg.AnswerTTL.Milliseconds())
-	if errors.Is(err, redis.Nil) {
-		return record{}, true, nil
+// SET NX GET: stored reports whether it was, held is the record found,
+// recovering whether it ran while the epoch recovered (pipeliner).
+func (g *Redis) setNX(ctx context.Context, order uuid.UUID, rec record) (held record, stored bool, recovering time.Time, err error) {
+	call := g.pipe.doCmd(ctx, "set", g.keyKey(order), rec.encode(), "nx", "get", "px", g.cfg.AnswerTTL.Milliseconds())
+	if errors.Is(call.err, redis.Nil) {
+		return record{}, true, call.recovering, nil
 	}
-	if err != nil {
-		return record{}, false, err
+	if call.err != nil {
+		return record{}, false, time.Time{}, call.err
 	}
-	held, err = heldRecord(val)
-	return held, false, err
+	held, err = heldRecord(call.val)
+	return held, false, time.Time{}, err
 }
 
 // heldRecord decodes the record a command found under a key.
@@ -348,7 +380,7 @@ func heldRecord(val any) (record, error) {
 // Complete stores the answer to an admitted key for AnswerTTL.
 func (g *Redis) Complete(ctx context.Context, a crowdpass.Admission, answer crowdpass.Answer) error {
 	rec := record{status: answer.Status, fp: a.Fingerprint, customer: a.CustomerID, body: answer.Body}
-	if _, err := g.pipe.doCmd(ctx, "set", g.keyKey(a.OrderID), rec.encode(), "px", g.cfg.AnswerTTL.Milliseconds()); err != nil {
+	if err := g.pipe.doCmd(ctx, "set", g.keyKey(a.OrderID), rec.encode(), "px", g.cfg.AnswerTTL.Milliseconds()).err; err != nil {
 		return fmt.Errorf("storing answer: %w", err)
 	}
 	return nil
@@ -389,6 +421,17 @@ func (g *Redis) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecor
 		kr.Answer = crowdpass.Answer{Status: rec.status, Body: rec.body}
 	}
 	return kr, nil
+}
+
+// Recovering reports until when Redis recovers from losing its keys (see
+// epoch.lua), zero if it does not: a key it does not hold until then may
+// be written back by the process that answered it.
+func (g *Redis) Recovering(ctx context.Context) (time.Time, error) {
+	call := g.pipe.doCmd(ctx, "exists", g.cfg.Namespace+"gate:epoch")
+	if call.err != nil {
+		return time.Time{}, fmt.Errorf("checking the gate's epoch: %w", call.err)
+	}
+	return call.recovering, nil
 }
 
 // Stock returns a category's gate stock; ok is false when the gate does not know it.

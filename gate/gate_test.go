@@ -30,14 +30,25 @@ func setupInFlight(t *testing.T, ttl time.Duration) *gate.Redis {
 	return g
 }
 
-// setupNamespace returns a gate whose keys stay in flight for ttl, and its namespace.
+// setupNamespace returns a gate whose keys stay in flight for ttl, and its
+// namespace; its epoch is begun, as a process begins it when it starts.
 func setupNamespace(t *testing.T, ttl time.Duration) (*gate.Redis, string) {
 	t.Helper()
+	return setupConfig(t, gate.Config{InFlightTTL: ttl})
+}
+
+// setupConfig returns a gate configured by cfg in a namespace of its own,
+// and the namespace, its epoch begun.
+func setupConfig(t *testing.T, cfg gate.Config) (*gate.Redis, string) {
+	t.Helper()
 	rdb := newClient(t)
-	ns := testkit.Namespace(t)
-	g := gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: ttl})
+	cfg.Namespace = testkit.Namespace(t)
+	g := gate.New(rdb, cfg)
 	t.Cleanup(g.Close)
-	return g, ns
+	if err := g.Begin(testkit.Context(t)); err != nil {
+		t.Fatal(err)
+	}
+	return g, cfg.Namespace
 }
 
 // newClient connects to the tests' Redis until the test ends.
@@ -537,6 +548,54 @@ func TestRestoreWritesBackAnswersAsRememberWould(t *testing.T) {
 	}
 	if stored, err := g.Restore(ctx, answers); err != nil || stored != 0 {
 		t.Errorf("Restore again = %d, %v; want nothing stored", stored, err)
+	}
+}
+
+// Once Redis has lost its keys, answers given anew are marked as given
+// during the recovery, until it ends; a refusal written back during it
+// takes the place of an admission given anew (whose process looks at the
+// key again before it queues the order), but not of one given after it.
+func TestAnswersGivenWhileRedisRecoversAreMarked(t *testing.T) {
+	t.Parallel()
+	g, ns := setupConfig(t, gate.Config{InFlightTTL: time.Minute, Recovery: 300 * time.Millisecond})
+	ctx, cat := withStock(t, g, 10)
+	soldOut := crowdpass.Answer{Status: 409, Body: []byte(`{"code":"sold_out"}`)}
+	refusal := func(a crowdpass.Admission) []crowdpass.KeyAnswer {
+		return []crowdpass.KeyAnswer{{OrderID: a.OrderID, CustomerID: a.CustomerID, Fingerprint: a.Fingerprint, Answer: soldOut}}
+	}
+	if res, err := g.Admit(ctx, admission("alice", "before", cat, 1), "p.1"); err != nil || !res.Recovering.IsZero() {
+		t.Fatalf("an admission before the loss: %+v, %v; want no recovery", res, err)
+	}
+
+	if err := testkit.DeleteRedisKeys(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	during := admission("alice", "during", cat, 1)
+	res, err := g.Admit(ctx, during, "p.2")
+	if err != nil || res.Verdict != crowdpass.Admitted || res.Recovering.IsZero() || time.Until(res.Recovering) > 300*time.Millisecond {
+		t.Fatalf("an admission after the loss: %+v, %v; want admitted, recovering for 300 ms at most", res, err)
+	}
+	refused, err := g.Refuse(ctx, admission("bob", "during", cat, 1), "p.3")
+	if err != nil || refused.Verdict != crowdpass.SoldOut || refused.Recovering.IsZero() {
+		t.Errorf("a refusal after the loss: %+v, %v; want sold_out, recovering", refused, err)
+	}
+	if stored, err := g.Restore(ctx, refusal(during)); err != nil || stored != 1 {
+		t.Fatalf("Restore of a refusal during the recovery = %d, %v; want it stored over the admission", stored, err)
+	}
+	if rec, err := g.Lookup(ctx, during.OrderID); err != nil || rec.InFlight || rec.Answer.Status != 409 {
+		t.Errorf("the key after the write-back: %+v, %v; want the refusal", rec, err)
+	}
+
+	var after crowdpass.Admission
+	attempt := 0
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		attempt++
+		after = admission("alice", fmt.Sprint("after-", attempt), cat, 1)
+		res, err := g.Admit(ctx, after, "p.4")
+		return err == nil && res.Verdict == crowdpass.Admitted && res.Recovering.IsZero()
+	}, "an admission after the recovery not marked")
+	if stored, err := g.Restore(ctx, refusal(after)); err != nil || stored != 0 {
+		t.Errorf("Restore of a refusal after the recovery = %d, %v; want the admission standing", stored, err)
 	}
 }
 

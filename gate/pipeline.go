@@ -21,18 +21,27 @@ type call struct {
 type callResult struct {
 	val any
 	err error
+	// recovering is, while the gate's epoch recovers after a loss of
+	// Redis's keys (epoch.lua), when it will have: zero otherwise.
+	recovering time.Time
 }
 
 // pipeliner sends concurrent gate scripts to Redis in pipelines: one write
 // and one read carry a whole batch, where each call alone would cost a
 // round trip and two system calls on both sides. Under load the batches grow
 // by themselves while the previous ones are in flight.
+//
+// Each pipeline ends with a look at the gate's epoch (epoch.lua), so that
+// the calls it carried know, without a round trip of their own, whether
+// they ran while Redis recovered from losing its keys.
 type pipeliner struct {
-	rdb   redis.UniversalClient
-	calls chan *call
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	once  sync.Once
+	rdb      redis.UniversalClient
+	epochKey string
+	recovery time.Duration // how long a new epoch recovers
+	calls    chan *call
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	once     sync.Once
 }
 
 const (
@@ -40,8 +49,8 @@ const (
 	pipelineMax     = 256
 )
 
-func newPipeliner(rdb redis.UniversalClient) *pipeliner {
-	p := &pipeliner{rdb: rdb, calls: make(chan *call, 4096), stop: make(chan struct{})}
+func newPipeliner(rdb redis.UniversalClient, epochKey string, recovery time.Duration) *pipeliner {
+	p := &pipeliner{rdb: rdb, epochKey: epochKey, recovery: recovery, calls: make(chan *call, 4096), stop: make(chan struct{})}
 	for range pipelineWorkers {
 		p.wg.Go(p.loop)
 	}
@@ -56,28 +65,28 @@ func (p *pipeliner) close() {
 }
 
 // do queues a call of script and waits for its result or ctx's end.
-func (p *pipeliner) do(ctx context.Context, script *redis.Script, keys []string, args ...any) (any, error) {
+func (p *pipeliner) do(ctx context.Context, script *redis.Script, keys []string, args ...any) callResult {
 	return p.wait(ctx, &call{ctx: ctx, script: script, keys: keys, args: args, done: make(chan callResult, 1)})
 }
 
 // doCmd queues one plain command and waits for its result or ctx's end.
-func (p *pipeliner) doCmd(ctx context.Context, args ...any) (any, error) {
+func (p *pipeliner) doCmd(ctx context.Context, args ...any) callResult {
 	return p.wait(ctx, &call{ctx: ctx, args: args, done: make(chan callResult, 1)})
 }
 
-func (p *pipeliner) wait(ctx context.Context, c *call) (any, error) {
+func (p *pipeliner) wait(ctx context.Context, c *call) callResult {
 	select {
 	case p.calls <- c:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return callResult{err: ctx.Err()}
 	case <-p.stop:
-		return nil, redis.ErrClosed
+		return callResult{err: redis.ErrClosed}
 	}
 	select {
 	case r := <-c.done:
-		return r.val, r.err
+		return r
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return callResult{err: ctx.Err()}
 	}
 }
 
@@ -110,7 +119,7 @@ func (p *pipeliner) exec(batch []*call) {
 	live := batch[:0]
 	for _, c := range batch {
 		if err := c.ctx.Err(); err != nil {
-			c.done <- callResult{nil, err}
+			c.done <- callResult{err: err}
 			continue
 		}
 		live = append(live, c)
@@ -129,13 +138,39 @@ func (p *pipeliner) exec(batch []*call) {
 			cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
 		}
 	}
+	epoch := epochScript.EvalSha(ctx, pipe, []string{p.epochKey}, p.recovery.Milliseconds())
 	_, _ = pipe.Exec(ctx) // errors are per command
+	recovering := p.recovering(ctx, epoch)
 	for i, c := range live {
 		val, err := cmds[i].Result()
 		if err != nil && c.script != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 			// A restarted Redis forgot the script: Run loads it again.
 			val, err = c.script.Run(ctx, p.rdb, c.keys, c.args...).Result()
 		}
-		c.done <- callResult{val, err}
+		c.done <- callResult{val: val, err: err, recovering: recovering}
 	}
+}
+
+// recovering reads the epoch's answer (epoch.lua) that ended a pipeline:
+// until when it recovers, in this process's clock, or zero if it does not.
+// A look that failed reads as no recovery: the calls failed with it, or
+// Redis answers them and will answer the next look.
+func (p *pipeliner) recovering(ctx context.Context, epoch *redis.Cmd) time.Time {
+	val, err := epoch.Result()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		val, err = epochScript.Run(ctx, p.rdb, []string{p.epochKey}, p.recovery.Milliseconds()).Result()
+	}
+	if err != nil {
+		return time.Time{}
+	}
+	times, _ := val.([]any)
+	if len(times) != 2 {
+		return time.Time{}
+	}
+	until, _ := times[0].(int64)
+	now, _ := times[1].(int64)
+	if until <= now {
+		return time.Time{}
+	}
+	return time.Now().Add(time.Duration(until-now) * time.Millisecond)
 }
