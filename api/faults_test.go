@@ -728,12 +728,7 @@ func (h *harness) buyAll(prefix string, n int, event crowdpass.Event) int {
 func TestAnswersRedisLostAreWrittenBackForOtherProcesses(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{}) // no workers: alice's order stays in the queue
-	event := h.event(4, 1)
-	alice := h.order("alice", "a", orderJSON(event, 0, 1))
-	bob := h.order("bob", "b", orderJSON(event, 0, 1))
-	if alice.status != http.StatusAccepted || bob.status != http.StatusConflict {
-		t.Fatalf("before the loss: alice %d %s, bob %d %s", alice.status, alice.body, bob.status, bob.body)
-	}
+	event, alice, bob := h.acceptedAndRefused()
 	h.loseRedisKeys()
 
 	// A retry of each at another process, as its gate call goes.
@@ -752,6 +747,30 @@ func TestAnswersRedisLostAreWrittenBackForOtherProcesses(t *testing.T) {
 	}
 }
 
+// acceptedAndRefused makes an event of one ticket, which alice's order (key
+// "a") takes and bob's (key "b") is refused; it returns their answers.
+func (h *harness) acceptedAndRefused() (event crowdpass.Event, alice, bob reply) {
+	h.t.Helper()
+	event = h.event(4, 1)
+	alice = h.order("alice", "a", orderJSON(event, 0, 1))
+	bob = h.order("bob", "b", orderJSON(event, 0, 1))
+	if alice.status != http.StatusAccepted || bob.status != http.StatusConflict {
+		h.t.Fatalf("alice %d %s, bob %d %s; want 202 and 409", alice.status, alice.body, bob.status, bob.body)
+	}
+	return event, alice, bob
+}
+
+// readyProcess starts another API process over h's database (otherProcess)
+// and waits until it is ready.
+func (h *harness) readyProcess() harness {
+	h.t.Helper()
+	other := h.otherProcess(h.store)
+	testkit.Eventually(h.t, 10*time.Second, func() bool {
+		return other.do(http.MethodGet, "/readyz", nil, nil).status == http.StatusOK
+	}, "the other process ready")
+	return other
+}
+
 // A retry sent to another process at once after Redis lost its keys, before
 // this process has written its answers back, is answered only once the
 // recovery is over: with the first answer, the 202 with its accepted_at or
@@ -762,16 +781,8 @@ func TestAnswersRedisLostAreWrittenBackForOtherProcesses(t *testing.T) {
 func TestARetryElsewhereRightAfterALossGetsTheFirstAnswer(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{}) // no workers: alice's order stays in the queue
-	event := h.event(4, 1)
-	alice := h.order("alice", "a", orderJSON(event, 0, 1))
-	bob := h.order("bob", "b", orderJSON(event, 0, 1))
-	if alice.status != http.StatusAccepted || bob.status != http.StatusConflict {
-		t.Fatalf("before the loss: alice %d %s, bob %d %s", alice.status, alice.body, bob.status, bob.body)
-	}
-	other := h.otherProcess(h.store)
-	testkit.Eventually(t, 10*time.Second, func() bool {
-		return other.do(http.MethodGet, "/readyz", nil, nil).status == http.StatusOK
-	}, "the other process ready")
+	event, alice, bob := h.acceptedAndRefused()
+	other := h.readyProcess()
 	h.loseRedisKeys()
 
 	for _, c := range []struct {
@@ -806,10 +817,7 @@ func TestAnOrderReadElsewhereRightAfterALossIsPending(t *testing.T) {
 	if err := json.Unmarshal(alice.body, &first); err != nil {
 		t.Fatal(err)
 	}
-	other := h.otherProcess(h.store)
-	testkit.Eventually(t, 10*time.Second, func() bool {
-		return other.do(http.MethodGet, "/readyz", nil, nil).status == http.StatusOK
-	}, "the other process ready")
+	other := h.readyProcess()
 	h.loseRedisKeys()
 
 	r := other.do(http.MethodGet, "/orders/"+crowdpass.OrderID("alice", "a").String(), http.Header{"Authorization": {"Bearer " + h.token("alice")}}, nil)
