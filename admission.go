@@ -100,6 +100,9 @@ type KeyRecord struct {
 	Fingerprint string
 	Answer      Answer
 	InFlight    bool
+	// WrittenBack marks a refusal a process wrote back after Redis lost
+	// its keys (gate.Restore), where a refusal given anew since stood.
+	WrittenBack bool
 	// Decided is the order as decided, where the record is this process's
 	// memory of an outcome it saw (api.Recent); nil while pending.
 	Decided *Order

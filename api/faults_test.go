@@ -785,12 +785,19 @@ func TestARetryElsewhereRightAfterALossGetsTheFirstAnswer(t *testing.T) {
 	other := h.readyProcess()
 	h.loseRedisKeys()
 
-	for _, c := range []struct {
+	// Both at once: the other process admits one anew and refuses the
+	// other, in either order, and both wait out the recovery.
+	cases := []struct {
 		customer, key string
-		first         reply
-	}{{"alice", "a", alice}, {"bob", "b", bob}} {
-		r := other.order(c.customer, c.key, orderJSON(event, 0, 1))
-		if r.status != c.first.status || !bytes.Equal(r.body, c.first.body) || r.header.Get("Idempotent-Replayed") != "true" {
+		first, retry  reply
+	}{{customer: "alice", key: "a", first: alice}, {customer: "bob", key: "b", first: bob}}
+	var wg sync.WaitGroup
+	for i := range cases {
+		wg.Go(func() { cases[i].retry = other.order(cases[i].customer, cases[i].key, orderJSON(event, 0, 1)) })
+	}
+	wg.Wait()
+	for _, c := range cases {
+		if r := c.retry; r.status != c.first.status || !bytes.Equal(r.body, c.first.body) || r.header.Get("Idempotent-Replayed") != "true" {
 			t.Errorf("%s's retry elsewhere right after the loss: %d %s (replayed %q); want %d %s replayed",
 				c.customer, r.status, r.body, r.header.Get("Idempotent-Replayed"), c.first.status, c.first.body)
 		}

@@ -370,7 +370,8 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 // looks at the key again, for res, an answer given anew during the
 // recovery (an admission, or a sold_out stored): a process that answered
 // the key before the loss writes its answer back meanwhile, in the place
-// of this one (remember.lua, refusal.lua), and that answer stands. An
+// of this one (remember.lua, refusal.lua), and that answer stands, a
+// replay: also where it is this same refusal, marked written back. An
 // admission that gave way gives its tickets back; its order was not
 // queued. Where the key holds this answer still, or cannot be read, or
 // the request ends first, res stands: as it would have without the loss.
@@ -386,8 +387,8 @@ func (s *Server) afterRecovery(ctx context.Context, adm crowdpass.Admission, res
 	lookCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
 	defer cancel()
 	rec, err := s.gate.Lookup(lookCtx, adm.OrderID)
-	if err != nil || rec.InFlight || rec.Answer.Status == 0 ||
-		(res.Verdict == crowdpass.SoldOut && rec.Answer.Status == res.Answer.Status && bytes.Equal(rec.Answer.Body, res.Answer.Body)) {
+	if err != nil || rec.InFlight || rec.Answer.Status == 0 || (res.Verdict == crowdpass.SoldOut && !rec.WrittenBack &&
+		rec.Answer.Status == res.Answer.Status && bytes.Equal(rec.Answer.Body, res.Answer.Body)) {
 		return res
 	}
 	if res.Verdict == crowdpass.Admitted && res.Taken > 0 {

@@ -275,6 +275,9 @@ func (g *Redis) Remember(ctx context.Context, a crowdpass.Admission, rec crowdpa
 	return held.verdict(a.Fingerprint), false, nil
 }
 
+// restoredOwner names the writer of a refusal Restore wrote back (refusal.lua).
+const restoredOwner = "restored"
+
 // restoreBatch is how many answers Restore writes per round trip.
 const restoreBatch = 512
 
@@ -304,7 +307,9 @@ func (g *Redis) Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (sto
 			if a.Answer.Status == http.StatusAccepted {
 				cmds[i] = rememberScript.EvalSha(ctx, pipe, []string{key}, rec.encode(), ttl, a.Fingerprint)
 			} else {
-				cmds[i] = refusalScript.EvalSha(ctx, pipe, []string{key, g.cfg.Namespace + "gate:epoch"}, rec.encode(), ttl, a.Fingerprint)
+				restored := rec
+				restored.owner = restoredOwner
+				cmds[i] = refusalScript.EvalSha(ctx, pipe, []string{key, g.cfg.Namespace + "gate:epoch"}, restored.encode(), ttl, a.Fingerprint, a.Answer.Status, a.Answer.Body)
 			}
 		}
 		_, _ = pipe.Exec(ctx) // errors are per command
@@ -416,7 +421,7 @@ func (g *Redis) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecor
 	if err != nil {
 		return crowdpass.KeyRecord{}, fmt.Errorf("looking up order key: %w", err)
 	}
-	kr := crowdpass.KeyRecord{CustomerID: rec.customer, Fingerprint: rec.fp, InFlight: rec.status == 0}
+	kr := crowdpass.KeyRecord{CustomerID: rec.customer, Fingerprint: rec.fp, InFlight: rec.status == 0, WrittenBack: rec.owner == restoredOwner}
 	if rec.status != 0 {
 		kr.Answer = crowdpass.Answer{Status: rec.status, Body: rec.body}
 	}

@@ -575,15 +575,25 @@ func TestAnswersGivenWhileRedisRecoversAreMarked(t *testing.T) {
 	if err != nil || res.Verdict != crowdpass.Admitted || res.Recovering.IsZero() || time.Until(res.Recovering) > 300*time.Millisecond {
 		t.Fatalf("an admission after the loss: %+v, %v; want admitted, recovering for 300 ms at most", res, err)
 	}
-	refused, err := g.Refuse(ctx, admission("bob", "during", cat, 1), "p.3")
+	bob := admission("bob", "during", cat, 1)
+	refused, err := g.Refuse(ctx, bob, "p.3")
 	if err != nil || refused.Verdict != crowdpass.SoldOut || refused.Recovering.IsZero() {
 		t.Errorf("a refusal after the loss: %+v, %v; want sold_out, recovering", refused, err)
 	}
-	if stored, err := g.Restore(ctx, refusal(during)); err != nil || stored != 1 {
-		t.Fatalf("Restore of a refusal during the recovery = %d, %v; want it stored over the admission", stored, err)
+	if rec, err := g.Lookup(ctx, bob.OrderID); err != nil || rec.WrittenBack {
+		t.Errorf("the refusal given anew: %+v, %v; want it not marked written back", rec, err)
+	}
+	if stored, err := g.Restore(ctx, append(refusal(during), refusal(bob)...)); err != nil || stored != 2 {
+		t.Fatalf("Restore of refusals during the recovery = %d, %v; want both stored, over the admission and the same refusal", stored, err)
 	}
 	if rec, err := g.Lookup(ctx, during.OrderID); err != nil || rec.InFlight || rec.Answer.Status != 409 {
-		t.Errorf("the key after the write-back: %+v, %v; want the refusal", rec, err)
+		t.Errorf("the admitted key after the write-back: %+v, %v; want the refusal", rec, err)
+	}
+	if rec, err := g.Lookup(ctx, bob.OrderID); err != nil || !rec.WrittenBack || rec.CustomerID != "bob" || rec.Answer.Status != 409 {
+		t.Errorf("the refused key after the write-back: %+v, %v; want bob's refusal, marked written back", rec, err)
+	}
+	if stored, err := g.Restore(ctx, refusal(bob)); err != nil || stored != 0 {
+		t.Errorf("Restore of the same refusal again = %d, %v; want nothing stored", stored, err)
 	}
 
 	var after crowdpass.Admission
