@@ -28,6 +28,10 @@ type catalog struct {
 	// refresh. An event's id is only known once it is committed, so an id
 	// missed once is unknown until the next refresh shows otherwise.
 	missed map[uuid.UUID]struct{}
+	// announced holds ids of events whose creation PostgreSQL announced
+	// (learnNewEvents) and that are not read yet: a miss of one is looked
+	// up whatever the lookups' rate, since the event exists.
+	announced map[uuid.UUID]struct{}
 	// soldOut caches each category's stored sold_out answer: it depends only
 	// on the category's name, which never changes, and is sent with every
 	// admission.
@@ -64,6 +68,11 @@ func (c *catalog) replace(events []crowdpass.Event) {
 	c.mu.Lock()
 	c.events, c.category, c.loaded = byID, byCat, true
 	c.missed = nil
+	for id := range c.announced {
+		if _, ok := byID[id]; ok {
+			delete(c.announced, id)
+		}
+	}
 	c.mu.Unlock()
 }
 
@@ -71,6 +80,7 @@ func (c *catalog) replace(events []crowdpass.Event) {
 func (c *catalog) add(e crowdpass.Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	delete(c.announced, e.ID)
 	if c.events == nil {
 		c.events, c.category = map[uuid.UUID]*crowdpass.Event{}, map[uuid.UUID]*crowdpass.Event{}
 	}
@@ -107,6 +117,25 @@ func (c *catalog) wasMissed(id uuid.UUID) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	_, ok := c.missed[id]
+	return ok
+}
+
+// announce records that PostgreSQL announced an event's creation.
+func (c *catalog) announce(id uuid.UUID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.announced == nil || len(c.announced) >= maxMissed {
+		c.announced = map[uuid.UUID]struct{}{}
+	}
+	c.announced[id] = struct{}{}
+}
+
+// wasAnnounced reports whether id's creation was announced and the event
+// is not read yet.
+func (c *catalog) wasAnnounced(id uuid.UUID) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	_, ok := c.announced[id]
 	return ok
 }
 
@@ -168,13 +197,14 @@ const (
 // PostgreSQL. It fails with not_found if neither knows it, or if the lookup
 // is over its rate: the catalog, at most a second old, then answers, so that
 // a flood of unknown ids never turns bad input into a 5xx (an event created
-// within that second is the price). It fails with unavailable if the
+// within that second whose creation this process has not heard of yet is
+// the price: one it has heard of is looked up whatever the rate). It fails with unavailable if the
 // database failed or ran out of time: the event may exist.
 func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, error) {
 	if e, ok := s.catalog.event(id); ok {
 		return e, nil
 	}
-	if s.catalog.wasMissed(id) || !s.missLookups.Allow() {
+	if !s.catalog.wasAnnounced(id) && (s.catalog.wasMissed(id) || !s.missLookups.Allow()) {
 		return crowdpass.Event{}, errNoEvent(id)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.MissTimeout)
@@ -209,6 +239,10 @@ func (s *Server) learnNewEvents(ctx context.Context) {
 			if _, ok := s.catalog.event(id); ok {
 				return
 			}
+			// Until the read below is in, a request for the event reads
+			// it too, rather than answer 404 when the lookups' rate is
+			// used up.
+			s.catalog.announce(id)
 			readCtx, cancel := context.WithTimeout(ctx, catalogReadTimeout)
 			defer cancel()
 			e, err := s.store.Event(readCtx, id)
