@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/crowdpass/crowdpass"
 	"github.com/crowdpass/crowdpass/auth"
@@ -61,7 +61,7 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 // DATABASE_URL does not parse, as the roles do; one that parses but cannot
 // be reached fails later, with exit 1.
 func checkDatabaseURL(url string) error {
-	if _, err := pgx.ParseConfig(url); err != nil {
+	if _, err := pgxpool.ParseConfig(url); err != nil {
 		return usagef("DATABASE_URL: %v", err)
 	}
 	return nil
