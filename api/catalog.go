@@ -49,13 +49,15 @@ func (c *catalog) soldOutAnswer(cat crowdpass.Category) crowdpass.Answer {
 }
 
 func (c *catalog) replace(events []crowdpass.Event) {
-	c.mu.RLock()
+	// Under the write lock from the merge to the swap: an event added
+	// meanwhile would be lost.
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for id, at := range c.added {
 		if time.Since(at) < time.Minute && !slices.ContainsFunc(events, func(e crowdpass.Event) bool { return e.ID == id }) {
 			events = append(events, *c.events[id])
 		}
 	}
-	c.mu.RUnlock()
 	byID := make(map[uuid.UUID]*crowdpass.Event, len(events))
 	byCat := make(map[uuid.UUID]*crowdpass.Event)
 	for i := range events {
@@ -65,7 +67,6 @@ func (c *catalog) replace(events []crowdpass.Event) {
 			byCat[cat.ID] = e
 		}
 	}
-	c.mu.Lock()
 	c.events, c.category, c.loaded = byID, byCat, true
 	c.missed = nil
 	for id := range c.announced {
@@ -73,7 +74,6 @@ func (c *catalog) replace(events []crowdpass.Event) {
 			delete(c.announced, id)
 		}
 	}
-	c.mu.Unlock()
 }
 
 // add puts one new event in, ahead of the next refresh.
@@ -130,12 +130,21 @@ func (c *catalog) announce(id uuid.UUID) {
 	c.announced[id] = struct{}{}
 }
 
-// wasAnnounced reports whether id's creation was announced and the event
-// is not read yet.
-func (c *catalog) wasAnnounced(id uuid.UUID) bool {
+// takeAnnounced reports whether id's creation was announced and the event
+// is not read yet, and forgets it: one lookup per announcement goes past
+// the lookups' rate, so that a database that does not answer is not asked
+// again and again.
+func (c *catalog) takeAnnounced(id uuid.UUID) bool {
 	c.mu.RLock()
-	defer c.mu.RUnlock()
 	_, ok := c.announced[id]
+	c.mu.RUnlock()
+	if !ok { // most misses: a flood of unknown ids takes no write lock
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok = c.announced[id]
+	delete(c.announced, id)
 	return ok
 }
 
@@ -198,13 +207,13 @@ const (
 // is over its rate: the catalog, at most a second old, then answers, so that
 // a flood of unknown ids never turns bad input into a 5xx (an event created
 // within that second whose creation this process has not heard of yet is
-// the price: one it has heard of is looked up whatever the rate). It fails with unavailable if the
+// the price: one it has heard of is looked up once whatever the rate). It fails with unavailable if the
 // database failed or ran out of time: the event may exist.
 func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, error) {
 	if e, ok := s.catalog.event(id); ok {
 		return e, nil
 	}
-	if !s.catalog.wasAnnounced(id) && (s.catalog.wasMissed(id) || !s.missLookups.Allow()) {
+	if !s.catalog.takeAnnounced(id) && (s.catalog.wasMissed(id) || !s.missLookups.Allow()) {
 		return crowdpass.Event{}, errNoEvent(id)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.MissTimeout)

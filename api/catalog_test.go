@@ -41,7 +41,7 @@ func TestAnAnnouncedEventIsLookedUpWhateverTheRate(t *testing.T) {
 	if got, err := s.findEvent(ctx, event.ID); err != nil || got.ID != event.ID {
 		t.Fatalf("an announced event, the rate used up: %+v, %v; want it found", got, err)
 	}
-	if _, ok := s.catalog.event(event.ID); !ok || s.catalog.wasAnnounced(event.ID) {
+	if _, ok := s.catalog.event(event.ID); !ok || s.catalog.takeAnnounced(event.ID) {
 		t.Error("the event read is not in the catalog, or still announced")
 	}
 }

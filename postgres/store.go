@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -133,7 +134,15 @@ func (s *Store) Event(ctx context.Context, id uuid.UUID) (crowdpass.Event, error
 func (s *Store) ListenEventsCreated(ctx context.Context, listening func(), created func(uuid.UUID)) error {
 	setupCtx, cancel := context.WithTimeout(ctx, listenSetupTimeout)
 	defer cancel()
-	conn, err := pgx.ConnectConfig(setupCtx, s.pool.Config().ConnConfig.Copy())
+	cfg := s.pool.Config().ConnConfig.Copy()
+	// The wait for a notification has no deadline: TCP keepalives tell a
+	// connection that died without a word (a partition, a failover) within
+	// about 20 s, where the default would take many minutes. A server
+	// stopped but running (SIGSTOP) still answers them.
+	cfg.DialFunc = (&net.Dialer{KeepAliveConfig: net.KeepAliveConfig{
+		Enable: true, Idle: 10 * time.Second, Interval: 3 * time.Second, Count: 3,
+	}}).DialContext
+	conn, err := pgx.ConnectConfig(setupCtx, cfg)
 	if err != nil {
 		return fmt.Errorf("connecting to listen for new events: %w", err)
 	}
