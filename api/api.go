@@ -41,9 +41,6 @@ type Gate interface {
 	Stock(ctx context.Context, category uuid.UUID) (n int, known bool, err error)
 	SetStock(ctx context.Context, category uuid.UUID, saw int, known bool, n int) (bool, error)
 	Ping(ctx context.Context) error
-	// Begin sets the gate's epoch where Redis has none, without a
-	// recovery: see crowdpass.AdmissionResult.Recovering.
-	Begin(ctx context.Context) error
 	// Lost reports whether Redis lost the keys since the last call for
 	// process (whose canary key is gone), and sets the canary again.
 	Lost(ctx context.Context, process string) (bool, error)
@@ -422,13 +419,6 @@ func Readiness(ctx context.Context, checks []Check) (status string, code int, st
 
 // Run keeps the catalog and the gate fresh until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
-	beginCtx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
-	if err := s.gate.Begin(beginCtx); err != nil {
-		// Redis is down: the first pipeline after it comes back begins an
-		// epoch, one that recovers for a moment.
-		s.log.Debug("gate epoch not begun", "err", err)
-	}
-	cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { s.watchCanary(ctx) })
@@ -686,9 +676,9 @@ func (s *Server) watchCanary(ctx context.Context) {
 		}
 		atStart := first
 		first = false
-		if s.redisDown.Load() {
-			continue
-		}
+		// Checked while Redis is taken for down too: the recovery a loss
+		// begins (epoch.lua) starts with the first call that reaches Redis
+		// again, and the write-back must fit in it.
 		checkCtx, cancel := context.WithTimeout(ctx, s.cfg.GateTimeout)
 		lost, err := s.gate.Lost(checkCtx, s.process)
 		cancel()

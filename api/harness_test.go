@@ -107,6 +107,12 @@ func setup(t testing.TB, opts options) *harness {
 	redisOpts.ReadTimeout, redisOpts.WriteTimeout = 500*time.Millisecond, 500*time.Millisecond
 	rdb := redis.NewClient(redisOpts)
 	t.Cleanup(func() { rdb.Close() })
+	// The gate's epoch (gate/epoch.lua) recovered long ago, as in a
+	// deployment that has run a while: a namespace without one recovers
+	// for its first second, as after a loss (loseRedisKeys).
+	if err := rdb.Set(testkit.Context(t), ns+"gate:epoch", "0", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
 	h.gate = gate.New(rdb, gate.Config{Namespace: ns, InFlightTTL: cmp.Or(opts.inFlightTTL, 3*time.Second)})
 	t.Cleanup(h.gate.Close)
 	// Another process's gate, whose live mark lasts 100 ms (acceptedByDead).

@@ -368,22 +368,20 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 
 // afterRecovery waits until Redis has recovered from losing its keys and
 // looks at the key again, for res, an answer given anew during the
-// recovery (an admission, or a sold_out stored): a process that answered
-// the key before the loss writes its answer back meanwhile, in the place
-// of this one (remember.lua, refusal.lua), and that answer stands, a
-// replay: also where it is this same refusal, marked written back. An
-// admission that gave way gives its tickets back; its order was not
-// queued. Where the key holds this answer still, or cannot be read, or
-// the request ends first, res stands: as it would have without the loss.
+// recovery (an admission, a sold_out stored, or the replay of a refusal
+// another process gave anew): a process that answered the key before the
+// loss writes its answer back meanwhile, in the place of this one
+// (remember.lua, refusal.lua), and that answer stands, a replay: also
+// where it is this same refusal, marked written back. An admission that
+// gave way gives its tickets back; its order was not queued. Where the key
+// holds this answer still, or cannot be read, res stands: as it would
+// have without the loss. The wait (at most the gate's Recovery) does not
+// end with the request: an admission's order must not be queued before
+// the look.
 func (s *Server) afterRecovery(ctx context.Context, adm crowdpass.Admission, res crowdpass.AdmissionResult) crowdpass.AdmissionResult {
 	s.metrics.recoveryWaits.Inc()
 	t := time.NewTimer(time.Until(res.Recovering))
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return res
-	case <-t.C:
-	}
+	<-t.C
 	lookCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
 	defer cancel()
 	rec, err := s.gate.Lookup(lookCtx, adm.OrderID)

@@ -357,7 +357,8 @@ func (p PendingLookup) Remembered(order uuid.UUID) (crowdpass.KeyRecord, bool) {
 }
 
 // Lookup returns the order's record, or crowdpass.ErrNotFound. An order
-// next does not hold while Redis recovers from losing its keys (see
+// next does not hold, or holds in flight (admitted anew since the loss),
+// while Redis recovers from losing its keys (see
 // crowdpass.AdmissionResult.Recovering) is looked up again once the
 // recovery is over, or ctx is: the process that accepted it may be
 // writing its 202 back meanwhile.
@@ -370,7 +371,7 @@ func (p PendingLookup) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.K
 	}
 	rec, err := p.next.Lookup(ctx, order)
 	r, ok := p.next.(recoverer)
-	if !ok || !errors.Is(err, crowdpass.ErrNotFound) {
+	if !ok || !(errors.Is(err, crowdpass.ErrNotFound) || err == nil && rec.InFlight) {
 		return rec, err
 	}
 	until, rerr := r.Recovering(ctx)

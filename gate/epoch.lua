@@ -4,8 +4,9 @@
 -- every process is writing back the answers it remembers (api.Restore),
 -- and an answer given anew meanwhile may be one that a process had given
 -- otherwise before the loss; the caller looks at the key again once the
--- epoch has recovered. Begin sets an epoch that does not recover, where
--- none is, when a process starts.
+-- epoch has recovered. A Redis that never held the epoch (a deployment's
+-- first start) cannot be told from one that lost it: its first second
+-- recovers too.
 -- KEYS[1] the epoch. ARGV[1] how long a new epoch recovers, in ms.
 -- Returns {until, now}, both in ms.
 local t = redis.call('TIME')

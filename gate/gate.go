@@ -72,17 +72,6 @@ func New(rdb redis.UniversalClient, cfg Config) *Redis {
 	return &Redis{rdb: rdb, cfg: cfg, pipe: newPipeliner(rdb, cfg.Namespace+"gate:epoch", cfg.Recovery)}
 }
 
-// Begin sets the gate's epoch where Redis has none, as one that does not
-// recover: a process that starts has written nothing yet, and the first
-// start of a deployment need not wait. Redis losing its keys is then seen
-// by the first pipeline after it, which begins an epoch that recovers.
-func (g *Redis) Begin(ctx context.Context) error {
-	if err := epochScript.Run(ctx, g.rdb, []string{g.cfg.Namespace + "gate:epoch"}, 0).Err(); err != nil {
-		return fmt.Errorf("beginning the gate's epoch: %w", err)
-	}
-	return nil
-}
-
 // Close stops the gate's pipelines; calls after it fail.
 func (g *Redis) Close() { g.pipe.close() }
 
@@ -172,7 +161,7 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 		if err != nil {
 			return crowdpass.AdmissionResult{}, fmt.Errorf("admitting order: %w", err)
 		}
-		return rec.verdict(a.Fingerprint), nil
+		return rec.replayed(a.Fingerprint, call.recovering), nil
 	case verdict == "mismatch":
 		return crowdpass.AdmissionResult{Verdict: crowdpass.Mismatch}, nil
 	case verdict == "inflight":
@@ -233,7 +222,7 @@ func (g *Redis) Refuse(ctx context.Context, a crowdpass.Admission, owner string)
 		// which, and takes the key over in the second case.
 		return g.Admit(ctx, a, owner)
 	}
-	return held.verdict(a.Fingerprint), nil
+	return held.replayed(a.Fingerprint, recovering), nil
 }
 
 // Remember stores rec, the answer this process gave the key, where Redis
@@ -309,7 +298,8 @@ func (g *Redis) Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (sto
 			} else {
 				restored := rec
 				restored.owner = restoredOwner
-				cmds[i] = refusalScript.EvalSha(ctx, pipe, []string{key, g.cfg.Namespace + "gate:epoch"}, restored.encode(), ttl, a.Fingerprint, a.Answer.Status, a.Answer.Body)
+				cmds[i] = refusalScript.EvalSha(ctx, pipe, []string{key, g.cfg.Namespace + "gate:epoch"}, restored.encode(), ttl, a.Fingerprint,
+					a.Answer.Status, a.Answer.Body, g.cfg.InFlightTTL.Milliseconds(), (g.cfg.Recovery + 100*time.Millisecond).Milliseconds())
 			}
 		}
 		_, _ = pipe.Exec(ctx) // errors are per command
@@ -369,7 +359,7 @@ func (g *Redis) setNX(ctx context.Context, order uuid.UUID, rec record) (held re
 		return record{}, false, time.Time{}, call.err
 	}
 	held, err = heldRecord(call.val)
-	return held, false, time.Time{}, err
+	return held, false, call.recovering, err
 }
 
 // heldRecord decodes the record a command found under a key.

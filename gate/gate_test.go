@@ -31,21 +31,23 @@ func setupInFlight(t *testing.T, ttl time.Duration) *gate.Redis {
 }
 
 // setupNamespace returns a gate whose keys stay in flight for ttl, and its
-// namespace; its epoch is begun, as a process begins it when it starts.
+// namespace (see setupConfig).
 func setupNamespace(t *testing.T, ttl time.Duration) (*gate.Redis, string) {
 	t.Helper()
 	return setupConfig(t, gate.Config{InFlightTTL: ttl})
 }
 
 // setupConfig returns a gate configured by cfg in a namespace of its own,
-// and the namespace, its epoch begun.
+// and the namespace. Its epoch is one that recovered long ago, as in a
+// deployment that has run a while; a namespace without one would recover
+// for its first second (epoch.lua).
 func setupConfig(t *testing.T, cfg gate.Config) (*gate.Redis, string) {
 	t.Helper()
 	rdb := newClient(t)
 	cfg.Namespace = testkit.Namespace(t)
 	g := gate.New(rdb, cfg)
 	t.Cleanup(g.Close)
-	if err := g.Begin(testkit.Context(t)); err != nil {
+	if err := rdb.Set(testkit.Context(t), cfg.Namespace+"gate:epoch", "0", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	return g, cfg.Namespace
@@ -583,6 +585,11 @@ func TestAnswersGivenWhileRedisRecoversAreMarked(t *testing.T) {
 	if rec, err := g.Lookup(ctx, bob.OrderID); err != nil || rec.WrittenBack {
 		t.Errorf("the refusal given anew: %+v, %v; want it not marked written back", rec, err)
 	}
+	// A retry of it elsewhere is told to look again after the recovery: the
+	// refusal may yet give way to an answer written back.
+	if res, err := g.Refuse(ctx, bob, "p.5"); err != nil || res.Verdict != crowdpass.Replay || res.Recovering.IsZero() {
+		t.Errorf("a retry of the refusal given anew: %+v, %v; want a replay, recovering", res, err)
+	}
 	if stored, err := g.Restore(ctx, append(refusal(during), refusal(bob)...)); err != nil || stored != 2 {
 		t.Fatalf("Restore of refusals during the recovery = %d, %v; want both stored, over the admission and the same refusal", stored, err)
 	}
@@ -595,6 +602,9 @@ func TestAnswersGivenWhileRedisRecoversAreMarked(t *testing.T) {
 	if stored, err := g.Restore(ctx, refusal(bob)); err != nil || stored != 0 {
 		t.Errorf("Restore of the same refusal again = %d, %v; want nothing stored", stored, err)
 	}
+	if res, err := g.Admit(ctx, bob, "p.6"); err != nil || res.Verdict != crowdpass.Replay || !res.Recovering.IsZero() {
+		t.Errorf("a retry of the refusal written back: %+v, %v; want a replay, final", res, err)
+	}
 
 	var after crowdpass.Admission
 	attempt := 0
@@ -606,6 +616,41 @@ func TestAnswersGivenWhileRedisRecoversAreMarked(t *testing.T) {
 	}, "an admission after the recovery not marked")
 	if stored, err := g.Restore(ctx, refusal(after)); err != nil || stored != 0 {
 		t.Errorf("Restore of a refusal after the recovery = %d, %v; want the admission standing", stored, err)
+	}
+}
+
+// Where only the epoch is lost (an eviction), the recovery it begins
+// lets a refusal written back replace no admission made before it: its
+// order may be queued.
+func TestAnAdmissionMadeBeforeARecoveryStands(t *testing.T) {
+	t.Parallel()
+	g, ns := setupConfig(t, gate.Config{InFlightTTL: time.Minute, Recovery: time.Minute})
+	ctx, cat := withStock(t, g, 10)
+	// Its mark tells the gate that writes back (its in-flight TTL half a
+	// minute longer) that it was made half a minute before it was.
+	earlier := gate.New(newClient(t), gate.Config{Namespace: ns, InFlightTTL: time.Minute - time.Minute/2})
+	t.Cleanup(earlier.Close)
+	before := admission("alice", "before", cat, 1)
+	if res, err := earlier.Admit(ctx, before, "p.1"); err != nil || res.Verdict != crowdpass.Admitted || !res.Recovering.IsZero() {
+		t.Fatalf("an admission before the loss: %+v, %v", res, err)
+	}
+	if err := newClient(t).Del(ctx, ns+"gate:epoch").Err(); err != nil {
+		t.Fatal(err)
+	}
+	during := admission("alice", "during", cat, 1)
+	if res, err := g.Admit(ctx, during, "p.2"); err != nil || res.Recovering.IsZero() {
+		t.Fatalf("an admission after the epoch's loss: %+v, %v; want it recovering", res, err)
+	}
+	soldOut := crowdpass.Answer{Status: 409, Body: []byte(`{"code":"sold_out"}`)}
+	answers := []crowdpass.KeyAnswer{
+		{OrderID: before.OrderID, CustomerID: "alice", Fingerprint: before.Fingerprint, Answer: soldOut},
+		{OrderID: during.OrderID, CustomerID: "alice", Fingerprint: during.Fingerprint, Answer: soldOut},
+	}
+	if stored, err := g.Restore(ctx, answers); err != nil || stored != 1 {
+		t.Fatalf("Restore = %d, %v; want the admission made during the recovery alone replaced", stored, err)
+	}
+	if rec, err := g.Lookup(ctx, before.OrderID); err != nil || !rec.InFlight {
+		t.Errorf("the admission made before the recovery: %+v, %v; want it standing", rec, err)
 	}
 }
 

@@ -153,24 +153,22 @@ func (p *pipeliner) exec(batch []*call) {
 
 // recovering reads the epoch's answer (epoch.lua) that ended a pipeline:
 // until when it recovers, in this process's clock, or zero if it does not.
-// A look that failed reads as no recovery: the calls failed with it, or
-// Redis answers them and will answer the next look.
+// A look that failed reads as a recovery begun now: the calls may have run
+// after a loss. A recovery reads as no longer than a new one lasts, whatever
+// Redis's clock did meanwhile.
 func (p *pipeliner) recovering(ctx context.Context, epoch *redis.Cmd) time.Time {
 	val, err := epoch.Result()
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		val, err = epochScript.Run(ctx, p.rdb, []string{p.epochKey}, p.recovery.Milliseconds()).Result()
 	}
-	if err != nil {
-		return time.Time{}
-	}
 	times, _ := val.([]any)
-	if len(times) != 2 {
-		return time.Time{}
+	if err != nil || len(times) != 2 {
+		return time.Now().Add(p.recovery)
 	}
 	until, _ := times[0].(int64)
 	now, _ := times[1].(int64)
 	if until <= now {
 		return time.Time{}
 	}
-	return time.Now().Add(time.Duration(until-now) * time.Millisecond)
+	return time.Now().Add(min(time.Duration(until-now)*time.Millisecond, p.recovery))
 }
