@@ -782,22 +782,29 @@ func TestARetryElsewhereRightAfterALossGetsTheFirstAnswer(t *testing.T) {
 	t.Parallel()
 	h := setup(t, options{}) // no workers: alice's order stays in the queue
 	event, alice, bob := h.acceptedAndRefused()
-	other := h.readyProcess()
+	others := []harness{h.readyProcess(), h.readyProcess()}
 	h.loseRedisKeys()
 
-	// Both at once: the other process admits one anew and refuses the
-	// other, in either order, and both wait out the recovery.
-	cases := []struct {
+	// All at once, each key at both other processes: they admit anew or
+	// refuse, in any order, meet each other's attempts in flight, and all
+	// wait out the recovery.
+	type retry struct {
+		other         harness
 		customer, key string
-		first, retry  reply
-	}{{customer: "alice", key: "a", first: alice}, {customer: "bob", key: "b", first: bob}}
+		first, got    reply
+	}
+	var cases []retry
+	for _, other := range others {
+		cases = append(cases, retry{other: other, customer: "alice", key: "a", first: alice}, retry{other: other, customer: "bob", key: "b", first: bob})
+	}
 	var wg sync.WaitGroup
 	for i := range cases {
-		wg.Go(func() { cases[i].retry = other.order(cases[i].customer, cases[i].key, orderJSON(event, 0, 1)) })
+		c := &cases[i]
+		wg.Go(func() { c.got = c.other.order(c.customer, c.key, orderJSON(event, 0, 1)) })
 	}
 	wg.Wait()
 	for _, c := range cases {
-		if r := c.retry; r.status != c.first.status || !bytes.Equal(r.body, c.first.body) || r.header.Get("Idempotent-Replayed") != "true" {
+		if r := c.got; r.status != c.first.status || !bytes.Equal(r.body, c.first.body) || r.header.Get("Idempotent-Replayed") != "true" {
 			t.Errorf("%s's retry elsewhere right after the loss: %d %s (replayed %q); want %d %s replayed",
 				c.customer, r.status, r.body, r.header.Get("Idempotent-Replayed"), c.first.status, c.first.body)
 		}

@@ -165,7 +165,9 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 	case verdict == "mismatch":
 		return crowdpass.AdmissionResult{Verdict: crowdpass.Mismatch}, nil
 	case verdict == "inflight":
-		return crowdpass.AdmissionResult{Verdict: crowdpass.InProgress}, nil
+		// During a recovery the attempt in flight was admitted anew since
+		// the loss, and may yet give way to an answer written back.
+		return crowdpass.AdmissionResult{Verdict: crowdpass.InProgress, Recovering: call.recovering}, nil
 	case verdict == "window":
 		return crowdpass.AdmissionResult{Verdict: crowdpass.OutsideWindow}, nil
 	case verdict == "nostock":

@@ -577,6 +577,11 @@ func TestAnswersGivenWhileRedisRecoversAreMarked(t *testing.T) {
 	if err != nil || res.Verdict != crowdpass.Admitted || res.Recovering.IsZero() || time.Until(res.Recovering) > 300*time.Millisecond {
 		t.Fatalf("an admission after the loss: %+v, %v; want admitted, recovering for 300 ms at most", res, err)
 	}
+	// A retry elsewhere meets the admission in flight: it is told to look
+	// again after the recovery, as the admission may give way.
+	if res, err := g.Admit(ctx, during, "p.7"); err != nil || res.Verdict != crowdpass.InProgress || res.Recovering.IsZero() {
+		t.Errorf("a retry of the admission given anew: %+v, %v; want in progress, recovering", res, err)
+	}
 	bob := admission("bob", "during", cat, 1)
 	refused, err := g.Refuse(ctx, bob, "p.3")
 	if err != nil || refused.Verdict != crowdpass.SoldOut || refused.Recovering.IsZero() {

@@ -84,12 +84,13 @@ func (r record) verdict(fp string) crowdpass.AdmissionResult {
 
 // replayed is verdict, for a record a call found while the epoch recovers
 // (recovering, see epoch.lua; zero if it does not): a refusal given anew
-// since the loss (not written back) may yet give way to the answer another
-// process gave the key before it, so the caller is told to look again once
-// the recovery is over. A 202 is never given way.
+// since the loss (not written back), or an attempt in flight (admitted
+// anew since the loss), may yet give way to the answer another process
+// gave the key before it, so the caller is told to look again once the
+// recovery is over. A 202 is never given way.
 func (r record) replayed(fp string, recovering time.Time) crowdpass.AdmissionResult {
 	res := r.verdict(fp)
-	if res.Verdict == crowdpass.Replay && r.status != http.StatusAccepted && r.owner != restoredOwner {
+	if res.Verdict == crowdpass.InProgress || res.Verdict == crowdpass.Replay && r.status != http.StatusAccepted && r.owner != restoredOwner {
 		res.Recovering = recovering
 	}
 	return res
