@@ -980,7 +980,9 @@ func TestAKeyRedisForgotWhoseOrderExistsGetsItsOrder(t *testing.T) {
 	// walked the orders before this one was decided: the outbox's tail
 	// alone tells it the order exists.
 	other := h.otherProcess(h.store)
-	testkit.Eventually(t, 10*time.Second, func() bool { return other.existingOrders() == 0 }, "the orders that exist listed")
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return other.existingOrders() == 0 && other.do(http.MethodGet, "/readyz", nil, nil).status == http.StatusOK
+	}, "the orders that exist listed, the catalog loaded")
 	first := h.order("alice", "k", orderJSON(event, 0, 1))
 	if first.status != http.StatusAccepted {
 		t.Fatalf("first order: %d %s", first.status, first.body)
@@ -1019,7 +1021,9 @@ func TestAKeyWhoseOrderCannotBeLookedUpIsUnavailable(t *testing.T) {
 	}
 	testkit.Eventually(t, 20*time.Second, func() bool { return testkit.CountDecided(t, h.db.Pool) == 1 }, "decided")
 	other := h.otherProcess(unreadableOrders{h.store})
-	testkit.Eventually(t, 10*time.Second, func() bool { return other.existingOrders() == 1 }, "the orders that exist listed")
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return other.existingOrders() == 1 && other.do(http.MethodGet, "/readyz", nil, nil).status == http.StatusOK
+	}, "the orders that exist listed, the catalog loaded")
 	// While Redis holds the key, the gate answers it.
 	if r := other.order("alice", "k", orderJSON(event, 0, 1)); r.status != http.StatusAccepted || r.header.Get("Idempotent-Replayed") != "true" {
 		t.Errorf("the key Redis holds: %d %s; want its 202 replayed", r.status, r.body)
