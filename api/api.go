@@ -49,6 +49,13 @@ type Gate interface {
 	KeepAlive(ctx context.Context, process string) error
 	// Restore writes answers back where Redis lost them, as Remember does.
 	Restore(ctx context.Context, answers []crowdpass.KeyAnswer) (stored int, err error)
+	// Recovering reports until when Redis recovers from losing its keys
+	// (zero if it does not; see crowdpass.AdmissionResult.Recovering).
+	Recovering(ctx context.Context) (time.Time, error)
+	// ShareQueued adds orders this process queued in a category, undecided,
+	// to the set a rebuild of its lost stock reads (SharedQueued).
+	ShareQueued(ctx context.Context, category uuid.UUID, ids []uuid.UUID, quantities []int32) error
+	SharedQueued(ctx context.Context, category uuid.UUID) (ids []uuid.UUID, quantities []int32, err error)
 	// GiveBack returns tickets to a category's stock where it exists.
 	GiveBack(ctx context.Context, category uuid.UUID, tickets int) (bool, error)
 	// SaveCatalog stores a copy of the catalog (where there is none, if
@@ -712,6 +719,14 @@ func (s *Server) restore(ctx context.Context) bool {
 	}
 	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
 	defer cancel()
+	// First the orders queued here and undecided, which a rebuild of a lost
+	// stock at another process must not sell again (restock).
+	for _, c := range s.catalog.categories() {
+		ids, quantities := s.cfg.Recent.queuedIn(c.ID, time.Time{})
+		if err := s.gate.ShareQueued(ctx, c.ID, ids, quantities); err != nil {
+			s.log.Warn("redis lost its keys; the orders queued here were not shared, a rebuilt stock elsewhere may admit too many", "category", c.ID, "err", err)
+		}
+	}
 	stored, err := s.gate.Restore(ctx, answers)
 	s.metrics.restored.Add(float64(stored))
 	if err != nil {
@@ -885,7 +900,12 @@ func (s *Server) reconcile(ctx context.Context) {
 			return
 		}
 		if !known {
-			s.restock(ctx, c)
+			// Not during a recovery: the processes are sharing their queued
+			// orders, which the rebuild must count; the next pass, or an
+			// admission after it, rebuilds.
+			if until, err := s.gate.Recovering(ctx); err == nil && until.IsZero() {
+				s.restock(ctx, c, time.Time{})
+			}
 			continue
 		}
 		if n == c.Remaining || !fresh {
@@ -948,13 +968,19 @@ func (r *restocks) wait(ctx context.Context, category uuid.UUID) {
 // the orders this process queued that no worker has decided yet, both read
 // in one snapshot (remaining does not count the queue, and a gate rebuilt
 // from it alone sold the queue a second time: 1.4 orders per ticket after a
-// flush with the workers behind). Other processes' queued orders are not
-// known here: with several API processes, as many tickets as they have
-// queued may be admitted again, which the workers reject. The read is
-// bounded by RestockTimeout; past it (PostgreSQL slow or down) the
-// catalog's remaining, at most a second old, is used. The stock is set
-// only where it is still missing: another process's rebuild stands.
-func (s *Server) restock(ctx context.Context, c crowdpass.Category) {
+// flush with the workers behind). Other processes' queued orders count
+// too where they shared them (ShareQueued, when their canary told them of
+// the loss): a rebuild during a recovery (recovering, see
+// crowdpass.AdmissionResult.Recovering) waits for its end first, as every
+// process shares within it. Those not shared (a process that died, or one
+// whose sharing came late) may be admitted again, and the workers reject
+// them. The read is bounded by RestockTimeout; past it (PostgreSQL slow
+// or down) the catalog's remaining, at most a second old, is used. The
+// stock is set only where it is still missing: another process's rebuild
+// stands. A request that finds the rebuild under way waits for it, past
+// ctx during a recovery: its second admission would otherwise start the
+// stock from the catalog's remaining.
+func (s *Server) restock(ctx context.Context, c crowdpass.Category, recovering time.Time) {
 	r := &s.restocking
 	r.mu.Lock()
 	done, busy := r.calls[c.ID]
@@ -967,9 +993,18 @@ func (s *Server) restock(ctx context.Context, c crowdpass.Category) {
 	}
 	r.mu.Unlock()
 	if busy {
+		if recovering.IsZero() {
+			select {
+			case <-done:
+			case <-ctx.Done():
+			}
+			return
+		}
+		t := time.NewTimer(time.Until(recovering) + s.cfg.RestockTimeout + 2*s.cfg.GateTimeout)
+		defer t.Stop()
 		select {
 		case <-done:
-		case <-ctx.Done():
+		case <-t.C:
 		}
 		return
 	}
@@ -980,7 +1015,11 @@ func (s *Server) restock(ctx context.Context, c crowdpass.Category) {
 		close(done)
 	}()
 	n, from := c.Remaining, "missing_catalog"
-	ids, quantities := s.cfg.Recent.queuedIn(c.ID, time.Time{})
+	if !recovering.IsZero() {
+		t := time.NewTimer(time.Until(recovering))
+		<-t.C
+	}
+	ids, quantities := s.queuedEverywhere(ctx, c.ID)
 	readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RestockTimeout)
 	unsold, err := s.store.Unsold(readCtx, c.ID, ids, quantities)
 	cancel()
@@ -998,6 +1037,29 @@ func (s *Server) restock(ctx context.Context, c crowdpass.Category) {
 	s.edge.forget(c.ID)
 	s.metrics.reconcile.WithLabelValues(from).Inc()
 	s.log.Info("gate stock rebuilt", "category", c.ID, "stock", max(n, 0), "why", from)
+}
+
+// queuedEverywhere lists the orders of a category queued here and
+// undecided, and those other processes shared (ShareQueued), each once.
+func (s *Server) queuedEverywhere(ctx context.Context, category uuid.UUID) ([]uuid.UUID, []int32) {
+	ids, quantities := s.cfg.Recent.queuedIn(category, time.Time{})
+	readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
+	defer cancel()
+	shared, sharedQuantities, err := s.gate.SharedQueued(readCtx, category)
+	if err != nil {
+		s.log.Warn("gate stock rebuilt without the orders other processes queued", "category", category, "err", err)
+		return ids, quantities
+	}
+	seen := make(map[uuid.UUID]bool, len(ids))
+	for _, id := range ids {
+		seen[id] = true
+	}
+	for i, id := range shared {
+		if !seen[id] {
+			ids, quantities = append(ids, id), append(quantities, sharedQuantities[i])
+		}
+	}
+	return ids, quantities
 }
 
 func newOwner() string {

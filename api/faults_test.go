@@ -814,6 +814,23 @@ func TestARetryElsewhereRightAfterALossGetsTheFirstAnswer(t *testing.T) {
 	}
 }
 
+// After a loss, a stock rebuilt at one process counts the orders another
+// process queued and no worker has decided, which that process shares
+// within the recovery: their tickets are not sold again. Before, the
+// rebuild counted only its own process's queue, and a probe saw 332 and
+// 390 orders accepted for 300 seats.
+func TestAStockRebuiltAfterALossCountsOtherProcessesQueues(t *testing.T) {
+	t.Parallel()
+	h := setup(t, options{}) // no workers: the orders stay in the queue
+	event := h.event(4, 5)
+	h.acceptAll("a", 3, event)
+	other := h.readyProcess()
+	h.loseRedisKeys()
+	if n := other.buyAll("b", 5, event); n != 2 {
+		t.Errorf("%d orders accepted at the other process after the loss; want 2, the tickets left", n)
+	}
+}
+
 // An accepted order still in the queue reads as pending at another process
 // right after Redis lost its keys, not as unknown: the read waits for the
 // recovery, during which the process that accepted it writes its 202 back.

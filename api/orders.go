@@ -244,7 +244,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 			asked.AskStock = true
 			res, err = s.gate.Admit(admitCtx, asked, owner)
 			if err == nil && res.Verdict == crowdpass.StockUnknown {
-				s.restock(admitCtx, category)
+				s.restock(admitCtx, category, res.Recovering)
 				// A call of its own: the rebuild may have used most of the first's.
 				againCtx, cancelAgain := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.GateTimeout)
 				res, err = s.gate.Admit(againCtx, adm, owner)

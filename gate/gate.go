@@ -171,7 +171,7 @@ func (g *Redis) Admit(ctx context.Context, a crowdpass.Admission, owner string) 
 	case verdict == "window":
 		return crowdpass.AdmissionResult{Verdict: crowdpass.OutsideWindow}, nil
 	case verdict == "nostock":
-		return crowdpass.AdmissionResult{Verdict: crowdpass.StockUnknown}, nil
+		return crowdpass.AdmissionResult{Verdict: crowdpass.StockUnknown, Recovering: call.recovering}, nil
 	case verdict == "soldout" && len(res) == 2:
 		stock, _ := res[1].(int64)
 		return crowdpass.AdmissionResult{Verdict: crowdpass.SoldOut, Answer: a.SoldOut, Stock: int(stock), StockKnown: true, Recovering: call.recovering}, nil
@@ -418,6 +418,59 @@ func (g *Redis) Lookup(ctx context.Context, order uuid.UUID) (crowdpass.KeyRecor
 		kr.Answer = crowdpass.Answer{Status: rec.status, Body: rec.body}
 	}
 	return kr, nil
+}
+
+// queuedKey is the Redis key of the orders of a category that the API
+// processes had queued, undecided, when Redis lost its keys (ShareQueued).
+func (g *Redis) queuedKey(category uuid.UUID) string {
+	return g.cfg.Namespace + "gate:queued:" + category.String()
+}
+
+// queuedTTL is how long shared queued orders are kept: a rebuild reads
+// them within a recovery, and the workers decide them long before.
+const queuedTTL = 10 * time.Minute
+
+// ShareQueued adds orders this process queued in a category and has not
+// seen decided (ids and quantities, in the same order) to the set that a
+// rebuild of the category's lost stock reads (SharedQueued): after a
+// loss, each process shares its own, so that a rebuild elsewhere does not
+// sell their tickets again.
+func (g *Redis) ShareQueued(ctx context.Context, category uuid.UUID, ids []uuid.UUID, quantities []int32) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	key := g.queuedKey(category)
+	pipe := g.rdb.Pipeline()
+	for start := 0; start < len(ids); start += restoreBatch {
+		end := min(start+restoreBatch, len(ids))
+		fields := make([]any, 0, 2*(end-start))
+		for i := start; i < end; i++ {
+			fields = append(fields, ids[i].String(), quantities[i])
+		}
+		pipe.HSet(ctx, key, fields...)
+	}
+	pipe.PExpire(ctx, key, queuedTTL)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("sharing queued orders: %w", err)
+	}
+	return nil
+}
+
+// SharedQueued returns the orders of a category that processes shared
+// (ShareQueued), as ids and quantities.
+func (g *Redis) SharedQueued(ctx context.Context, category uuid.UUID) (ids []uuid.UUID, quantities []int32, err error) {
+	all, err := g.rdb.HGetAll(ctx, g.queuedKey(category)).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading shared queued orders: %w", err)
+	}
+	for id, q := range all {
+		order, err1 := uuid.Parse(id)
+		n, err2 := strconv.ParseInt(q, 10, 32)
+		if err1 == nil && err2 == nil {
+			ids, quantities = append(ids, order), append(quantities, int32(n))
+		}
+	}
+	return ids, quantities, nil
 }
 
 // Recovering reports until when Redis recovers from losing its keys (see
