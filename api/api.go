@@ -978,8 +978,11 @@ func (r *restocks) wait(ctx context.Context, category uuid.UUID) {
 // or down) the catalog's remaining, at most a second old, is used. The
 // stock is set only where it is still missing: another process's rebuild
 // stands. A request that finds the rebuild under way waits for it, past
-// ctx during a recovery: its second admission would otherwise start the
-// stock from the catalog's remaining.
+// ctx during a recovery (the rebuild's waits are bounded): its second
+// admission would otherwise start the stock from the catalog's remaining.
+// maxRecoveries bounds how many recoveries in a row a rebuild waits out.
+const maxRecoveries = 3
+
 func (s *Server) restock(ctx context.Context, c crowdpass.Category, recovering time.Time) {
 	r := &s.restocking
 	r.mu.Lock()
@@ -1000,12 +1003,7 @@ func (s *Server) restock(ctx context.Context, c crowdpass.Category, recovering t
 			}
 			return
 		}
-		t := time.NewTimer(time.Until(recovering) + s.cfg.RestockTimeout + 2*s.cfg.GateTimeout)
-		defer t.Stop()
-		select {
-		case <-done:
-		case <-t.C:
-		}
+		<-done // bounded: the rebuild's waits and reads all are
 		return
 	}
 	defer func() {
@@ -1015,9 +1013,18 @@ func (s *Server) restock(ctx context.Context, c crowdpass.Category, recovering t
 		close(done)
 	}()
 	n, from := c.Remaining, "missing_catalog"
-	if !recovering.IsZero() {
+	// Until the recovery is over, and one begun meanwhile (Redis lost its
+	// keys again, and the orders shared with them), up to maxRecoveries.
+	for i := 0; !recovering.IsZero() && i < maxRecoveries; i++ {
 		t := time.NewTimer(time.Until(recovering))
 		<-t.C
+		lookCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
+		until, err := s.gate.Recovering(lookCtx)
+		cancel()
+		if err != nil {
+			break
+		}
+		recovering = until
 	}
 	ids, quantities := s.queuedEverywhere(ctx, c.ID)
 	readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RestockTimeout)
