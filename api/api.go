@@ -962,6 +962,9 @@ func (r *restocks) wait(ctx context.Context, category uuid.UUID) {
 	}
 }
 
+// maxRecoveries bounds how many recoveries in a row a rebuild waits out.
+const maxRecoveries = 3
+
 // restock rebuilds a category's gate stock that Redis lost (a flush, a
 // restart), once for every request that finds it missing meanwhile. It is
 // what is really left to sell: PostgreSQL's remaining less the tickets of
@@ -980,9 +983,6 @@ func (r *restocks) wait(ctx context.Context, category uuid.UUID) {
 // stands. A request that finds the rebuild under way waits for it, past
 // ctx during a recovery (the rebuild's waits are bounded): its second
 // admission would otherwise start the stock from the catalog's remaining.
-// maxRecoveries bounds how many recoveries in a row a rebuild waits out.
-const maxRecoveries = 3
-
 func (s *Server) restock(ctx context.Context, c crowdpass.Category, recovering time.Time) {
 	r := &s.restocking
 	r.mu.Lock()
@@ -1016,8 +1016,7 @@ func (s *Server) restock(ctx context.Context, c crowdpass.Category, recovering t
 	// Until the recovery is over, and one begun meanwhile (Redis lost its
 	// keys again, and the orders shared with them), up to maxRecoveries.
 	for i := 0; !recovering.IsZero() && i < maxRecoveries; i++ {
-		t := time.NewTimer(time.Until(recovering))
-		<-t.C
+		time.Sleep(time.Until(recovering))
 		lookCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
 		until, err := s.gate.Recovering(lookCtx)
 		cancel()

@@ -207,8 +207,9 @@ const (
 // is over its rate: the catalog, at most a second old, then answers, so that
 // a flood of unknown ids never turns bad input into a 5xx (an event created
 // within that second whose creation this process has not heard of yet is
-// the price: one it has heard of is looked up once whatever the rate). It fails with unavailable if the
-// database failed or ran out of time: the event may exist.
+// the price: one it has heard of is looked up once whatever the rate). It
+// fails with unavailable if the database failed or ran out of time: the
+// event may exist.
 func (s *Server) findEvent(ctx context.Context, id uuid.UUID) (crowdpass.Event, error) {
 	if e, ok := s.catalog.event(id); ok {
 		return e, nil

@@ -380,8 +380,7 @@ func (s *Server) postOrder(w http.ResponseWriter, r *http.Request) {
 // the look.
 func (s *Server) afterRecovery(ctx context.Context, adm crowdpass.Admission, res crowdpass.AdmissionResult) crowdpass.AdmissionResult {
 	s.metrics.recoveryWaits.Inc()
-	t := time.NewTimer(time.Until(res.Recovering))
-	<-t.C
+	time.Sleep(time.Until(res.Recovering))
 	lookCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.GateTimeout)
 	defer cancel()
 	rec, err := s.gate.Lookup(lookCtx, adm.OrderID)
